@@ -1,0 +1,18 @@
+# Decides whether the NCCL backend is built: it needs the CUDA toolkit and NCCL's header and
+# library. Sets TENAX_HAS_NCCL and, when found, the imported target tenax_nccl_deps.
+set(TENAX_HAS_NCCL OFF)
+if(TENAX_WITH_NCCL)
+  find_package(CUDAToolkit QUIET)
+  if(CUDAToolkit_FOUND)
+    find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} $ENV{NCCL_HOME}/include)
+    find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} $ENV{NCCL_HOME}/lib)
+    if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
+      set(TENAX_HAS_NCCL ON)
+    endif()
+  endif()
+endif()
+if(TENAX_HAS_NCCL)
+  message(STATUS "tenax: NCCL backend ON (CUDA ${CUDAToolkit_VERSION}, ${NCCL_LIBRARY})")
+else()
+  message(STATUS "tenax: NCCL backend OFF (CUDA toolkit or NCCL not found; GPU collectives unavailable)")
+endif()

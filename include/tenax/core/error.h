@@ -1,0 +1,66 @@
+#pragma once
+
+// The one exception hierarchy of tenax. Every error tenax throws derives from tenax::Error, so a
+// training loop can catch the whole family, or one kind (a lost peer) precisely.
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace tenax {
+
+// Root of every tenax exception.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+};
+
+// Bad user input: a flag, an argument, an environment variable, a tensor that cannot be used.
+class ConfigError : public Error {
+ public:
+  explicit ConfigError(const std::string& what) : Error(what) {}
+};
+
+// A collective or point-to-point operation failed.
+class CommError : public Error {
+ public:
+  explicit CommError(const std::string& what) : Error(what) {}
+};
+
+// A peer of a communicator is gone (its process died or its connections reset).
+// peer() is the lost rank within the communicator, or -1 when it could not be determined.
+class PeerLostError : public CommError {
+ public:
+  PeerLostError(const std::string& what, int peer) : CommError(what), peer_(peer) {}
+  int peer() const noexcept { return peer_; }
+
+ private:
+  int peer_;
+};
+
+// A blocking call did not finish within its timeout. peers() lists the ranks it was still
+// waiting on when known (empty otherwise).
+class TimeoutError : public CommError {
+ public:
+  explicit TimeoutError(const std::string& what, std::vector<int> peers = {})
+      : CommError(what), peers_(std::move(peers)) {}
+  const std::vector<int>& peers() const noexcept { return peers_; }
+
+ private:
+  std::vector<int> peers_;
+};
+
+// The communicator was aborted (by abort(), or after an earlier failure) before the operation
+// could complete.
+class AbortedError : public CommError {
+ public:
+  explicit AbortedError(const std::string& what) : CommError(what) {}
+};
+
+// The key-value store could not be reached, refused us, or lost its connection.
+class StoreError : public Error {
+ public:
+  explicit StoreError(const std::string& what) : Error(what) {}
+};
+
+}  // namespace tenax
