@@ -1,0 +1,409 @@
+#include "comm/nccl_communicator.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <unistd.h>
+
+#include <mutex>
+#include <thread>
+
+#include "comm/fault.h"
+#include "comm/tensor_checks.h"
+#include "tenax/core/config.h"
+#include "tenax/core/error.h"
+
+namespace tenax {
+namespace {
+
+using Ms = std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+
+ncclDataType_t nccl_type(c10::ScalarType t) {
+  switch (t) {
+    case c10::ScalarType::Float: return ncclFloat32;
+    case c10::ScalarType::Double: return ncclFloat64;
+    case c10::ScalarType::Half: return ncclFloat16;
+    case c10::ScalarType::BFloat16: return ncclBfloat16;
+    case c10::ScalarType::Int: return ncclInt32;
+    case c10::ScalarType::Long: return ncclInt64;
+    case c10::ScalarType::Byte: return ncclUint8;
+    default: throw ConfigError(std::string("dtype ") + c10::toString(t) + " is not supported by nccl");
+  }
+}
+
+ncclRedOp_t nccl_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum: return ncclSum;
+    case ReduceOp::kAvg: return ncclAvg;
+    case ReduceOp::kMin: return ncclMin;
+    case ReduceOp::kMax: return ncclMax;
+    case ReduceOp::kProduct: return ncclProd;
+  }
+  return ncclSum;
+}
+
+void check_cuda(cudaError_t e, const std::string& what) {
+  if (e != cudaSuccess) throw CommError(what + ": " + cudaGetErrorString(e));
+}
+
+struct NcclState {
+  int rank = 0, size = 1, device = 0;
+  std::string name, prefix;
+  Ms timeout{30000};
+  std::shared_ptr<TcpStore> store;
+  ncclComm_t comm = nullptr;
+  cudaStream_t stream = nullptr;
+  std::mutex mu;
+  std::exception_ptr fault;
+  std::unique_ptr<FaultChannel> faults;
+  uint64_t next_seq = 0;
+
+  std::string who() const {
+    return "communicator '" + name + "' (rank " + std::to_string(rank) + " of " +
+           std::to_string(size) + ", cuda:" + std::to_string(device) + ")";
+  }
+  void set_fault(std::exception_ptr e) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!fault) {
+      fault = e;
+      if (comm) ncclCommAbort(comm);
+      comm = nullptr;
+    }
+  }
+  void throw_if_broken() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (fault) std::rethrow_exception(fault);
+  }
+
+  // Waits for a non-blocking NCCL call to leave ncclInProgress, up to the deadline.
+  void settle(ncclResult_t r, const std::string& what, Clock::time_point deadline) {
+    while (r == ncclInProgress) {
+      if (Clock::now() > deadline) fail_timeout(what);
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+      ncclCommGetAsyncError(comm, &r);
+    }
+    if (r != ncclSuccess) fail_nccl(r, what);
+  }
+
+  [[noreturn]] void fail_timeout(const std::string& what) {
+    Fault f;
+    f.kind = Fault::kTimeout;
+    f.rank = rank;
+    f.message = what + " on " + who() + " timed out after " + std::to_string(timeout.count()) +
+                " ms";
+    f = faults->publish(f);
+    set_fault(f.to_exception());
+    std::rethrow_exception(f.to_exception());
+  }
+
+  [[noreturn]] void fail_nccl(ncclResult_t r, const std::string& what) {
+    Fault f;
+    if (auto published = faults->current()) {
+      f = *published;
+    } else {
+      f.kind = (r == ncclRemoteError || r == ncclSystemError) ? Fault::kLost : Fault::kError;
+      f.rank = -1;
+      f.message = what + " on " + who() + " failed: " + ncclGetErrorString(r) + " (" +
+                  (comm ? ncclGetLastError(comm) : "") + ")";
+      f = faults->publish(f);
+    }
+    set_fault(f.to_exception());
+    std::rethrow_exception(f.to_exception());
+  }
+};
+
+class NcclWork : public Work {
+ public:
+  NcclWork(std::shared_ptr<NcclState> st, cudaEvent_t done, std::string desc,
+           std::function<void()> finish)
+      : st_(std::move(st)), done_(done), desc_(std::move(desc)), finish_(std::move(finish)) {}
+  ~NcclWork() override { cudaEventDestroy(done_); }
+
+  void wait(Ms timeout) override {
+    auto deadline = Clock::now() + timeout;
+    for (;;) {
+      st_->throw_if_broken();
+      cudaError_t q = cudaEventQuery(done_);
+      if (q == cudaSuccess) break;
+      if (q != cudaErrorNotReady) check_cuda(q, desc_);
+      ncclResult_t r = ncclSuccess;
+      {
+        std::lock_guard<std::mutex> lock(st_->mu);
+        if (st_->comm) ncclCommGetAsyncError(st_->comm, &r);
+      }
+      if (r != ncclSuccess && r != ncclInProgress) st_->fail_nccl(r, desc_);
+      if (Clock::now() > deadline) st_->fail_timeout(desc_);
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+    // Later work on LibTorch's default stream sees the result.
+    check_cuda(cudaStreamWaitEvent(nullptr, done_, 0), desc_);
+    if (finish_) {
+      finish_();
+      finish_ = nullptr;
+    }
+  }
+  void wait() override { wait(st_->timeout); }
+  bool is_completed() override { return cudaEventQuery(done_) != cudaErrorNotReady; }
+
+ private:
+  std::shared_ptr<NcclState> st_;
+  cudaEvent_t done_;
+  std::string desc_;
+  std::function<void()> finish_;
+};
+
+class NcclCommunicator : public Communicator {
+ public:
+  NcclCommunicator(std::shared_ptr<TcpStore> store, int rank, int size, const CommOptions& opts,
+                   ncclComm_t parent_split = nullptr)
+      : st_(std::make_shared<NcclState>()) {
+    st_->rank = rank;
+    st_->size = size;
+    st_->name = opts.name;
+    st_->prefix = "tenax/comm/" + opts.name;
+    st_->timeout = opts.timeout.count() > 0 ? opts.timeout : default_timeout();
+    st_->store = std::move(store);
+    int count = nccl_device_count();
+    if (count == 0) {
+      throw ConfigError("rank " + std::to_string(rank) + ": the nccl backend needs a CUDA device "
+                        "and none is visible");
+    }
+    st_->device = static_cast<int>(env_int("LOCAL_RANK", rank)) % count;
+    check_cuda(cudaSetDevice(st_->device), "cudaSetDevice");
+    auto deadline = Clock::now() + st_->timeout;
+    Fault gone = Fault::gone(rank, opts.name, "cuda:" + std::to_string(st_->device));
+    NcclState* raw = st_.get();
+    st_->faults = std::make_unique<FaultChannel>(
+        st_->store, st_->prefix, rank, gone,
+        [raw](const Fault& f) { raw->set_fault(f.to_exception()); });
+    if (parent_split == nullptr) {
+      ncclUniqueId id;
+      const std::string key = st_->prefix + "/nccl_id";
+      if (rank == 0) {
+        if (ncclGetUniqueId(&id) != ncclSuccess) throw CommError("ncclGetUniqueId failed");
+        st_->store->set(key, std::string(reinterpret_cast<char*>(&id), sizeof(id)));
+      } else {
+        std::string v = st_->store->get(key, st_->timeout);
+        std::memcpy(&id, v.data(), sizeof(id));
+      }
+      ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+      config.blocking = 0;
+      ncclResult_t r = ncclCommInitRankConfig(&st_->comm, size, id, rank, &config);
+      st_->settle(r, "ncclCommInitRank", deadline);
+    } else {
+      st_->comm = parent_split;
+    }
+    check_cuda(cudaStreamCreateWithFlags(&st_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  }
+
+  ~NcclCommunicator() override {
+    st_->faults->stop();
+    std::lock_guard<std::mutex> lock(st_->mu);
+    if (st_->comm) {
+      ncclCommFinalize(st_->comm);
+      ncclCommDestroy(st_->comm);
+    }
+    if (st_->stream) cudaStreamDestroy(st_->stream);
+  }
+
+  int rank() const override { return st_->rank; }
+  int size() const override { return st_->size; }
+  Backend backend() const override { return Backend::kNccl; }
+  const std::string& name() const override { return st_->name; }
+  Ms timeout() const override { return st_->timeout; }
+
+  using Communicator::all_reduce_async;
+  WorkHandle all_reduce_async(const at::Tensor& input, const at::Tensor& output,
+                              ReduceOp op) override {
+    OpContext c = check2("all_reduce", input, output);
+    if (input.numel() != output.numel()) throw ConfigError(c.where() + ": input and output sizes differ");
+    at::Tensor in = input.contiguous(), out = output.contiguous();
+    return launch(c, input, [&](ncclComm_t comm) {
+      return ncclAllReduce(in.data_ptr(), out.data_ptr(), in.numel(), nccl_type(in.scalar_type()),
+                           nccl_op(op), comm, st_->stream);
+    }, output, out);
+  }
+  WorkHandle reduce_scatter_async(const at::Tensor& output, const at::Tensor& input,
+                                  ReduceOp op) override {
+    OpContext c = check2("reduce_scatter", input, output);
+    if (input.numel() != output.numel() * size()) {
+      throw ConfigError(c.where() + ": input must hold size() x output.numel() elements");
+    }
+    at::Tensor in = input.contiguous(), out = output.contiguous();
+    return launch(c, input, [&](ncclComm_t comm) {
+      return ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(),
+                               nccl_type(in.scalar_type()), nccl_op(op), comm, st_->stream);
+    }, output, out);
+  }
+  WorkHandle all_gather_async(const at::Tensor& output, const at::Tensor& input) override {
+    OpContext c = check2("all_gather", input, output);
+    if (output.numel() != input.numel() * size()) {
+      throw ConfigError(c.where() + ": output must hold size() x input.numel() elements");
+    }
+    at::Tensor in = input.contiguous(), out = output.contiguous();
+    return launch(c, input, [&](ncclComm_t comm) {
+      return ncclAllGather(in.data_ptr(), out.data_ptr(), in.numel(), nccl_type(in.scalar_type()),
+                           comm, st_->stream);
+    }, output, out);
+  }
+  WorkHandle broadcast_async(const at::Tensor& tensor, int root) override {
+    OpContext c = check1("broadcast", tensor);
+    check_rank(c, root, "root");
+    at::Tensor buf = tensor.contiguous();
+    return launch(c, tensor, [&](ncclComm_t comm) {
+      return ncclBroadcast(buf.data_ptr(), buf.data_ptr(), buf.numel(),
+                           nccl_type(buf.scalar_type()), root, comm, st_->stream);
+    }, tensor, buf);
+  }
+  WorkHandle reduce_async(const at::Tensor& tensor, int root, ReduceOp op) override {
+    OpContext c = check1("reduce", tensor);
+    check_rank(c, root, "root");
+    at::Tensor buf = tensor.contiguous();
+    return launch(c, tensor, [&](ncclComm_t comm) {
+      return ncclReduce(buf.data_ptr(), buf.data_ptr(), buf.numel(), nccl_type(buf.scalar_type()),
+                        nccl_op(op), root, comm, st_->stream);
+    }, tensor, buf);
+  }
+  WorkHandle all_to_all_async(const at::Tensor& output, const at::Tensor& input,
+                              const std::vector<int64_t>& output_splits,
+                              const std::vector<int64_t>& input_splits) override {
+    OpContext c = check2("all_to_all", input, output);
+    const int n = size();
+    auto counts = [&](const std::vector<int64_t>& s, const at::Tensor& t) {
+      if (s.empty()) {
+        if (t.numel() % n) throw ConfigError(c.where() + ": element count must divide by size()");
+        return std::vector<int64_t>(n, t.numel() / n);
+      }
+      if (static_cast<int>(s.size()) != n) throw ConfigError(c.where() + ": splits need size() entries");
+      return s;
+    };
+    auto in_counts = counts(input_splits, input), out_counts = counts(output_splits, output);
+    at::Tensor in = input.contiguous(), out = output.contiguous();
+    const size_t es = in.element_size();
+    return launch(c, input, [&](ncclComm_t comm) {
+      ncclGroupStart();
+      size_t in_off = 0, out_off = 0;
+      for (int p = 0; p < n; ++p) {
+        ncclSend(static_cast<char*>(in.data_ptr()) + in_off * es, in_counts[p],
+                 nccl_type(in.scalar_type()), p, comm, st_->stream);
+        ncclRecv(static_cast<char*>(out.data_ptr()) + out_off * es, out_counts[p],
+                 nccl_type(in.scalar_type()), p, comm, st_->stream);
+        in_off += in_counts[p];
+        out_off += out_counts[p];
+      }
+      return ncclGroupEnd();
+    }, output, out);
+  }
+  WorkHandle send_async(const at::Tensor& tensor, int dst, uint32_t) override {
+    OpContext c = check1("send", tensor);
+    check_rank(c, dst, "destination rank");
+    at::Tensor buf = tensor.contiguous();
+    return launch(c, tensor, [&](ncclComm_t comm) {
+      return ncclSend(buf.data_ptr(), buf.numel(), nccl_type(buf.scalar_type()), dst, comm,
+                      st_->stream);
+    }, at::Tensor(), at::Tensor());
+  }
+  WorkHandle recv_async(const at::Tensor& tensor, int src, uint32_t) override {
+    OpContext c = check1("recv", tensor);
+    check_rank(c, src, "source rank");
+    at::Tensor buf = tensor.contiguous();
+    return launch(c, tensor, [&](ncclComm_t comm) {
+      return ncclRecv(buf.data_ptr(), buf.numel(), nccl_type(buf.scalar_type()), src, comm,
+                      st_->stream);
+    }, tensor, buf);
+  }
+  WorkHandle barrier_async() override {
+    OpContext c{st_->name, st_->rank, st_->size, "barrier"};
+    if (!barrier_buf_) check_cuda(cudaMalloc(&barrier_buf_, sizeof(float)), "cudaMalloc");
+    return launch(c, at::Tensor(), [&](ncclComm_t comm) {
+      return ncclAllReduce(barrier_buf_, barrier_buf_, 1, ncclFloat32, ncclSum, comm, st_->stream);
+    }, at::Tensor(), at::Tensor());
+  }
+
+  std::shared_ptr<Communicator> split(int color, int key) override {
+    st_->throw_if_broken();
+    ncclComm_t child = nullptr;
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    ncclResult_t r = ncclCommSplit(st_->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key,
+                                   &child, &config);
+    st_->settle(r, "ncclCommSplit", Clock::now() + st_->timeout);
+    if (color < 0 || child == nullptr) return nullptr;
+    int child_rank = 0, child_size = 0;
+    ncclCommUserRank(child, &child_rank);
+    ncclCommCount(child, &child_size);
+    CommOptions opts;
+    opts.timeout = st_->timeout;
+    opts.name = st_->name + ".split" + std::to_string(++splits_) + ".color" + std::to_string(color);
+    return std::make_shared<NcclCommunicator>(st_->store, child_rank, child_size, opts, child);
+  }
+
+  void abort(const std::string& reason) override {
+    Fault f = Fault::aborted(rank(), name(), reason);
+    st_->faults->publish(f);
+    st_->set_fault(f.to_exception());
+  }
+
+ private:
+  OpContext check1(const char* op, const at::Tensor& t) {
+    OpContext c{st_->name, st_->rank, st_->size, op};
+    check_tensor(c, t, "tensor", true);
+    return c;
+  }
+  OpContext check2(const char* op, const at::Tensor& in, const at::Tensor& out) {
+    OpContext c{st_->name, st_->rank, st_->size, op};
+    check_tensor(c, in, "input", true);
+    check_tensor(c, out, "output", true);
+    check_same_dtype(c, in, "input", out, "output");
+    return c;
+  }
+
+  // Orders the call after LibTorch's default stream, issues it, and returns a Work that copies
+  // `staged` back into `user` when they differ (non-contiguous user tensors).
+  template <class F>
+  WorkHandle launch(const OpContext& c, const at::Tensor& first, F&& call, at::Tensor user,
+                    at::Tensor staged) {
+    st_->throw_if_broken();
+    std::string desc = c.op + " #" + std::to_string(st_->next_seq++) +
+                       (first.defined() ? " (" + describe(first) + ")" : "");
+    check_cuda(cudaSetDevice(st_->device), desc);
+    cudaEvent_t ready, done;
+    check_cuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), desc);
+    check_cuda(cudaEventRecord(ready, nullptr), desc);
+    check_cuda(cudaStreamWaitEvent(st_->stream, ready, 0), desc);
+    cudaEventDestroy(ready);
+    ncclComm_t comm;
+    {
+      std::lock_guard<std::mutex> lock(st_->mu);
+      comm = st_->comm;
+    }
+    st_->settle(call(comm), desc, Clock::now() + st_->timeout);
+    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), desc);
+    check_cuda(cudaEventRecord(done, st_->stream), desc);
+    std::function<void()> finish;
+    if (user.defined() && !staged.is_same(user)) finish = [user, staged]() mutable { user.copy_(staged); };
+    return std::make_shared<NcclWork>(st_, done, desc, std::move(finish));
+  }
+
+  std::shared_ptr<NcclState> st_;
+  void* barrier_buf_ = nullptr;
+  int splits_ = 0;
+};
+
+}  // namespace
+
+int nccl_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::shared_ptr<Communicator> create_nccl_communicator(std::shared_ptr<TcpStore> store, int rank,
+                                                       int size, const CommOptions& options) {
+  return std::make_shared<NcclCommunicator>(std::move(store), rank, size, options);
+}
+
+}  // namespace tenax
