@@ -1,0 +1,62 @@
+#pragma once
+
+// Bootstrap: find out who we are from the launcher's environment, reach the store, and build
+// the world communicator. Supported launchers, tried in this order:
+//   tenaxrun / torchrun  RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+//                        (TENAX_STORE_ADDR=host:port when the launcher hosts the store)
+//   mpirun (Open MPI)    OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE; the store address is
+//                        exchanged through MPI once, then MPI is finalized
+//   Slurm (srun)         SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR/MASTER_PORT, or
+//                        the first host of SLURM_STEP_NODELIST and a port derived from the job id
+//   nothing              a single process: world size 1
+// The store requires TENAX_STORE_TOKEN when set (launchers generate one).
+
+#include <memory>
+#include <string>
+
+#include "tenax/comm/communicator.h"
+#include "tenax/comm/store.h"
+#include "tenax/comm/store_server.h"
+
+namespace tenax {
+
+// Who this process is, read from the environment alone (no connections made).
+struct LaunchInfo {
+  std::string launcher;  // "tenaxrun", "torchrun", "mpirun", "slurm" or "single"
+  int rank = 0;
+  int size = 1;
+  int local_rank = 0;
+  int local_size = 1;
+  std::string store_host;  // empty under mpirun and single (decided at init)
+  int store_port = 0;
+  bool host_store = false;  // true iff this process must host the store (rank 0, torchrun/slurm)
+  std::string token;
+};
+
+// Reads the environment. Throws ConfigError naming the variable for a world size < 1, a rank
+// outside [0, size), or a malformed value.
+LaunchInfo detect_launch();
+
+struct InitOptions {
+  Backend backend = Backend::kGloo;
+  // Bound on every blocking call (default TENAX_TIMEOUT or 30 s).
+  std::chrono::milliseconds timeout{0};
+};
+
+// What init() returns: identity, the store, and the world communicator. Keep it alive for the
+// duration of the job: on the rank that hosts the store, `store_server` serves the others.
+struct World {
+  LaunchInfo info;
+  int rank = 0;
+  int size = 1;
+  int local_rank = 0;
+  std::shared_ptr<StoreServer> store_server;
+  std::shared_ptr<TcpStore> store;
+  std::shared_ptr<Communicator> comm;
+};
+
+// Bootstraps from the environment and builds the world communicator (a collective: every rank
+// calls it). Throws ConfigError for bad input, StoreError/TimeoutError when peers do not arrive.
+World init(InitOptions options = {});
+
+}  // namespace tenax

@@ -1,0 +1,190 @@
+// Only the C API: the deprecated C++ bindings would need libmpi_cxx.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <cstdio>
+#include <random>
+
+#include "comm/net.h"
+#include "tenax/comm/init.h"
+#include "tenax/core/config.h"
+#include "tenax/core/error.h"
+#include "tenax/core/logging.h"
+
+namespace tenax {
+namespace {
+
+int env_rank_var(const char* name) {
+  long long v = env_int(name, -1);
+  if (v < 0 && env_string(name)) {
+    throw ConfigError(std::string(name) + "=" + *env_string(name) + " must be >= 0");
+  }
+  return static_cast<int>(v);
+}
+
+std::string random_token() {
+  std::random_device rd;
+  char buf[33];
+  std::snprintf(buf, sizeof(buf), "%08x%08x%08x%08x", rd(), rd(), rd(), rd());
+  return buf;
+}
+
+// "node[03-05,7],other" -> "node03"; "a,b" -> "a".
+std::string first_slurm_host(const std::string& list) {
+  std::string first;
+  int depth = 0;
+  for (char ch : list) {
+    if (ch == ',' && depth == 0) break;
+    if (ch == '[') ++depth;
+    if (ch == ']') --depth;
+    first += ch;
+  }
+  size_t lb = first.find('[');
+  if (lb == std::string::npos) return first;
+  std::string prefix = first.substr(0, lb);
+  std::string range = first.substr(lb + 1);
+  size_t end = range.find_first_of("-,]");
+  return prefix + range.substr(0, end);
+}
+
+void check_identity(LaunchInfo& info, const char* rank_var, const char* size_var) {
+  if (info.size < 1) {
+    throw ConfigError(std::string(size_var) + "=" + std::to_string(info.size) +
+                      ": world size must be at least 1");
+  }
+  if (info.rank < 0 || info.rank >= info.size) {
+    throw ConfigError(std::string(rank_var) + "=" + std::to_string(info.rank) +
+                      " is out of range for " + size_var + "=" + std::to_string(info.size));
+  }
+  if (info.local_size < 1) info.local_size = 1;
+}
+
+void parse_master(LaunchInfo& info) {
+  if (auto addr = env_string("TENAX_STORE_ADDR")) {
+    size_t colon = addr->rfind(':');
+    if (colon == std::string::npos) {
+      throw ConfigError("TENAX_STORE_ADDR='" + *addr + "' must be host:port");
+    }
+    info.store_host = addr->substr(0, colon);
+    info.store_port = std::atoi(addr->c_str() + colon + 1);
+    info.host_store = false;
+    return;
+  }
+  info.store_host = env_string("MASTER_ADDR").value_or("");
+  info.store_port = static_cast<int>(env_int("MASTER_PORT", 0));
+  if (info.store_host.empty() || info.store_port <= 0) {
+    throw ConfigError(info.launcher + " launch: set MASTER_ADDR and MASTER_PORT (or "
+                      "TENAX_STORE_ADDR=host:port) so the ranks can find the store");
+  }
+  info.host_store = info.rank == 0;
+}
+
+}  // namespace
+
+LaunchInfo detect_launch() {
+  LaunchInfo info;
+  info.token = env_string("TENAX_STORE_TOKEN").value_or("");
+  if (env_string("RANK") || env_string("WORLD_SIZE")) {
+    info.launcher = env_string("TENAX_LAUNCHER").value_or("torchrun");
+    info.rank = env_rank_var("RANK");
+    info.size = static_cast<int>(env_int("WORLD_SIZE", -1));
+    info.local_rank = std::max(0, env_rank_var("LOCAL_RANK"));
+    info.local_size = static_cast<int>(env_int("LOCAL_WORLD_SIZE", info.size));
+    check_identity(info, "RANK", "WORLD_SIZE");
+    parse_master(info);
+  } else if (env_string("OMPI_COMM_WORLD_RANK")) {
+    info.launcher = "mpirun";
+    info.rank = env_rank_var("OMPI_COMM_WORLD_RANK");
+    info.size = static_cast<int>(env_int("OMPI_COMM_WORLD_SIZE", -1));
+    info.local_rank = std::max(0, env_rank_var("OMPI_COMM_WORLD_LOCAL_RANK"));
+    info.local_size = static_cast<int>(env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1));
+    check_identity(info, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE");
+  } else if (env_string("SLURM_PROCID")) {
+    info.launcher = "slurm";
+    info.rank = env_rank_var("SLURM_PROCID");
+    info.size = static_cast<int>(env_int("SLURM_NTASKS", -1));
+    info.local_rank = std::max(0, env_rank_var("SLURM_LOCALID"));
+    info.local_size = static_cast<int>(env_int("SLURM_NTASKS_PER_NODE", info.size));
+    check_identity(info, "SLURM_PROCID", "SLURM_NTASKS");
+    if (!env_string("MASTER_ADDR") && !env_string("TENAX_STORE_ADDR")) {
+      auto nodes = env_string("SLURM_STEP_NODELIST");
+      if (!nodes) nodes = env_string("SLURM_JOB_NODELIST");
+      if (!nodes) throw ConfigError("slurm launch: set MASTER_ADDR or SLURM_STEP_NODELIST");
+      info.store_host = first_slurm_host(*nodes);
+      info.store_port = static_cast<int>(20000 + env_int("SLURM_JOB_ID", 0) % 20000);
+      info.host_store = info.rank == 0;
+    } else {
+      parse_master(info);
+    }
+  } else {
+    info.launcher = "single";
+  }
+  return info;
+}
+
+namespace {
+
+// Rank 0 hosts the store; its address and a fresh token travel to the others over MPI, once.
+void mpi_exchange_store(LaunchInfo& info, std::shared_ptr<StoreServer>* server) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) MPI_Init(nullptr, nullptr);
+  const bool local_job = info.local_size == info.size;
+  char buf[512] = {0};
+  if (info.rank == 0) {
+    std::string host = local_job ? "127.0.0.1" : net::reachable_host_address();
+    std::string token = info.token.empty() ? random_token() : info.token;
+    *server = std::make_shared<StoreServer>(local_job ? "127.0.0.1" : "0.0.0.0",
+                                            static_cast<int>(env_int("TENAX_STORE_PORT", 0)),
+                                            token);
+    std::snprintf(buf, sizeof(buf), "%s %d %s", host.c_str(), (*server)->port(), token.c_str());
+  }
+  MPI_Bcast(buf, sizeof(buf), MPI_CHAR, 0, MPI_COMM_WORLD);
+  if (!initialized) MPI_Finalize();
+  char host[256] = {0}, token[128] = {0};
+  int port = 0;
+  if (std::sscanf(buf, "%255s %d %127s", host, &port, token) != 3) {
+    throw StoreError("mpirun bootstrap: rank 0 did not send a store address");
+  }
+  info.store_host = host;
+  info.store_port = port;
+  info.token = token;
+}
+
+}  // namespace
+
+World init(InitOptions options) {
+  World w;
+  w.info = detect_launch();
+  LaunchInfo& info = w.info;
+  const auto timeout = options.timeout.count() > 0 ? options.timeout : default_timeout();
+  if (info.launcher == "mpirun") {
+    mpi_exchange_store(info, &w.store_server);
+  } else if (info.launcher == "single") {
+    info.token = random_token();
+    w.store_server = std::make_shared<StoreServer>("127.0.0.1", 0, info.token);
+    info.store_host = "127.0.0.1";
+    info.store_port = w.store_server->port();
+  } else if (info.host_store) {
+    if (info.token.empty()) {
+      log(LogLevel::kWarning, "TENAX_STORE_TOKEN is not set: the store accepts any client that "
+                              "knows its address");
+    }
+    const bool local_job = info.local_size == info.size;
+    w.store_server = std::make_shared<StoreServer>(local_job ? info.store_host : "0.0.0.0",
+                                                   info.store_port, info.token);
+  }
+  w.store = TcpStore::connect(info.store_host, info.store_port, info.token, timeout);
+  w.rank = info.rank;
+  w.size = info.size;
+  w.local_rank = info.local_rank;
+  CommOptions copts;
+  copts.timeout = timeout;
+  copts.name = "world";
+  if (info.local_size != info.size) copts.hostname = net::reachable_host_address();
+  w.comm = create_communicator(options.backend, w.store, info.rank, info.size, copts);
+  return w;
+}
+
+}  // namespace tenax
