@@ -1,0 +1,456 @@
+// One rank of a multi-process communicator test. Usage: comm_worker SCENARIO
+// Prints "PASS <scenario>" and exits 0 when every check holds; prints what failed and exits 1
+// otherwise. Scenarios are chosen by the gtest drivers in this directory.
+
+#include <ATen/ATen.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <string>
+#include <thread>
+
+#include "tenax/tenax.h"
+
+using namespace tenax;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+int g_failures = 0;
+
+#undef CHECK
+#define CHECK(cond, msg)                                                          \
+  do {                                                                            \
+    if (!(cond)) {                                                                \
+      std::cout << "CHECK FAILED (" << __LINE__ << "): " << msg << std::endl;     \
+      ++g_failures;                                                               \
+    }                                                                             \
+  } while (0)
+
+double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+// Deterministic small-integer inputs: exact in every dtype, so any reduction order agrees.
+at::Tensor input_for(int rank, int64_t n, at::ScalarType dtype, bool for_product) {
+  at::Tensor i = at::arange(n, at::kLong);
+  at::Tensor v = for_product ? (i + rank) % 5 - 2 : (i * 7 + (rank + 1) * 3) % 11 - 5;
+  if (dtype == at::kByte) v = for_product ? (i + rank) % 3 : (i * 7 + (rank + 1) * 3) % 11;
+  return v.to(dtype);
+}
+
+at::Tensor reference(const std::vector<at::Tensor>& per_rank, ReduceOp op, at::ScalarType dtype) {
+  at::Tensor all = at::stack(per_rank).to(at::kDouble);
+  at::Tensor r;
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg: r = all.sum(0); break;
+    case ReduceOp::kProduct: r = all.prod(0); break;
+    case ReduceOp::kMin: r = std::get<0>(all.min(0)); break;
+    case ReduceOp::kMax: r = std::get<0>(all.max(0)); break;
+  }
+  r = r.to(dtype);
+  if (op == ReduceOp::kAvg) {
+    if (at::isFloatingType(dtype)) {
+      r.div_(static_cast<int64_t>(per_rank.size()));
+    } else {
+      r.div_(static_cast<int64_t>(per_rank.size()), "trunc");
+    }
+  }
+  return r;
+}
+
+bool same(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) return false;
+  if (a.numel() == 0) return true;
+  if (at::isFloatingType(a.scalar_type())) {
+    return at::allclose(a.to(at::kDouble), b.to(at::kDouble), 1e-2, 1e-3);
+  }
+  return at::equal(a, b);
+}
+
+std::string name(at::ScalarType t) { return c10::toString(t); }
+
+// Every collective x dtype x count, in place and out of place, against the single-process
+// reference computed from all ranks' (deterministic) inputs.
+void scenario_collectives(World& w) {
+  Communicator& c = *w.comm;
+  const int n = c.size(), r = c.rank();
+  const std::vector<at::ScalarType> dtypes = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16,
+                                              at::kInt,   at::kLong,   at::kByte};
+  const std::vector<int64_t> counts = {0, 1, 7, 1031};
+  int checked = 0;
+  for (auto dt : dtypes) {
+    for (int64_t count : counts) {
+      const std::string tag = name(dt) + " x " + std::to_string(count);
+      for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMin, ReduceOp::kMax,
+                          ReduceOp::kProduct}) {
+        const bool prod = op == ReduceOp::kProduct;
+        std::vector<at::Tensor> ins;
+        for (int k = 0; k < n; ++k) ins.push_back(input_for(k, count, dt, prod));
+        at::Tensor want = reference(ins, op, dt);
+        at::Tensor t = ins[r].clone();
+        c.all_reduce(t, op);
+        CHECK(same(t, want), "all_reduce in-place " << to_string(op) << " " << tag);
+        at::Tensor out = at::full({count}, 99, dt);
+        c.all_reduce(ins[r], out, op);
+        CHECK(same(out, want), "all_reduce out-of-place " << to_string(op) << " " << tag);
+        CHECK(same(ins[r], input_for(r, count, dt, prod)), "all_reduce changed its input");
+        // reduce_scatter: input of n*count elements.
+        std::vector<at::Tensor> big;
+        for (int k = 0; k < n; ++k) big.push_back(input_for(k, count * n, dt, prod));
+        at::Tensor rs = at::empty({count}, dt);
+        c.reduce_scatter(rs, big[r], op);
+        at::Tensor rs_want = reference(big, op, dt).narrow(0, r * count, count);
+        CHECK(same(rs, rs_want), "reduce_scatter " << to_string(op) << " " << tag);
+        at::Tensor rs_in = big[r].clone();  // in place: output is this rank's chunk of input
+        c.reduce_scatter(rs_in.narrow(0, r * count, count), rs_in, op);
+        CHECK(same(rs_in.narrow(0, r * count, count), rs_want),
+              "reduce_scatter in-place " << to_string(op) << " " << tag);
+        // reduce to a root in the middle.
+        const int root = n / 2;
+        at::Tensor red = ins[r].clone();
+        c.reduce(red, root, op);
+        CHECK(same(red, r == root ? want : ins[r]), "reduce " << to_string(op) << " " << tag);
+        checked += 4;
+      }
+      std::vector<at::Tensor> ins;
+      for (int k = 0; k < n; ++k) ins.push_back(input_for(k, count, dt, false));
+      at::Tensor gathered_want = at::cat(ins);
+      at::Tensor g = at::zeros({count * n}, dt);
+      c.all_gather(g, ins[r]);
+      CHECK(same(g, gathered_want), "all_gather out-of-place " << tag);
+      at::Tensor g2 = at::zeros({count * n}, dt);
+      g2.narrow(0, r * count, count).copy_(ins[r]);
+      c.all_gather(g2, g2.narrow(0, r * count, count));
+      CHECK(same(g2, gathered_want), "all_gather in-place " << tag);
+      at::Tensor b = r == n - 1 ? ins[r].clone() : at::zeros({count}, dt);
+      c.broadcast(b, n - 1);
+      CHECK(same(b, ins[n - 1]), "broadcast " << tag);
+      // all_to_all, equal chunks: chunk j of rank k's input goes to rank j.
+      std::vector<at::Tensor> a2a_in;
+      for (int k = 0; k < n; ++k) a2a_in.push_back(input_for(k, count * n, dt, false));
+      at::Tensor a2a = at::empty({count * n}, dt);
+      c.all_to_all(a2a, a2a_in[r]);
+      std::vector<at::Tensor> a2a_want;
+      for (int k = 0; k < n; ++k) a2a_want.push_back(a2a_in[k].narrow(0, r * count, count));
+      CHECK(same(a2a, at::cat(a2a_want)), "all_to_all " << tag);
+      checked += 4;
+    }
+    // all_to_all with uneven splits: rank k sends (k + j) % 3 + 1 elements to rank j.
+    std::vector<int64_t> in_splits, out_splits;
+    for (int j = 0; j < n; ++j) {
+      in_splits.push_back((r + j) % 3 + 1);
+      out_splits.push_back((j + r) % 3 + 1);
+    }
+    int64_t in_total = 0, out_total = 0;
+    for (int j = 0; j < n; ++j) in_total += in_splits[j], out_total += out_splits[j];
+    auto send_from = [&](int k) { return input_for(k, 64, dt, false); };
+    at::Tensor v_out = at::empty({out_total}, dt);
+    c.all_to_all(v_out, send_from(r).narrow(0, 0, in_total), out_splits, in_splits);
+    std::vector<at::Tensor> v_want;
+    for (int k = 0; k < n; ++k) {
+      int64_t off = 0;
+      for (int j = 0; j < r; ++j) off += (k + j) % 3 + 1;
+      v_want.push_back(send_from(k).narrow(0, off, (k + r) % 3 + 1));
+    }
+    CHECK(same(v_out, at::cat(v_want)), "all_to_all uneven " << name(dt));
+    // Point to point around the ring, posted asynchronously so the ring cannot deadlock.
+    if (n > 1) {
+      at::Tensor mine = input_for(r, 1031, dt, false);
+      at::Tensor got = at::zeros({1031}, dt);
+      auto s = c.send_async(mine, (r + 1) % n, 7);
+      auto rv = c.recv_async(got, (r - 1 + n) % n, 7);
+      s->wait();
+      rv->wait();
+      CHECK(same(got, input_for((r - 1 + n) % n, 1031, dt, false)), "send/recv ring " << name(dt));
+    }
+    checked += 2;
+  }
+  // Non-contiguous tensors are handled (staged through a contiguous copy).
+  at::Tensor base = at::arange(12, at::kFloat).reshape({3, 4}) + r;
+  at::Tensor nc = base.t();
+  c.all_reduce(nc);
+  at::Tensor nc_want = (at::arange(12, at::kFloat).reshape({3, 4}) * n + n * (n - 1) / 2).t();
+  CHECK(at::equal(nc, nc_want), "all_reduce of a non-contiguous tensor");
+  // Async forms complete in issue order.
+  std::vector<WorkHandle> works;
+  std::vector<at::Tensor> ts;
+  for (int k = 0; k < 8; ++k) {
+    ts.push_back(at::full({1000}, k + r, at::kFloat));
+    works.push_back(c.all_reduce_async(ts.back()));
+  }
+  for (int k = 0; k < 8; ++k) {
+    works[k]->wait(std::chrono::seconds(30));
+    CHECK(works[k]->is_completed(), "async work completed");
+    CHECK(ts[k].eq(float(k * n + n * (n - 1) / 2)).all().item<bool>(), "async all_reduce " << k);
+  }
+  c.barrier();
+  std::cout << "checked " << checked << " collective cases on " << n << " ranks" << std::endl;
+}
+
+void scenario_split(World& w) {
+  Communicator& c = *w.comm;
+  const int r = c.rank(), n = c.size();
+  auto sub = c.split(r % 2, -r);  // reverse order inside each group
+  int members = (n - (r % 2) + 1) / 2;
+  CHECK(sub != nullptr, "split returned a communicator");
+  CHECK(sub->size() == members, "split size " << sub->size() << " want " << members);
+  int higher = 0;  // same-parity ranks above me come first (key = -rank)
+  for (int k = r + 2; k < n; k += 2) ++higher;
+  CHECK(sub->rank() == higher, "split rank " << sub->rank() << " want " << higher);
+  at::Tensor t = at::full({5}, r, at::kLong);
+  sub->all_reduce(t);
+  long want = 0;
+  for (int k = r % 2; k < n; k += 2) want += k;
+  CHECK(t[0].item<long>() == want, "split all_reduce " << t[0].item<long>() << " want " << want);
+  auto none = c.split(r == 0 ? -1 : 1, r);
+  CHECK((r == 0) == (none == nullptr), "negative color gives nullptr");
+  if (none) {
+    at::Tensor x = at::ones({3});
+    none->all_reduce(x);
+    CHECK(x[0].item<float>() == float(n - 1), "group without rank 0");
+  }
+  c.barrier();
+}
+
+// Rank VICTIM kills itself with SIGKILL during an all_reduce loop. The others must see
+// PeerLostError naming it within 1 s, then rebuild a communicator without it and go on.
+void scenario_kill(World& w) {
+  Communicator& c = *w.comm;
+  const int victim = std::atoi(std::getenv("VICTIM"));
+  at::Tensor t = at::ones({262144});
+  Clock::time_point started;
+  try {
+    for (int it = 0; it < 100000; ++it) {
+      if (it == 20 && c.rank() == victim) raise(SIGKILL);
+      started = Clock::now();
+      c.all_reduce(t);
+      t.fill_(1);
+    }
+    CHECK(false, "the loop finished although a rank died");
+  } catch (const PeerLostError& e) {
+    double ms = ms_since(started);
+    std::cout << "rank " << c.rank() << " caught PeerLostError after " << ms << " ms: " << e.what()
+              << std::endl;
+    CHECK(e.peer() == victim, "lost peer " << e.peer() << " want " << victim);
+    CHECK(ms < 1000, "detection took " << ms << " ms");
+  }
+  // Later operations on the broken communicator fail at once.
+  try {
+    c.all_reduce(t);
+    CHECK(false, "broken communicator accepted an operation");
+  } catch (const PeerLostError&) {
+  }
+  CommOptions opts;
+  opts.name = "world.gen1";
+  int new_rank = c.rank() < victim ? c.rank() : c.rank() - 1;
+  auto fresh = create_communicator(Backend::kGloo, w.store, new_rank, c.size() - 1, opts);
+  at::Tensor x = at::ones({1031});
+  fresh->all_reduce(x);
+  CHECK(x.eq(float(c.size() - 1)).all().item<bool>(), "all_reduce among survivors");
+  fresh->barrier();
+  std::cout << "RECOVERED as rank " << new_rank << " of " << fresh->size() << std::endl;
+}
+
+// Rank VICTIM stops (SIGSTOP). The others must get TimeoutError naming it after the timeout.
+void scenario_hang(World& w) {
+  Communicator& c = *w.comm;
+  const int victim = std::atoi(std::getenv("VICTIM"));
+  at::Tensor t = at::ones({1024});
+  Clock::time_point started;
+  try {
+    for (int it = 0; it < 100000; ++it) {
+      if (it == 10 && c.rank() == victim) raise(SIGSTOP);
+      started = Clock::now();
+      c.all_reduce(t);
+    }
+  } catch (const TimeoutError& e) {
+    double ms = ms_since(started);
+    std::cout << "rank " << c.rank() << " caught TimeoutError after " << ms << " ms: " << e.what()
+              << std::endl;
+    CHECK(e.peers() == std::vector<int>{victim}, "timeout names rank " << victim);
+    const double limit = c.timeout().count();
+    CHECK(ms >= limit * 0.9 && ms < limit + 3000, "timed out after " << ms << " ms");
+  }
+}
+
+// abort() from another thread ends a receive that would never complete, and the peer blocked in
+// a barrier learns of it.
+void scenario_abort(World& w) {
+  Communicator& c = *w.comm;
+  auto started = Clock::now();
+  if (c.rank() == 0) {
+    std::thread killer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      c.abort("test abort");
+    });
+    at::Tensor t = at::zeros({10});
+    try {
+      c.recv(t, 1);
+      CHECK(false, "recv returned without data");
+    } catch (const AbortedError& e) {
+      std::cout << "rank 0 aborted after " << ms_since(started) << " ms: " << e.what() << std::endl;
+    }
+    killer.join();
+  } else {
+    try {
+      c.barrier();
+      CHECK(false, "barrier passed without rank 0");
+    } catch (const AbortedError& e) {
+      std::cout << "rank " << c.rank() << " saw abort after " << ms_since(started)
+                << " ms: " << e.what() << std::endl;
+      CHECK(std::string(e.what()).find("rank 0") != std::string::npos, "abort names rank 0");
+    }
+  }
+  CHECK(ms_since(started) < 5000, "abort took " << ms_since(started) << " ms");
+}
+
+template <class E>
+void expect_error(const std::function<void()>& f, const std::vector<std::string>& words,
+                  const std::string& what) {
+  try {
+    f();
+    CHECK(false, what << ": no error");
+  } catch (const E& e) {
+    std::string msg = e.what();
+    for (const auto& word : words) {
+      CHECK(msg.find(word) != std::string::npos, what << ": message lacks '" << word << "': " << msg);
+    }
+  } catch (const std::exception& e) {
+    CHECK(false, what << ": wrong error type: " << e.what());
+  }
+}
+
+void scenario_bad_input(World& w) {
+  Communicator& c = *w.comm;
+  const std::string me = "rank " + std::to_string(c.rank());
+  at::Tensor t = at::ones({4});
+  expect_error<ConfigError>([&] { c.broadcast(t, 7); }, {"root 7", me}, "root out of range");
+  expect_error<ConfigError>([&] { c.reduce(t, -1); }, {"root -1", me}, "negative root");
+  expect_error<ConfigError>([&] { c.send(t, c.rank()); }, {"itself", me}, "send to self");
+  expect_error<ConfigError>([&] { c.all_gather(at::ones({3}), t); }, {"output", me},
+                            "all_gather size");
+  expect_error<ConfigError>([&] { c.reduce_scatter(at::ones({3}), t); }, {"input", me},
+                            "reduce_scatter size");
+  expect_error<ConfigError>([&] { c.all_reduce(at::ones({4}, at::kBool)); }, {"dtype", "Bool"},
+                            "unsupported dtype");
+  expect_error<ConfigError>([&] { c.all_reduce(t, at::ones({4}, at::kDouble)); },
+                            {"dtypes must match"}, "dtype mismatch in/out");
+  expect_error<ConfigError>([&] { c.all_to_all(at::ones({6}), at::ones({6}), {1, 1}, {}); },
+                            {"output_splits"}, "bad splits");
+  expect_error<ConfigError>([&] { create_communicator(Backend::kGloo, w.store, 5, 4); },
+                            {"rank 5", "world size 4"}, "rank >= world");
+  expect_error<ConfigError>([&] { create_communicator(Backend::kGloo, w.store, 0, 0); },
+                            {"world size"}, "world size 0");
+  if (!nccl_available()) {
+    expect_error<ConfigError>([&] { create_communicator(Backend::kNccl, w.store, 0, 1); },
+                              {"nccl"}, "nccl without a GPU");
+  }
+  // The communicator is still healthy after rejected calls.
+  c.all_reduce(t);
+  CHECK(t[0].item<float>() == float(c.size()), "all_reduce after bad input");
+  // Mismatched counts across ranks, caught by the debug check and named.
+  setenv("TENAX_DEBUG_COLLECTIVES", "1", 1);
+  at::Tensor odd = at::ones({c.rank() == 1 ? 5 : 4});
+  expect_error<ConfigError>([&] { c.all_reduce(odd); }, {"rank 1", "5 x Float"},
+                            "mismatched counts");
+}
+
+// Rank 1 waits on the store while the store's host (rank 0 here) kills itself: the wait must end
+// with a StoreError soon, not at the 60 s timeout.
+void scenario_store_host_dies(World& w) {
+  if (w.rank == 0) {
+    w.store->set("ready", "1");
+    w.store->get("go", std::chrono::seconds(30));
+    raise(SIGKILL);
+  }
+  w.store->get("ready", std::chrono::seconds(30));
+  auto started = Clock::now();
+  try {
+    w.store->set("go", "1");
+    w.store->get("never-set", std::chrono::seconds(60));
+    CHECK(false, "get returned");
+  } catch (const StoreError& e) {
+    std::cout << "store loss seen after " << ms_since(started) << " ms: " << e.what() << std::endl;
+    CHECK(ms_since(started) < 5000, "store loss took " << ms_since(started) << " ms");
+  }
+}
+
+// The NCCL backend on CUDA tensors, against the same references. Exits 77 (skip) without a
+// GPU or without the NCCL backend in this build.
+void scenario_nccl(World& w) {
+  if (!nccl_available()) {
+    std::cout << "SKIP nccl: no CUDA device or NCCL backend" << std::endl;
+    std::exit(77);
+  }
+  CommOptions opts;
+  opts.name = "nccl";
+  auto c = create_communicator(Backend::kNccl, w.store, w.rank, w.size, opts);
+  const int n = c->size(), r = c->rank();
+  for (auto dt : {at::kFloat, at::kHalf, at::kBFloat16, at::kInt}) {
+    for (int64_t count : {int64_t(1), int64_t(1031)}) {
+      std::vector<at::Tensor> ins;
+      for (int k = 0; k < n; ++k) ins.push_back(input_for(k, count, dt, false));
+      at::Tensor t = ins[r].to(at::kCUDA);
+      c->all_reduce(t);
+      CHECK(same(t.cpu(), reference(ins, ReduceOp::kSum, dt)), "nccl all_reduce " << name(dt));
+      at::Tensor g = at::zeros({count * n}, dt).to(at::kCUDA);
+      c->all_gather(g, ins[r].to(at::kCUDA));
+      CHECK(same(g.cpu(), at::cat(ins)), "nccl all_gather " << name(dt));
+      at::Tensor b = (r == 0 ? ins[0] : at::zeros({count}, dt)).to(at::kCUDA);
+      c->broadcast(b, 0);
+      CHECK(same(b.cpu(), ins[0]), "nccl broadcast " << name(dt));
+    }
+  }
+  // A CPU tensor on the NCCL backend is a clear error.
+  expect_error<ConfigError>([&] { c->all_reduce(at::ones({4})); }, {"CUDA", "rank"},
+                            "CPU tensor on nccl");
+  c->barrier();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "usage: comm_worker SCENARIO" << std::endl;
+    return 2;
+  }
+  const std::string scenario = argv[1];
+  try {
+    World w = init();
+    std::map<std::string, std::function<void(World&)>> scenarios = {
+        {"collectives", scenario_collectives}, {"split", scenario_split},
+        {"kill", scenario_kill},               {"hang", scenario_hang},
+        {"abort", scenario_abort},             {"bad_input", scenario_bad_input},
+        {"store_host_dies", scenario_store_host_dies}, {"nccl", scenario_nccl},
+        {"init", [](World& w) {
+           std::cout << "launcher=" << w.info.launcher << " rank=" << w.rank << " size=" << w.size
+                     << " local_rank=" << w.local_rank << std::endl;
+           at::Tensor t = at::ones({3});
+           w.comm->all_reduce(t);
+           CHECK(t[0].item<float>() == float(w.size), "init all_reduce");
+         }}};
+    auto it = scenarios.find(scenario);
+    if (it == scenarios.end()) {
+      std::cerr << "unknown scenario " << scenario << std::endl;
+      return 2;
+    }
+    it->second(w);
+  } catch (const std::exception& e) {
+    std::cout << "ERROR: " << e.what() << std::endl;
+    return 1;
+  }
+  if (g_failures > 0) {
+    std::cout << "FAIL " << scenario << " (" << g_failures << " checks)" << std::endl;
+    return 1;
+  }
+  std::cout << "PASS " << scenario << std::endl;
+  return 0;
+}

@@ -1,0 +1,195 @@
+// Communicators across real processes on loopback sockets: correctness against a single-process
+// reference, sub-communicators, failure semantics, bad input, bootstrap and launchers.
+
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <regex>
+#include <thread>
+
+#include "support/process.h"
+
+using namespace std::chrono_literals;
+using tenax::testing::dump;
+using tenax::testing::Process;
+using tenax::testing::RankResult;
+using tenax::testing::run_command;
+using tenax::testing::run_ranks;
+
+namespace {
+
+void expect_all_pass(const std::vector<RankResult>& results, const std::string& scenario) {
+  for (size_t r = 0; r < results.size(); ++r) {
+    EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+    EXPECT_NE(results[r].output.find("PASS " + scenario), std::string::npos) << dump(results);
+  }
+}
+
+class CollectivesTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(CollectivesTest, EveryCollectiveAndDtypeMatchesTheSingleProcessReference) {
+  expect_all_pass(run_ranks(GetParam(), {COMM_WORKER, "collectives"}), "collectives");
+}
+
+INSTANTIATE_TEST_SUITE_P(WorldSizes, CollectivesTest, ::testing::Values(1, 2, 3, 4),
+                         [](const auto& info) { return "world" + std::to_string(info.param); });
+
+TEST(SplitTest, SplitFormsOrderedSubgroupsAndNegativeColorJoinsNone) {
+  expect_all_pass(run_ranks(4, {COMM_WORKER, "split"}), "split");
+  expect_all_pass(run_ranks(3, {COMM_WORKER, "split"}), "split");
+}
+
+TEST(FailureTest, KilledPeerIsReportedWithinOneSecondAndSurvivorsRebuild) {
+  auto results = run_ranks(4, {COMM_WORKER, "kill"}, {{"VICTIM", "2"}, {"TENAX_TIMEOUT", "20"}});
+  EXPECT_EQ(results[2].exit_code, 128 + SIGKILL) << dump(results);
+  for (int r : {0, 1, 3}) {
+    EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+    EXPECT_NE(results[r].output.find("RECOVERED"), std::string::npos) << dump(results);
+  }
+}
+
+TEST(FailureTest, StoppedPeerTimesOutNamingIt) {
+  const int n = 3, victim = 1;
+  std::map<std::string, std::string> env = {{"VICTIM", std::to_string(victim)},
+                                            {"TENAX_TIMEOUT", "2"}};
+  // The stopped rank never exits by itself: it is killed once the others are done.
+  auto results = run_ranks(n, {COMM_WORKER, "hang"}, env, 30s, victim);
+  for (int r = 0; r < n; ++r) {
+    if (r == victim) continue;
+    EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+    EXPECT_NE(results[r].output.find("caught TimeoutError"), std::string::npos) << dump(results);
+  }
+}
+
+TEST(FailureTest, AbortFromAnotherThreadEndsStuckOperationsOnEveryRank) {
+  expect_all_pass(run_ranks(2, {COMM_WORKER, "abort"}, {{"TENAX_TIMEOUT", "30"}}, 20s), "abort");
+}
+
+TEST(FailureTest, DeathOfTheStoreHostIsAClearErrorForTheOthers) {
+  auto port = std::to_string(tenax::testing::free_port());
+  auto results = run_ranks(2, {COMM_WORKER, "store_host_dies"},
+                           {{"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}}, 30s);
+  EXPECT_EQ(results[0].exit_code, 128 + SIGKILL) << dump(results);
+  EXPECT_EQ(results[1].exit_code, 0) << dump(results);
+  EXPECT_NE(results[1].output.find("store loss seen"), std::string::npos) << dump(results);
+}
+
+TEST(BadInputTest, EveryBadArgumentIsAClearErrorNamingRankAndTensor) {
+  expect_all_pass(run_ranks(3, {COMM_WORKER, "bad_input"}), "bad_input");
+}
+
+TEST(BootstrapTest, RankOutsideTheWorldIsAConfigErrorNamingTheVariable) {
+  auto r = run_command({COMM_WORKER, "init"},
+                       {{"RANK", "5"}, {"WORLD_SIZE", "4"}, {"MASTER_ADDR", "127.0.0.1"},
+                        {"MASTER_PORT", "1"}});
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("RANK=5 is out of range for WORLD_SIZE=4"), std::string::npos) << r.output;
+  r = run_command({COMM_WORKER, "init"}, {{"RANK", "0"}, {"WORLD_SIZE", "0"}});
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("WORLD_SIZE=0"), std::string::npos) << r.output;
+}
+
+TEST(BootstrapTest, SingleProcessWithNoEnvironmentIsWorldSizeOne) {
+  auto r = run_command({"env", "-u", "RANK", "-u", "WORLD_SIZE", "-u", "OMPI_COMM_WORLD_RANK",
+                        "-u", "SLURM_PROCID", COMM_WORKER, "init"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("launcher=single rank=0 size=1"), std::string::npos) << r.output;
+}
+
+TEST(BootstrapTest, SlurmEnvironmentIsRecognised) {
+  const int n = 2;
+  auto port = std::to_string(tenax::testing::free_port());
+  std::vector<Process> procs;
+  for (int r = 0; r < n; ++r) {
+    procs.emplace_back(std::vector<std::string>{COMM_WORKER, "init"},
+                       std::map<std::string, std::string>{{"SLURM_PROCID", std::to_string(r)},
+                                                          {"SLURM_NTASKS", "2"},
+                                                          {"SLURM_LOCALID", std::to_string(r)},
+                                                          {"MASTER_ADDR", "127.0.0.1"},
+                                                          {"MASTER_PORT", port}});
+  }
+  for (int r = 0; r < n; ++r) {
+    EXPECT_EQ(procs[r].wait(60s), 0) << procs[r].output();
+    EXPECT_NE(procs[r].output().find("launcher=slurm rank=" + std::to_string(r) + " size=2"),
+              std::string::npos)
+        << procs[r].output();
+  }
+}
+
+TEST(LauncherTest, TenaxrunStartsRanksAndPrefixesTheirOutput) {
+  auto r = run_command({TENAXRUN, "--nproc-per-node", "4", COMM_WORKER, "init"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  for (int k = 0; k < 4; ++k) {
+    EXPECT_NE(r.output.find("[rank " + std::to_string(k) + "] launcher=tenaxrun rank=" +
+                            std::to_string(k) + " size=4"),
+              std::string::npos)
+        << r.output;
+  }
+}
+
+TEST(LauncherTest, TenaxrunExitsWithTheFirstFailureAndStopsTheOthers) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = run_command({TENAXRUN, "--nproc-per-node", "3", "sh", "-c",
+                        "if [ $RANK = 1 ]; then exit 3; else sleep 30; fi"});
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 15s);
+  EXPECT_NE(r.output.find("rank 1 exited with status 3"), std::string::npos) << r.output;
+}
+
+TEST(LauncherTest, TenaxrunRejectsBadFlagsClearly) {
+  auto r = run_command({TENAXRUN, "--nproc-per-node", "zero", "true"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("--nproc-per-node must be a positive integer"), std::string::npos)
+      << r.output;
+}
+
+TEST(LauncherTest, MpirunBootstrapsWithNoOtherConfiguration) {
+  auto r = run_command({"mpirun", "--oversubscribe", "-np", "4", COMM_WORKER, "init"},
+                       {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  for (int k = 0; k < 4; ++k) {
+    EXPECT_NE(r.output.find("launcher=mpirun rank=" + std::to_string(k) + " size=4"),
+              std::string::npos)
+        << r.output;
+  }
+}
+
+TEST(NcclTest, CudaCollectivesMatchTheReferenceOrSkipWithoutAGpu) {
+  auto r = run_command({COMM_WORKER, "nccl"});
+  if (r.exit_code == 77) GTEST_SKIP() << r.output;
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+// The benchmark's #wrong column checks every result; both launchers must give 0.
+TEST(CollectivePerfTest, MpirunFourRanksEveryCollectiveHasNoWrongValues) {
+  for (const char* coll : {"all_reduce", "reduce_scatter", "all_gather", "broadcast", "reduce",
+                           "all_to_all", "sendrecv"}) {
+    auto r = run_command({"mpirun", "--oversubscribe", "-np", "4", COLLECTIVE_PERF, "-b", "4K",
+                          "-e", "256K", "-f", "8", "-n", "2", "-w", "1", "-c", "1", "--coll", coll},
+                         {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}});
+    EXPECT_EQ(r.exit_code, 0) << coll << "\n" << r.output;
+    EXPECT_NE(r.output.find("# Out of bounds values : 0 OK"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("# Avg bus bandwidth"), std::string::npos) << r.output;
+  }
+}
+
+TEST(CollectivePerfTest, TenaxrunFourRanksHalfPrecisionAverageHasNoWrongValues) {
+  auto r = run_command({TENAXRUN, "--nproc-per-node", "4", COLLECTIVE_PERF, "-b", "1K", "-e",
+                        "1M", "-f", "32", "-n", "2", "-w", "1", "-c", "1", "-d", "half", "-o",
+                        "avg", "--json", "/dev/null"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("[rank 0] # Out of bounds values : 0 OK"), std::string::npos) << r.output;
+  // nccl-tests' columns, in order.
+  EXPECT_TRUE(std::regex_search(r.output, std::regex("size +count +type +redop +root +time +algbw "
+                                                     "+busbw +#wrong +time +algbw +busbw +#wrong")))
+      << r.output;
+}
+
+TEST(CollectivePerfTest, BadFlagIsAClearError) {
+  auto r = run_command({COLLECTIVE_PERF, "-d", "complex"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("-d 'complex' is not a known dtype"), std::string::npos) << r.output;
+}
+
+}  // namespace
