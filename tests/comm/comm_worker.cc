@@ -356,10 +356,17 @@ void scenario_bad_input(World& w) {
   // The communicator is still healthy after rejected calls.
   c.all_reduce(t);
   CHECK(t[0].item<float>() == float(c.size()), "all_reduce after bad input");
-  // Mismatched counts across ranks, caught by the debug check and named.
+  // Mismatched counts on a large tensor are always caught (the check is cheap there).
+  at::Tensor big = at::ones({(c.rank() == 2 ? 1 : 0) + (1 << 20)});
+  expect_error<ConfigError>([&] { c.all_reduce(big); }, {"rank 2", "1048577 x Float"},
+                            "mismatched large counts");
+  // Small ones are caught when TENAX_DEBUG_COLLECTIVES is set.
+  CommOptions opts;
+  opts.name = "world.debug";
+  auto fresh = create_communicator(Backend::kGloo, w.store, c.rank(), c.size(), opts);
   setenv("TENAX_DEBUG_COLLECTIVES", "1", 1);
   at::Tensor odd = at::ones({c.rank() == 1 ? 5 : 4});
-  expect_error<ConfigError>([&] { c.all_reduce(odd); }, {"rank 1", "5 x Float"},
+  expect_error<ConfigError>([&] { fresh->all_reduce(odd); }, {"rank 1", "5 x Float"},
                             "mismatched counts");
 }
 

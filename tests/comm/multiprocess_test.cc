@@ -137,6 +137,24 @@ TEST(LauncherTest, TenaxrunExitsWithTheFirstFailureAndStopsTheOthers) {
   EXPECT_NE(r.output.find("rank 1 exited with status 3"), std::string::npos) << r.output;
 }
 
+TEST(LauncherTest, TenaxrunForwardsSigtermToEveryRank) {
+  Process run({TENAXRUN, "--nproc-per-node", "2", "sh", "-c",
+               "trap 'echo got TERM; exit 5' TERM; echo ready; while :; do sleep 0.1; done"},
+              {});
+  for (int i = 0; i < 500; ++i) {
+    auto out = run.output();
+    if (out.find("[rank 0] ready") != std::string::npos &&
+        out.find("[rank 1] ready") != std::string::npos) {
+      break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  run.kill(SIGTERM);
+  EXPECT_EQ(run.wait(10s), 5) << run.output();
+  EXPECT_NE(run.output().find("[rank 0] got TERM"), std::string::npos) << run.output();
+  EXPECT_NE(run.output().find("[rank 1] got TERM"), std::string::npos) << run.output();
+}
+
 TEST(LauncherTest, TenaxrunRejectsBadFlagsClearly) {
   auto r = run_command({TENAXRUN, "--nproc-per-node", "zero", "true"});
   EXPECT_EQ(r.exit_code, 2);
