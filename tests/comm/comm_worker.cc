@@ -357,8 +357,8 @@ void scenario_bad_input(World& w) {
   c.all_reduce(t);
   CHECK(t[0].item<float>() == float(c.size()), "all_reduce after bad input");
   // Mismatched counts on a large tensor are always caught (the check is cheap there).
-  at::Tensor big = at::ones({(c.rank() == 2 ? 1 : 0) + (1 << 20)});
-  expect_error<ConfigError>([&] { c.all_reduce(big); }, {"rank 2", "1048577 x Float"},
+  at::Tensor big = at::ones({(c.rank() == 2 ? 1 : 0) + (4 << 20)});
+  expect_error<ConfigError>([&] { c.all_reduce(big); }, {"rank 2", "4194305 x Float"},
                             "mismatched large counts");
   // Small ones are caught when TENAX_DEBUG_COLLECTIVES is set.
   CommOptions opts;

@@ -1,0 +1,69 @@
+#pragma once
+
+// Data parallelism for any torch::nn::Module: parameters and buffers start equal on every dp
+// rank, and after each backward pass every parameter's gradient is the average over the dp
+// group. Gradients are copied into buckets as autograd produces them; a bucket's all-reduce
+// starts as soon as it is full, while backward is still running. The end of backward waits for
+// every bucket, so `loss.backward(); optimizer.step();` needs no extra call.
+
+#include <torch/nn/module.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tenax/comm/communicator.h"
+
+namespace tenax {
+
+struct DataParallelOptions {
+  // Bytes of gradient per bucket (PyTorch's default), and a smaller first bucket so that
+  // communication starts early in backward.
+  int64_t bucket_cap_bytes = 25 << 20;
+  int64_t first_bucket_cap_bytes = 1 << 20;
+  // Parameters that get no gradient in a backward pass are an error unless this is set; then
+  // they count as zero gradients.
+  bool find_unused_parameters = false;
+
+  DataParallelOptions& bucket_cap(int64_t v) { bucket_cap_bytes = v; return *this; }
+  DataParallelOptions& first_bucket_cap(int64_t v) { first_bucket_cap_bytes = v; return *this; }
+  DataParallelOptions& allow_unused(bool v) { find_unused_parameters = v; return *this; }
+};
+
+class DataParallel {
+ public:
+  // Broadcasts `module`'s parameters and buffers from dp rank 0, then hooks its parameters.
+  // Collective over `dp`. Throws ConfigError when parameters are not on the backend's device
+  // type or have different dtypes within one bucket.
+  DataParallel(std::shared_ptr<torch::nn::Module> module, std::shared_ptr<Communicator> dp,
+               DataParallelOptions options = {});
+  ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  // While alive, backward passes only accumulate gradients locally (gradient accumulation
+  // across micro-batches); the next backward after it is gone averages the accumulated sum.
+  class NoSync {
+   public:
+    explicit NoSync(DataParallel& dp);
+    ~NoSync();
+
+   private:
+    DataParallel& dp_;
+  };
+  NoSync no_sync() { return NoSync(*this); }
+
+  const std::shared_ptr<torch::nn::Module>& module() const { return module_; }
+  // Number of buckets and, for the last synchronised backward, how many buckets started their
+  // all-reduce before backward had finished (the overlap).
+  size_t num_buckets() const;
+  size_t buckets_started_during_backward() const;
+
+  class Impl;
+
+ private:
+  std::shared_ptr<torch::nn::Module> module_;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace tenax

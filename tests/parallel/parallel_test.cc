@@ -1,0 +1,41 @@
+// Data parallelism and the process mesh across real processes, against the single-process run.
+
+#include <gtest/gtest.h>
+
+#include "support/process.h"
+
+using tenax::testing::dump;
+using tenax::testing::run_ranks;
+
+namespace {
+
+void expect_all_pass(int n, const std::string& scenario) {
+  auto results = run_ranks(n, {PARALLEL_WORKER, scenario});
+  for (const auto& r : results) {
+    EXPECT_EQ(r.exit_code, 0) << dump(results);
+    EXPECT_NE(r.output.find("PASS " + scenario), std::string::npos) << dump(results);
+  }
+}
+
+class DataParallelTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(DataParallelTest, TwentySgdMomentumStepsMatchTheSingleProcessRun) {
+  expect_all_pass(GetParam(), "match");
+}
+
+INSTANTIATE_TEST_SUITE_P(DpSizes, DataParallelTest, ::testing::Values(2, 3, 4),
+                         [](const auto& info) { return "dp" + std::to_string(info.param); });
+
+TEST(DataParallelTest, GradientAccumulationWithNoSyncEqualsTheLargerBatch) {
+  expect_all_pass(2, "accumulate");
+}
+
+TEST(DataParallelTest, UnusedParametersAreNamedOrCountAsZeroWhenAllowed) {
+  expect_all_pass(2, "unused");
+}
+
+TEST(ProcessMeshTest, GroupsFollowTheOrderAndBadMeshesSayWhatFits) {
+  expect_all_pass(4, "mesh");
+}
+
+}  // namespace

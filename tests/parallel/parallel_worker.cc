@@ -1,0 +1,218 @@
+// One rank of a multi-process parallelism test. Usage: parallel_worker SCENARIO
+// Each rank also trains the single-process reference itself (same seed, whole batch) and
+// compares. Prints "PASS <scenario>" and exits 0 when every check holds.
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <functional>
+#include <iostream>
+#include <map>
+
+#include "tenax/parallel/data_parallel.h"
+#include "tenax/parallel/mesh.h"
+#include "tenax/tenax.h"
+
+using namespace tenax;
+
+namespace {
+
+int g_failures = 0;
+#define EXPECT(cond, msg)                                                                \
+  do {                                                                                   \
+    if (!(cond)) {                                                                       \
+      std::cout << "CHECK FAILED (" << __LINE__ << "): " << msg << std::endl;            \
+      ++g_failures;                                                                      \
+    }                                                                                    \
+  } while (0)
+
+struct NetImpl : torch::nn::Module {
+  explicit NetImpl(bool with_unused) {
+    fc1 = register_module("fc1", torch::nn::Linear(16, 64));
+    fc2 = register_module("fc2", torch::nn::Linear(64, 32));
+    fc3 = register_module("fc3", torch::nn::Linear(32, 4));
+    if (with_unused) unused = register_module("unused", torch::nn::Linear(4, 4));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return fc3(torch::tanh(fc2(torch::tanh(fc1(x)))));
+  }
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr}, fc3{nullptr}, unused{nullptr};
+};
+TORCH_MODULE(Net);
+
+constexpr int kGlobalBatch = 24;
+constexpr int kSteps = 20;
+
+std::pair<torch::Tensor, torch::Tensor> batch(int step) {
+  torch::manual_seed(1000 + step);
+  return {torch::randn({kGlobalBatch, 16}), torch::randn({kGlobalBatch, 4})};
+}
+
+Net make_net(bool with_unused = false) {
+  torch::manual_seed(42);
+  return Net(with_unused);
+}
+
+double rel_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return ((a - b).abs().max() / (b.abs().max() + 1e-12)).item<double>();
+}
+
+// Trains the reference on the whole batch; returns per-step losses.
+std::vector<double> train_reference(Net& net, int micro_batches = 1) {
+  torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  std::vector<double> losses;
+  for (int s = 0; s < kSteps; ++s) {
+    auto [x, y] = batch(s);
+    opt.zero_grad();
+    auto loss = torch::mse_loss(net->forward(x), y);
+    loss.backward();
+    opt.step();
+    losses.push_back(loss.item<double>());
+  }
+  (void)micro_batches;
+  return losses;
+}
+
+void compare_weights(Net& a, Net& b, const std::string& what) {
+  auto pa = a->named_parameters(), pb = b->named_parameters();
+  for (const auto& p : pa) {
+    double d = rel_diff(p.value(), pb[p.key()]);
+    EXPECT(d < 1e-5, what << ": weight " << p.key() << " differs by " << d << " (relative)");
+  }
+}
+
+// dp = world size: 20 SGD-with-momentum steps (sensitive to the gradient scale) match the single-process run, losses and final weights.
+void scenario_match(World& w, int micro_batches) {
+  auto dp = w.comm;
+  const int n = dp->size(), r = dp->rank();
+  Net ref = make_net();
+  std::vector<double> ref_losses = train_reference(ref);
+
+  torch::manual_seed(1234 + r);  // different init per rank: DataParallel must broadcast rank 0's
+  Net net(false);
+  if (r == 0) net = make_net();
+  DataParallel ddp(net.ptr(), dp, DataParallelOptions().first_bucket_cap(2048).bucket_cap(8192));
+  torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  const int local = kGlobalBatch / n, micro = local / micro_batches;
+  for (int s = 0; s < kSteps; ++s) {
+    auto [x, y] = batch(s);
+    x = x.narrow(0, r * local, local);
+    y = y.narrow(0, r * local, local);
+    opt.zero_grad();
+    torch::Tensor total = torch::zeros({});
+    for (int m = 0; m < micro_batches; ++m) {
+      auto loss = torch::mse_loss(net->forward(x.narrow(0, m * micro, micro)),
+                                  y.narrow(0, m * micro, micro)) / micro_batches;
+      if (m + 1 < micro_batches) {
+        auto guard = ddp.no_sync();
+        loss.backward();
+      } else {
+        loss.backward();
+      }
+      total += loss.detach();
+    }
+    opt.step();
+    dp->all_reduce(total, ReduceOp::kAvg);
+    double d = std::abs(total.item<double>() - ref_losses[s]) / std::abs(ref_losses[s]);
+    EXPECT(d < 1e-5, "step " << s << " loss " << total.item<double>() << " vs reference "
+                             << ref_losses[s]);
+  }
+  compare_weights(net, ref, "dp=" + std::to_string(n));
+  EXPECT(ddp.num_buckets() > 1, "expected several buckets, got " << ddp.num_buckets());
+  EXPECT(ddp.buckets_started_during_backward() >= 1,
+         "no bucket started before the end of backward");
+  std::cout << "dp=" << n << " micro_batches=" << micro_batches << " buckets=" << ddp.num_buckets()
+            << " started during backward=" << ddp.buckets_started_during_backward() << std::endl;
+}
+
+void scenario_unused(World& w) {
+  Net net = make_net(/*with_unused=*/true);
+  {
+    DataParallel ddp(net.ptr(), w.comm);
+    auto [x, y] = batch(0);
+    try {
+      torch::mse_loss(net->forward(x), y).backward();
+      EXPECT(false, "backward with an unused parameter did not fail");
+    } catch (const std::exception& e) {
+      std::string msg = e.what();
+      EXPECT(msg.find("unused.weight") != std::string::npos && msg.find("allow_unused") !=
+                                                                   std::string::npos,
+             "message does not name the parameter: " << msg);
+    }
+  }
+  CommOptions opts;
+  opts.name = "world.allow_unused";
+  auto fresh = create_communicator(Backend::kGloo, w.store, w.rank, w.size, opts);
+  Net net2 = make_net(true);
+  DataParallel ddp(net2.ptr(), fresh, DataParallelOptions().allow_unused(true));
+  auto [x, y] = batch(0);
+  net2->zero_grad();
+  torch::mse_loss(net2->forward(x), y).backward();
+  EXPECT(net2->unused->weight.grad().defined() &&
+             net2->unused->weight.grad().abs().sum().item<double>() == 0,
+         "unused parameter's gradient should be zero");
+}
+
+void scenario_mesh(World& w) {
+  auto world = w.comm;
+  ProcessMesh mesh(world, MeshOptions().tensor_parallel(2));
+  const int r = world->rank();
+  EXPECT(mesh.dp_size() == world->size() / 2 && mesh.tp_size() == 2 && mesh.pp_size() == 1,
+         "sizes");
+  EXPECT(mesh.tp_rank() == r % 2 && mesh.dp_rank() == r / 2, "coordinates of rank " << r);
+  EXPECT(mesh.rank_of(mesh.dp_rank(), mesh.tp_rank(), mesh.pp_rank()) == r, "rank_of");
+  // A tp group is two consecutive ranks; a dp group is the ranks with the same parity.
+  at::Tensor t = at::full({1}, r, at::kLong);
+  mesh.tp()->all_reduce(t);
+  EXPECT(t.item<int64_t>() == (r / 2) * 4 + 1, "tp group of rank " << r);
+  t.fill_(r);
+  mesh.dp()->all_reduce(t);
+  int64_t want = 0;
+  for (int k = r % 2; k < world->size(); k += 2) want += k;
+  EXPECT(t.item<int64_t>() == want, "dp group of rank " << r);
+  try {
+    ProcessMesh bad(world, MeshOptions().tensor_parallel(3));
+    EXPECT(false, "tp=3 on " << world->size() << " ranks was accepted");
+  } catch (const ConfigError& e) {
+    EXPECT(std::string(e.what()).find("does not divide") != std::string::npos, e.what());
+  }
+  try {
+    ProcessMesh::resolve(4, MeshOptions().data_parallel(4).tensor_parallel(2));
+    EXPECT(false, "dp=4 x tp=2 on 4 ranks was accepted");
+  } catch (const ConfigError& e) {
+    EXPECT(std::string(e.what()).find("it takes dp=2") != std::string::npos, e.what());
+  }
+  try {
+    ProcessMesh::resolve(4, MeshOptions().dim_order("tp-tp-pp"));
+    EXPECT(false, "bad order accepted");
+  } catch (const ConfigError&) {
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return 2;
+  const std::string scenario = argv[1];
+  try {
+    World w = init();
+    std::map<std::string, std::function<void(World&)>> scenarios = {
+        {"match", [](World& w) { scenario_match(w, 1); }},
+        {"accumulate", [](World& w) { scenario_match(w, 2); }},
+        {"unused", scenario_unused},
+        {"mesh", scenario_mesh}};
+    auto it = scenarios.find(scenario);
+    if (it == scenarios.end()) return 2;
+    it->second(w);
+    w.comm->barrier();
+  } catch (const std::exception& e) {
+    std::cout << "ERROR: " << e.what() << std::endl;
+    return 1;
+  }
+  if (g_failures) {
+    std::cout << "FAIL " << scenario << std::endl;
+    return 1;
+  }
+  std::cout << "PASS " << scenario << std::endl;
+  return 0;
+}
