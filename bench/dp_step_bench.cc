@@ -1,0 +1,73 @@
+// Data-parallel training step time: tenax::DataParallel on an MLP, with bucketed overlap
+// (default buckets) or with one bucket (all-reduce after backward). The same model, batch and
+// optimizer as bench/dp_step_reference.py, which runs torch.distributed's DDP.
+//
+//   tenaxrun --nproc-per-node 2 build/bench/tenax-dp-step [--mode overlap|after] [--steps 30]
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "tenax/parallel/data_parallel.h"
+#include "tenax/tenax.h"
+
+int main(int argc, char** argv) {
+  std::string mode = "overlap";
+  int steps = 30, warmup = 5, width = 1024, layers = 4, batch = 64;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string a = argv[i];
+    if (a == "--mode") mode = argv[i + 1];
+    else if (a == "--steps") steps = std::atoi(argv[i + 1]);
+    else if (a == "--width") width = std::atoi(argv[i + 1]);
+    else if (a == "--layers") layers = std::atoi(argv[i + 1]);
+    else if (a == "--batch") batch = std::atoi(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (mode != "overlap" && mode != "after") {
+    std::fprintf(stderr, "--mode must be overlap or after\n");
+    return 2;
+  }
+  torch::set_num_threads(1);
+  auto world = tenax::init();
+  torch::manual_seed(0);
+  auto model = std::make_shared<torch::nn::SequentialImpl>();
+  for (int l = 0; l < layers; ++l) {
+    model->push_back(torch::nn::Linear(width, width));
+    model->push_back(torch::nn::ReLU());
+  }
+  model->push_back(torch::nn::Linear(width, 10));
+  tenax::DataParallelOptions opts;
+  if (mode == "after") opts.bucket_cap(int64_t(1) << 40).first_bucket_cap(int64_t(1) << 40);
+  tenax::DataParallel ddp(model, world.comm, opts);
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.01));
+  torch::manual_seed(1 + world.rank);
+  auto x = torch::randn({batch, width});
+  auto y = torch::randint(0, 10, {batch});
+  std::vector<double> times;
+  for (int s = 0; s < warmup + steps; ++s) {
+    world.comm->barrier();
+    auto t0 = std::chrono::steady_clock::now();
+    opt.zero_grad();
+    auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+    loss.backward();
+    opt.step();
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                    .count();
+    if (s >= warmup) times.push_back(ms);
+  }
+  std::sort(times.begin(), times.end());
+  if (world.rank == 0) {
+    std::printf("tenax dp=%d mode=%s buckets=%zu median_step_ms=%.2f\n", world.size, mode.c_str(),
+                ddp.num_buckets(), times[times.size() / 2]);
+  }
+  world.comm->barrier();
+  return 0;
+}
