@@ -2,7 +2,10 @@
 // (default buckets) or with one bucket (all-reduce after backward). The same model, batch and
 // optimizer as bench/dp_step_reference.py, which runs torch.distributed's DDP.
 //
-//   tenaxrun --nproc-per-node 2 build/bench/tenax-dp-step [--mode overlap|after] [--steps 30]
+//   tenaxrun --nproc-per-node 2 build/bench/tenax-dp-step [--mode overlap|after|zero]
+//       [--optim sgd|adamw] [--steps 30]
+// --mode zero trains with ZeroAdamW (sharded optimizer state) and reports the per-rank optimizer
+// state bytes; compare it with --mode overlap --optim adamw.
 
 #include <torch/torch.h>
 
@@ -14,14 +17,16 @@
 #include <vector>
 
 #include "tenax/parallel/data_parallel.h"
+#include "tenax/parallel/zero.h"
 #include "tenax/tenax.h"
 
 int main(int argc, char** argv) {
-  std::string mode = "overlap";
+  std::string mode = "overlap", optim = "sgd";
   int steps = 30, warmup = 5, width = 1024, layers = 4, batch = 64;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--mode") mode = argv[i + 1];
+    else if (a == "--optim") optim = argv[i + 1];
     else if (a == "--steps") steps = std::atoi(argv[i + 1]);
     else if (a == "--width") width = std::atoi(argv[i + 1]);
     else if (a == "--layers") layers = std::atoi(argv[i + 1]);
@@ -31,10 +36,15 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (mode != "overlap" && mode != "after") {
-    std::fprintf(stderr, "--mode must be overlap or after\n");
+  if (mode != "overlap" && mode != "after" && mode != "zero") {
+    std::fprintf(stderr, "--mode must be overlap, after or zero\n");
     return 2;
   }
+  if (optim != "sgd" && optim != "adamw") {
+    std::fprintf(stderr, "--optim must be sgd or adamw\n");
+    return 2;
+  }
+  if (mode == "zero") optim = "adamw";
   torch::set_num_threads(1);
   auto world = tenax::init();
   torch::manual_seed(0);
@@ -46,8 +56,20 @@ int main(int argc, char** argv) {
   model->push_back(torch::nn::Linear(width, 10));
   tenax::DataParallelOptions opts;
   if (mode == "after") opts.bucket_cap(int64_t(1) << 40).first_bucket_cap(int64_t(1) << 40);
-  tenax::DataParallel ddp(model, world.comm, opts);
-  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.01));
+  std::unique_ptr<tenax::DataParallel> ddp;
+  std::unique_ptr<torch::optim::Optimizer> opt;
+  std::unique_ptr<tenax::ZeroAdamW> zero;
+  const auto adamw = torch::optim::AdamWOptions(1e-3);
+  if (mode == "zero") {
+    zero = std::make_unique<tenax::ZeroAdamW>(model->parameters(), world.comm, adamw);
+  } else {
+    ddp = std::make_unique<tenax::DataParallel>(model, world.comm, opts);
+    if (optim == "sgd") {
+      opt = std::make_unique<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.01));
+    } else {
+      opt = std::make_unique<torch::optim::AdamW>(model->parameters(), adamw);
+    }
+  }
   torch::manual_seed(1 + world.rank);
   auto x = torch::randn({batch, width});
   auto y = torch::randint(0, 10, {batch});
@@ -55,18 +77,24 @@ int main(int argc, char** argv) {
   for (int s = 0; s < warmup + steps; ++s) {
     world.comm->barrier();
     auto t0 = std::chrono::steady_clock::now();
-    opt.zero_grad();
+    if (zero) zero->zero_grad(); else opt->zero_grad();
     auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
     loss.backward();
-    opt.step();
+    if (zero) zero->step(); else opt->step();
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                     .count();
     if (s >= warmup) times.push_back(ms);
   }
   std::sort(times.begin(), times.end());
   if (world.rank == 0) {
-    std::printf("tenax dp=%d mode=%s buckets=%zu median_step_ms=%.2f\n", world.size, mode.c_str(),
-                ddp.num_buckets(), times[times.size() / 2]);
+    int64_t state = zero ? zero->state_bytes()
+                         : optim == "adamw"
+                               ? tenax::adamw_state_bytes(static_cast<torch::optim::AdamW&>(*opt))
+                               : 0;
+    std::printf("tenax dp=%d mode=%s optim=%s buckets=%zu optimizer_state_bytes=%lld "
+                "median_step_ms=%.2f\n",
+                world.size, mode.c_str(), optim.c_str(), ddp ? ddp->num_buckets() : size_t(0),
+                static_cast<long long>(state), times[times.size() / 2]);
   }
   world.comm->barrier();
   return 0;

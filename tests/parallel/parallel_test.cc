@@ -34,6 +34,15 @@ TEST(DataParallelTest, UnusedParametersAreNamedOrCountAsZeroWhenAllowed) {
   expect_all_pass(2, "unused");
 }
 
+class ShardedDataParallelTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(ShardedDataParallelTest, ShardedAdamWMatchesTheSingleProcessRunAndHoldsOneShardOfState) {
+  expect_all_pass(GetParam(), "zero");
+}
+
+INSTANTIATE_TEST_SUITE_P(DpSizes, ShardedDataParallelTest, ::testing::Values(2, 3),
+                         [](const auto& info) { return "dp" + std::to_string(info.param); });
+
 TEST(ProcessMeshTest, GroupsFollowTheOrderAndBadMeshesSayWhatFits) {
   expect_all_pass(4, "mesh");
 }
