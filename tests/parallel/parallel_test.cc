@@ -43,6 +43,15 @@ TEST_P(ShardedDataParallelTest, ShardedAdamWMatchesTheSingleProcessRunAndHoldsOn
 INSTANTIATE_TEST_SUITE_P(DpSizes, ShardedDataParallelTest, ::testing::Values(2, 3),
                          [](const auto& info) { return "dp" + std::to_string(info.param); });
 
+class TensorParallelTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(TensorParallelTest, ColumnRowEmbeddingAndVocabCrossEntropyMatchTheSingleProcessModel) {
+  expect_all_pass(GetParam(), "tp");
+}
+
+INSTANTIATE_TEST_SUITE_P(TpSizes, TensorParallelTest, ::testing::Values(2, 4),
+                         [](const auto& info) { return "tp" + std::to_string(info.param); });
+
 TEST(ProcessMeshTest, GroupsFollowTheOrderAndBadMeshesSayWhatFits) {
   expect_all_pass(4, "mesh");
 }

@@ -1,0 +1,87 @@
+#pragma once
+
+// Megatron-style tensor parallelism as LibTorch modules. Each layer holds its shard of the
+// weights of the equivalent torch::nn layer; communication happens inside custom autograd
+// functions on the tp communicator. Every rank builds the full layer from the same RNG state and
+// keeps its shard, so a tp model starts from exactly the weights of the tp=1 model built with the
+// same seed, and consumes the RNG the same way.
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/container/any.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+
+#include "tenax/comm/communicator.h"
+
+namespace tenax {
+
+// Autograd-aware collectives on the tp group (the "f" and "g" operators of Megatron-LM):
+// identity forward / all-reduce backward, and the reverse; split / gather along the last dim.
+torch::Tensor copy_to_tensor_parallel(const torch::Tensor& x, Communicator& tp);
+torch::Tensor reduce_from_tensor_parallel(const torch::Tensor& x, Communicator& tp);
+torch::Tensor scatter_to_tensor_parallel(const torch::Tensor& x, Communicator& tp);
+torch::Tensor gather_from_tensor_parallel(const torch::Tensor& x, Communicator& tp);
+
+// Y = X Wᵀ + b with W split by output rows: rank k holds rows [k·out/tp, (k+1)·out/tp).
+// Output is this rank's slice of the last dim, or the whole of it with gather_output.
+class ColumnParallelLinearImpl : public torch::nn::Cloneable<ColumnParallelLinearImpl> {
+ public:
+  // Throws ConfigError when tp does not divide `out`.
+  ColumnParallelLinearImpl(int64_t in, int64_t out, std::shared_ptr<Communicator> tp,
+                           bool gather_output = false, bool bias = true);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight, bias;
+
+ private:
+  int64_t in_, out_;
+  std::shared_ptr<Communicator> tp_;
+  bool gather_output_, has_bias_;
+};
+TORCH_MODULE(ColumnParallelLinear);
+
+// Y = X Wᵀ + b with W split by input columns: rank k holds columns [k·in/tp, (k+1)·in/tp).
+// With input_is_parallel the input is already this rank's slice of the last dim (as a
+// ColumnParallelLinear without gather_output produces). The partial products are all-reduced;
+// the bias is added once, after.
+class RowParallelLinearImpl : public torch::nn::Cloneable<RowParallelLinearImpl> {
+ public:
+  // Throws ConfigError when tp does not divide `in`.
+  RowParallelLinearImpl(int64_t in, int64_t out, std::shared_ptr<Communicator> tp,
+                        bool input_is_parallel = true, bool bias = true);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight, bias;
+
+ private:
+  int64_t in_, out_;
+  std::shared_ptr<Communicator> tp_;
+  bool input_is_parallel_, has_bias_;
+};
+TORCH_MODULE(RowParallelLinear);
+
+// An embedding table split by vocabulary rows: each rank looks up the ids it owns, the others
+// contribute zeros, and the partial results are all-reduced.
+class VocabParallelEmbeddingImpl : public torch::nn::Cloneable<VocabParallelEmbeddingImpl> {
+ public:
+  // Throws ConfigError when tp does not divide `vocab`.
+  VocabParallelEmbeddingImpl(int64_t vocab, int64_t dim, std::shared_ptr<Communicator> tp);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& ids);
+  torch::Tensor weight;
+
+ private:
+  int64_t vocab_, dim_;
+  std::shared_ptr<Communicator> tp_;
+};
+TORCH_MODULE(VocabParallelEmbedding);
+
+// Mean cross-entropy of logits split by vocabulary over the tp group (this rank holds columns
+// [k·V/tp, (k+1)·V/tp) of `logits`, shape [N, V/tp]) against `targets` [N] of global ids. The
+// full logits never exist on one rank: only per-row max, sum of exponentials and target logit
+// (3 × N floats) are all-reduced.
+torch::Tensor vocab_parallel_cross_entropy(const torch::Tensor& logits,
+                                           const torch::Tensor& targets, Communicator& tp);
+
+}  // namespace tenax

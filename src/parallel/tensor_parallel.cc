@@ -1,0 +1,206 @@
+#include "tenax/parallel/tensor_parallel.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+
+#include "tenax/core/error.h"
+
+namespace tenax {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The communicator travels through the autograd context as an address: the layer that calls
+// these functions keeps it alive for as long as its graph exists.
+void save_comm(AutogradContext* ctx, Communicator* c) {
+  ctx->saved_data["comm"] = reinterpret_cast<int64_t>(c);
+}
+Communicator& comm(AutogradContext* ctx) {
+  return *reinterpret_cast<Communicator*>(ctx->saved_data["comm"].toInt());
+}
+
+torch::Tensor all_reduced(const torch::Tensor& x, Communicator& c) {
+  torch::Tensor y = x.contiguous().clone();
+  c.all_reduce(y);
+  return y;
+}
+torch::Tensor own_slice(const torch::Tensor& x, Communicator& c) {
+  const int64_t part = x.size(-1) / c.size();
+  return x.narrow(-1, c.rank() * part, part).contiguous();
+}
+torch::Tensor gathered(const torch::Tensor& x, Communicator& c) {
+  // all_gather concatenates flat chunks; move the split dim first so chunks are contiguous.
+  torch::Tensor xt = x.movedim(-1, 0).contiguous();
+  std::vector<int64_t> shape = xt.sizes().vec();
+  shape[0] *= c.size();
+  torch::Tensor out = at::empty(shape, x.options());
+  c.all_gather(out, xt);
+  return out.movedim(0, -1).contiguous();
+}
+
+struct CopyToTP : torch::autograd::Function<CopyToTP> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, Communicator* c) {
+    save_comm(ctx, c);
+    return x.view_as(x);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    return {all_reduced(g[0], comm(ctx)), torch::Tensor()};
+  }
+};
+struct ReduceFromTP : torch::autograd::Function<ReduceFromTP> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, Communicator* c) {
+    return all_reduced(x, *c);
+  }
+  static variable_list backward(AutogradContext*, variable_list g) { return {g[0], torch::Tensor()}; }
+};
+struct ScatterToTP : torch::autograd::Function<ScatterToTP> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, Communicator* c) {
+    save_comm(ctx, c);
+    return own_slice(x, *c);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    return {gathered(g[0], comm(ctx)), torch::Tensor()};
+  }
+};
+struct GatherFromTP : torch::autograd::Function<GatherFromTP> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, Communicator* c) {
+    save_comm(ctx, c);
+    return gathered(x, *c);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    return {own_slice(g[0], comm(ctx)), torch::Tensor()};
+  }
+};
+
+// Softmax cross-entropy over vocabulary shards: forward all-reduces the row max, the sum of
+// exponentials and the target logit; backward is softmax minus one-hot, on the local shard.
+struct VocabParallelCE : torch::autograd::Function<VocabParallelCE> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits,
+                               const torch::Tensor& targets, Communicator* c) {
+    const int64_t part = logits.size(-1), start = c->rank() * part;
+    torch::Tensor max = std::get<0>(logits.max(-1)).contiguous();
+    c->all_reduce(max, ReduceOp::kMax);
+    torch::Tensor shifted = logits - max.unsqueeze(-1);
+    torch::Tensor exp = shifted.exp();
+    torch::Tensor sum = exp.sum(-1).contiguous();
+    c->all_reduce(sum);
+    torch::Tensor local = targets - start;
+    torch::Tensor mine = (local >= 0) & (local < part);
+    torch::Tensor idx = local.clamp(0, part - 1);
+    torch::Tensor target_logit =
+        shifted.gather(-1, idx.unsqueeze(-1)).squeeze(-1) * mine.to(shifted.scalar_type());
+    target_logit = target_logit.contiguous();
+    c->all_reduce(target_logit);
+    torch::Tensor loss = (sum.log() - target_logit).mean();
+    save_comm(ctx, c);
+    ctx->save_for_backward({exp / sum.unsqueeze(-1), idx, mine});
+    return loss;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    auto saved = ctx->get_saved_variables();
+    torch::Tensor grad = saved[0].clone();
+    torch::Tensor onehot = at::zeros_like(grad).scatter_(
+        -1, saved[1].unsqueeze(-1), saved[2].to(grad.scalar_type()).unsqueeze(-1));
+    grad.sub_(onehot).mul_(g[0] / grad.size(0));
+    return {grad, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+void check_divides(const char* layer, const char* what, int64_t n, const Communicator& tp) {
+  if (n % tp.size() != 0) {
+    throw ConfigError(std::string(layer) + ": tensor-parallel size " + std::to_string(tp.size()) +
+                      " does not divide " + what + " = " + std::to_string(n) + " (rank " +
+                      std::to_string(tp.rank()) + ")");
+  }
+}
+
+}  // namespace
+
+torch::Tensor copy_to_tensor_parallel(const torch::Tensor& x, Communicator& tp) {
+  return CopyToTP::apply(x, &tp);
+}
+torch::Tensor reduce_from_tensor_parallel(const torch::Tensor& x, Communicator& tp) {
+  return ReduceFromTP::apply(x, &tp);
+}
+torch::Tensor scatter_to_tensor_parallel(const torch::Tensor& x, Communicator& tp) {
+  return ScatterToTP::apply(x, &tp);
+}
+torch::Tensor gather_from_tensor_parallel(const torch::Tensor& x, Communicator& tp) {
+  return GatherFromTP::apply(x, &tp);
+}
+
+ColumnParallelLinearImpl::ColumnParallelLinearImpl(int64_t in, int64_t out,
+                                                   std::shared_ptr<Communicator> tp,
+                                                   bool gather_output, bool bias)
+    : in_(in), out_(out), tp_(std::move(tp)), gather_output_(gather_output), has_bias_(bias) {
+  check_divides("ColumnParallelLinear", "out_features", out, *tp_);
+  reset();
+}
+
+void ColumnParallelLinearImpl::reset() {
+  torch::nn::Linear full(torch::nn::LinearOptions(in_, out_).bias(has_bias_));
+  const int64_t part = out_ / tp_->size(), start = tp_->rank() * part;
+  weight = register_parameter("weight", full->weight.detach().narrow(0, start, part).clone());
+  if (has_bias_) {
+    bias = register_parameter("bias", full->bias.detach().narrow(0, start, part).clone());
+  }
+}
+
+torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& x) {
+  torch::Tensor y = torch::nn::functional::linear(copy_to_tensor_parallel(x, *tp_), weight,
+                                                  has_bias_ ? bias : torch::Tensor());
+  return gather_output_ ? gather_from_tensor_parallel(y, *tp_) : y;
+}
+
+RowParallelLinearImpl::RowParallelLinearImpl(int64_t in, int64_t out,
+                                             std::shared_ptr<Communicator> tp,
+                                             bool input_is_parallel, bool bias)
+    : in_(in), out_(out), tp_(std::move(tp)), input_is_parallel_(input_is_parallel),
+      has_bias_(bias) {
+  check_divides("RowParallelLinear", "in_features", in, *tp_);
+  reset();
+}
+
+void RowParallelLinearImpl::reset() {
+  torch::nn::Linear full(torch::nn::LinearOptions(in_, out_).bias(has_bias_));
+  const int64_t part = in_ / tp_->size(), start = tp_->rank() * part;
+  weight = register_parameter("weight", full->weight.detach().narrow(1, start, part).clone());
+  if (has_bias_) bias = register_parameter("bias", full->bias.detach().clone());
+}
+
+torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& x) {
+  torch::Tensor in = input_is_parallel_ ? x : scatter_to_tensor_parallel(x, *tp_);
+  torch::Tensor y = reduce_from_tensor_parallel(torch::nn::functional::linear(in, weight), *tp_);
+  return has_bias_ ? y + bias : y;
+}
+
+VocabParallelEmbeddingImpl::VocabParallelEmbeddingImpl(int64_t vocab, int64_t dim,
+                                                       std::shared_ptr<Communicator> tp)
+    : vocab_(vocab), dim_(dim), tp_(std::move(tp)) {
+  check_divides("VocabParallelEmbedding", "vocab", vocab, *tp_);
+  reset();
+}
+
+void VocabParallelEmbeddingImpl::reset() {
+  torch::nn::Embedding full(vocab_, dim_);
+  const int64_t part = vocab_ / tp_->size(), start = tp_->rank() * part;
+  weight = register_parameter("weight", full->weight.detach().narrow(0, start, part).clone());
+}
+
+torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
+  const int64_t part = vocab_ / tp_->size(), start = tp_->rank() * part;
+  torch::Tensor local = ids - start;
+  torch::Tensor mine = (local >= 0) & (local < part);
+  torch::Tensor rows = torch::nn::functional::embedding(local.clamp(0, part - 1), weight);
+  rows = rows * mine.unsqueeze(-1).to(rows.scalar_type());
+  return reduce_from_tensor_parallel(rows, *tp_);
+}
+
+torch::Tensor vocab_parallel_cross_entropy(const torch::Tensor& logits,
+                                           const torch::Tensor& targets, Communicator& tp) {
+  return VocabParallelCE::apply(logits, targets, &tp);
+}
+
+}  // namespace tenax
