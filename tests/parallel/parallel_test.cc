@@ -52,6 +52,10 @@ TEST_P(TensorParallelTest, ColumnRowEmbeddingAndVocabCrossEntropyMatchTheSingleP
 INSTANTIATE_TEST_SUITE_P(TpSizes, TensorParallelTest, ::testing::Values(2, 4),
                          [](const auto& info) { return "tp" + std::to_string(info.param); });
 
+TEST(CompositionTest, DataParallelAroundTensorParallelOnADp2Tp2MeshMatchesOneProcess) {
+  expect_all_pass(4, "dp_tp");
+}
+
 TEST(ProcessMeshTest, GroupsFollowTheOrderAndBadMeshesSayWhatFits) {
   expect_all_pass(4, "mesh");
 }
