@@ -52,6 +52,21 @@ TEST_P(TensorParallelTest, ColumnRowEmbeddingAndVocabCrossEntropyMatchTheSingleP
 INSTANTIATE_TEST_SUITE_P(TpSizes, TensorParallelTest, ::testing::Values(2, 4),
                          [](const auto& info) { return "tp" + std::to_string(info.param); });
 
+void expect_pipeline_passes(int p, const std::string& schedule, int micro) {
+  auto results = run_ranks(p, {PARALLEL_WORKER, "pp"},
+                           {{"PP_SCHEDULE", schedule}, {"PP_MICRO", std::to_string(micro)}});
+  for (const auto& r : results) {
+    EXPECT_EQ(r.exit_code, 0) << dump(results);
+    EXPECT_NE(r.output.find("PASS pp"), std::string::npos) << dump(results);
+  }
+}
+
+TEST(PipelineTest, Pp2GPipeMatchesTheSingleProcessRun) { expect_pipeline_passes(2, "gpipe", 4); }
+TEST(PipelineTest, Pp2OneFOneBMatchesTheSingleProcessRun) { expect_pipeline_passes(2, "1f1b", 4); }
+TEST(PipelineTest, Pp4OneFOneBWithEightMicroBatchesMatchesTheSingleProcessRun) {
+  expect_pipeline_passes(4, "1f1b", 8);
+}
+
 TEST(CompositionTest, DataParallelAroundTensorParallelOnADp2Tp2MeshMatchesOneProcess) {
   expect_all_pass(4, "dp_tp");
 }

@@ -11,6 +11,7 @@
 
 #include "tenax/parallel/data_parallel.h"
 #include "tenax/parallel/mesh.h"
+#include "tenax/parallel/pipeline.h"
 #include "tenax/parallel/tensor_parallel.h"
 #include "tenax/parallel/zero.h"
 #include "tenax/tenax.h"
@@ -311,6 +312,69 @@ void scenario_dp_tp(World& w) {
   EXPECT(rel_diff(net->emb->weight, shard(emb->weight, 0)) < 1e-5, "embedding");
 }
 
+// pp = world size: a 4-layer MLP cut into equal stages; PP_SCHEDULE (gpipe|1f1b) with PP_MICRO
+// micro-batches; 20 SGD steps match the whole-batch single-process run.
+void scenario_pp(World& w) {
+  auto pp = w.comm;
+  const int p = pp->size(), s = pp->rank();
+  const std::string kind = std::getenv("PP_SCHEDULE");
+  const int m = std::atoi(std::getenv("PP_MICRO"));
+  auto build = [] {
+    torch::manual_seed(42);
+    std::vector<torch::nn::Linear> layers = {torch::nn::Linear(16, 32), torch::nn::Linear(32, 32),
+                                             torch::nn::Linear(32, 32), torch::nn::Linear(32, 4)};
+    return layers;
+  };
+  auto ref = build(), mine = build();
+  const int per = 4 / p, lo = s * per, hi = lo + per;
+  auto run_layers = [](std::vector<torch::nn::Linear>& ls, int a, int b, torch::Tensor x) {
+    for (int l = a; l < b; ++l) {
+      x = ls[l]->forward(x);
+      if (l < 3) x = torch::tanh(x);
+    }
+    return x;
+  };
+  std::vector<torch::Tensor> ref_params, stage_params;
+  for (auto& l : ref) for (auto& q : l->parameters()) ref_params.push_back(q);
+  for (int l = lo; l < hi; ++l) for (auto& q : mine[l]->parameters()) stage_params.push_back(q);
+  torch::optim::SGD ref_opt(ref_params, torch::optim::SGDOptions(0.1).momentum(0.9));
+  torch::optim::SGD opt(stage_params, torch::optim::SGDOptions(0.1).momentum(0.9));
+  PipelineSchedule schedule(pp, kind == "gpipe" ? PipelineScheduleKind::kGPipe
+                                                : PipelineScheduleKind::k1F1B, m);
+  for (int step = 0; step < kSteps; ++step) {
+    auto [x, y] = batch(step);
+    ref_opt.zero_grad();
+    auto ref_loss = torch::mse_loss(run_layers(ref, 0, 4, x), y);
+    ref_loss.backward();
+    ref_opt.step();
+    opt.zero_grad();
+    double loss = schedule.run([&](const torch::Tensor& in) { return run_layers(mine, lo, hi, in); },
+                               x, y,
+                               [](const torch::Tensor& out, const torch::Tensor& t) {
+                                 return torch::mse_loss(out, t);
+                               });
+    opt.step();
+    double d = std::abs(loss - ref_loss.item<double>()) / ref_loss.item<double>();
+    EXPECT(d < 1e-5, "step " << step << " pipeline loss " << loss << " vs " << ref_loss.item<double>());
+  }
+  for (int l = lo; l < hi; ++l) {
+    EXPECT(rel_diff(mine[l]->weight, ref[l]->weight) < 1e-5, "stage " << s << " layer " << l);
+    EXPECT(rel_diff(mine[l]->bias, ref[l]->bias) < 1e-5, "stage " << s << " layer " << l << " bias");
+  }
+  EXPECT(std::abs(schedule.theoretical_bubble() - double(p - 1) / (m + p - 1)) < 1e-12, "bubble");
+  EXPECT(schedule.measured_bubble() >= 0 && schedule.measured_bubble() < 1, "measured bubble");
+  std::cout << kind << " pp=" << p << " m=" << m << " stage " << s << " bubble measured "
+            << schedule.measured_bubble() << " theoretical " << schedule.theoretical_bubble()
+            << std::endl;
+  try {
+    schedule.run([](const torch::Tensor& t) { return t; }, torch::zeros({5, 16}),
+                 torch::zeros({5, 4}), [](const torch::Tensor& a, const torch::Tensor&) { return a.sum(); });
+    EXPECT(false, "a batch that does not divide into micro-batches was accepted");
+  } catch (const ConfigError& e) {
+    EXPECT(std::string(e.what()).find("does not divide") != std::string::npos, e.what());
+  }
+}
+
 void scenario_unused(World& w) {
   Net net = make_net(/*with_unused=*/true);
   {
@@ -389,6 +453,7 @@ int main(int argc, char** argv) {
         {"zero", scenario_zero},
         {"tp", scenario_tp},
         {"dp_tp", scenario_dp_tp},
+        {"pp", scenario_pp},
         {"mesh", scenario_mesh}};
     auto it = scenarios.find(scenario);
     if (it == scenarios.end()) return 2;
