@@ -117,6 +117,33 @@ class DataParallel::Impl : public std::enable_shared_from_this<DataParallel::Imp
     }
   }
 
+  void sync_now() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& s : slots_) {
+      auto dst = buckets_[s.bucket].flat.narrow(0, s.offset, s.numel);
+      if (s.param.grad().defined()) {
+        dst.copy_(s.param.grad().reshape({-1}));
+      } else {
+        dst.zero_();
+      }
+    }
+    for (auto& b : buckets_) b.work = dp_->all_reduce_async(b.flat, ReduceOp::kAvg);
+    write_back();
+  }
+
+  // Waits for every bucket and copies the averages into the parameters' gradients.
+  void write_back() {
+    for (auto& b : buckets_) b.work->wait();
+    for (auto& s : slots_) {
+      torch::Tensor avg = buckets_[s.bucket].flat.narrow(0, s.offset, s.numel).view_as(s.param);
+      if (s.param.grad().defined()) {
+        s.param.mutable_grad().copy_(avg);
+      } else {
+        s.param.mutable_grad() = avg.clone();
+      }
+    }
+  }
+
   // Runs at the end of backward: handles parameters that got no gradient, waits for every
   // bucket and writes the averages back into the parameters' gradients.
   void finish_backward() {
@@ -143,15 +170,7 @@ class DataParallel::Impl : public std::enable_shared_from_this<DataParallel::Imp
     const size_t during = started_during_backward_;
     launch_ready();
     started_during_backward_ = during;
-    for (auto& b : buckets_) b.work->wait();
-    for (auto& s : slots_) {
-      torch::Tensor avg = buckets_[s.bucket].flat.narrow(0, s.offset, s.numel).view_as(s.param);
-      if (s.param.grad().defined()) {
-        s.param.mutable_grad().copy_(avg);
-      } else {
-        s.param.mutable_grad() = avg.clone();
-      }
-    }
+    write_back();
   }
 
   std::shared_ptr<Communicator> dp_;
@@ -187,6 +206,8 @@ DataParallel::NoSync::~NoSync() {
   std::lock_guard<std::mutex> lock(dp_.impl_->mu_);
   --dp_.impl_->no_sync_;
 }
+
+void DataParallel::sync() { impl_->sync_now(); }
 
 size_t DataParallel::num_buckets() const { return impl_->buckets_.size(); }
 

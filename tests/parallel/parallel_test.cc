@@ -71,6 +71,22 @@ TEST(CompositionTest, DataParallelAroundTensorParallelOnADp2Tp2MeshMatchesOnePro
   expect_all_pass(4, "dp_tp");
 }
 
+void expect_composition_passes(const std::string& how) {
+  auto results = run_ranks(4, {PARALLEL_WORKER, "compose"}, {{"COMPOSE", how}});
+  for (const auto& r : results) {
+    EXPECT_EQ(r.exit_code, 0) << dump(results);
+    EXPECT_NE(r.output.find("PASS compose"), std::string::npos) << dump(results);
+  }
+}
+
+TEST(CompositionTest, TensorParallelStagesInATp2Pp2PipelineMatchOneProcess) {
+  expect_composition_passes("tp_pp");
+}
+
+TEST(CompositionTest, DataParallelStagesInADp2Pp2PipelineMatchOneProcess) {
+  expect_composition_passes("dp_pp");
+}
+
 TEST(ProcessMeshTest, GroupsFollowTheOrderAndBadMeshesSayWhatFits) {
   expect_all_pass(4, "mesh");
 }

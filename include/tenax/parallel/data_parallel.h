@@ -53,6 +53,11 @@ class DataParallel {
   };
   NoSync no_sync() { return NoSync(*this); }
 
+  // Averages the parameters' current gradients over the dp group now (bucket by bucket), for
+  // when backward ran under no_sync(), e.g. once per micro-batch inside a pipeline schedule.
+  // Collective over the dp group. Parameters without a gradient count as zero.
+  void sync();
+
   const std::shared_ptr<torch::nn::Module>& module() const { return module_; }
   // Number of buckets and, for the last synchronised backward, how many buckets started their
   // all-reduce before backward had finished (the overlap).
