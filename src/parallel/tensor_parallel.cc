@@ -4,6 +4,9 @@
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 
+#include <cmath>
+#include <limits>
+
 #include "tenax/core/error.h"
 
 namespace tenax {
@@ -196,6 +199,45 @@ torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
   torch::Tensor rows = torch::nn::functional::embedding(local.clamp(0, part - 1), weight);
   rows = rows * mine.unsqueeze(-1).to(rows.scalar_type());
   return reduce_from_tensor_parallel(rows, *tp_);
+}
+
+ParallelSelfAttentionImpl::ParallelSelfAttentionImpl(int64_t dim, int64_t heads,
+                                                     std::shared_ptr<Communicator> tp, bool causal)
+    : dim_(dim), heads_(heads), tp_(std::move(tp)), causal_(causal) {
+  if (heads < 1 || dim % heads != 0) {
+    throw ConfigError("ParallelSelfAttention: heads = " + std::to_string(heads) +
+                      " must divide dim = " + std::to_string(dim));
+  }
+  check_divides("ParallelSelfAttention", "heads", heads, *tp_);
+  reset();
+}
+
+void ParallelSelfAttentionImpl::reset() {
+  q = register_module("q", ColumnParallelLinear(dim_, dim_, tp_));
+  k = register_module("k", ColumnParallelLinear(dim_, dim_, tp_));
+  v = register_module("v", ColumnParallelLinear(dim_, dim_, tp_));
+  out = register_module("out", RowParallelLinear(dim_, dim_, tp_));
+}
+
+torch::Tensor ParallelSelfAttentionImpl::forward(const torch::Tensor& x) {
+  const int64_t b = x.size(0), t = x.size(1), local_heads = heads_ / tp_->size();
+  const int64_t hd = dim_ / heads_;
+  // One f operator for all three projections (their input gradients are summed first).
+  torch::Tensor xin = copy_to_tensor_parallel(x, *tp_);
+  auto heads_of = [&](const torch::Tensor& y) {
+    return y.view({b, t, local_heads, hd}).transpose(1, 2);  // [b, h, t, hd]
+  };
+  auto proj = [&](ColumnParallelLinear& l) {
+    return torch::nn::functional::linear(xin, l->weight, l->bias);
+  };
+  torch::Tensor qh = heads_of(proj(q)), kh = heads_of(proj(k)), vh = heads_of(proj(v));
+  torch::Tensor scores = qh.matmul(kh.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));
+  if (causal_) {
+    torch::Tensor mask = torch::ones({t, t}, x.options().dtype(torch::kBool)).triu(1);
+    scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+  }
+  torch::Tensor ctx = scores.softmax(-1).matmul(vh).transpose(1, 2).reshape({b, t, local_heads * hd});
+  return out(ctx);
 }
 
 torch::Tensor vocab_parallel_cross_entropy(const torch::Tensor& logits,

@@ -49,6 +49,10 @@ TEST_P(TensorParallelTest, ColumnRowEmbeddingAndVocabCrossEntropyMatchTheSingleP
   expect_all_pass(GetParam(), "tp");
 }
 
+TEST_P(TensorParallelTest, AttentionWithHeadsSplitAcrossRanksMatchesTheSingleProcessModel) {
+  expect_all_pass(GetParam(), "attention");
+}
+
 INSTANTIATE_TEST_SUITE_P(TpSizes, TensorParallelTest, ::testing::Values(2, 4),
                          [](const auto& info) { return "tp" + std::to_string(info.param); });
 

@@ -77,6 +77,28 @@ class VocabParallelEmbeddingImpl : public torch::nn::Cloneable<VocabParallelEmbe
 };
 TORCH_MODULE(VocabParallelEmbedding);
 
+// Multi-head self-attention with the heads split across the tp group: rank k computes heads
+// [k·H/T, (k+1)·H/T). Q, K and V are column-parallel (each rank holds its heads' rows), the
+// output projection is row-parallel, so the block communicates once in forward and once in
+// backward. Built from the same RNG draws as four torch::nn::Linear(dim, dim) layers created
+// in the order q, k, v, out. Input [batch, seq, dim]; `causal` masks future positions.
+class ParallelSelfAttentionImpl : public torch::nn::Cloneable<ParallelSelfAttentionImpl> {
+ public:
+  // Throws ConfigError when heads does not divide dim or tp does not divide heads.
+  ParallelSelfAttentionImpl(int64_t dim, int64_t heads, std::shared_ptr<Communicator> tp,
+                            bool causal = true);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+  ColumnParallelLinear q{nullptr}, k{nullptr}, v{nullptr};
+  RowParallelLinear out{nullptr};
+
+ private:
+  int64_t dim_, heads_;
+  std::shared_ptr<Communicator> tp_;
+  bool causal_;
+};
+TORCH_MODULE(ParallelSelfAttention);
+
 // Mean cross-entropy of logits split by vocabulary over the tp group (this rank holds columns
 // [k·V/tp, (k+1)·V/tp) of `logits`, shape [N, V/tp]) against `targets` [N] of global ids. The
 // full logits never exist on one rank: only per-row max, sum of exponentials and target logit
