@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
+#include <list>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -83,6 +84,55 @@ void divide_for_avg(at::Tensor& t, int size) {
   }
 }
 
+// Gloo's options objects own the transport buffers of an operation, and building them anew for
+// every call costs far more than the call itself at a few MiB (new buffers, new bookkeeping in
+// every pair): 4.2 ms against 0.7 ms per 1 MiB all-reduce on 2 pinned ranks here. Repeated
+// all-reduces on the same tensors (gradient buckets, benchmarks) reuse them. Entries hold weak
+// references to the tensors' storage: they never keep memory alive, and an entry whose storage
+// is gone is dropped, so a new tensor at a recycled address cannot match it.
+class AllreduceCache {
+ public:
+  static constexpr size_t kCapacity = 8;
+
+  gloo::AllreduceOptions* find(const at::Tensor& in, const at::Tensor& out, ReduceFn fn) {
+    for (auto it = entries_.begin(); it != entries_.end();) {
+      if (it->in.expired() || it->out.expired()) {
+        it = entries_.erase(it);
+        continue;
+      }
+      if (it->in_ptr == in.data_ptr() && it->out_ptr == out.data_ptr() &&
+          it->numel == in.numel() && it->dtype == in.scalar_type() && it->fn == fn) {
+        entries_.splice(entries_.begin(), entries_, it);
+        return entries_.front().opts.get();
+      }
+      ++it;
+    }
+    return nullptr;
+  }
+
+  gloo::AllreduceOptions* insert(const at::Tensor& in, const at::Tensor& out, ReduceFn fn,
+                                 std::unique_ptr<gloo::AllreduceOptions> opts) {
+    entries_.push_front(Entry{in.storage().getWeakStorageImpl(),
+                              out.storage().getWeakStorageImpl(),
+                              in.data_ptr(), out.data_ptr(), in.numel(), in.scalar_type(), fn,
+                              std::move(opts)});
+    if (entries_.size() > kCapacity) entries_.pop_back();
+    return entries_.front().opts.get();
+  }
+
+ private:
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::StorageImpl> in, out;
+    void* in_ptr;
+    void* out_ptr;
+    int64_t numel;
+    c10::ScalarType dtype;
+    ReduceFn fn;
+    std::unique_ptr<gloo::AllreduceOptions> opts;
+  };
+  std::list<Entry> entries_;
+};
+
 struct WorkState {
   bool done = false;
   std::exception_ptr error;
@@ -108,6 +158,7 @@ struct GlooState {
   uint64_t next_seq = 0;
   std::vector<gloo::transport::UnboundBuffer*> active;  // cancelled by abort()
   int split_count = 0;
+  AllreduceCache allreduce_cache;  // used by the worker thread only
 
   std::string who() const {
     return "communicator '" + name + "' (rank " + std::to_string(rank) + " of " +
@@ -432,15 +483,19 @@ class GlooCommunicator : public Communicator {
       if (st.size == 1) {
         if (!in_place) out.work.copy_(in);
       } else {
-        with_storage_type(input.scalar_type(), [&](auto tag) {
-          using T = decltype(tag);
-          gloo::AllreduceOptions o(st.ctx);
-          if (!in_place) o.setInput<T>(static_cast<T*>(in.data_ptr()), in.numel());
-          o.setOutput<T>(out.ptr<T>(), out.numel());
-          o.setReduceFunction(fn);
-          o.setTimeout(st.timeout);
-          gloo::allreduce(o);
-        });
+        gloo::AllreduceOptions* o = st.allreduce_cache.find(in, out.work, fn);
+        if (o == nullptr) {
+          auto fresh = std::make_unique<gloo::AllreduceOptions>(st.ctx);
+          with_storage_type(input.scalar_type(), [&](auto tag) {
+            using T = decltype(tag);
+            if (!in_place) fresh->setInput<T>(static_cast<T*>(in.data_ptr()), in.numel());
+            fresh->setOutput<T>(out.ptr<T>(), out.numel());
+          });
+          fresh->setReduceFunction(fn);
+          fresh->setTimeout(st.timeout);
+          o = st.allreduce_cache.insert(in, out.work, fn, std::move(fresh));
+        }
+        gloo::allreduce(*o);
       }
       if (op == ReduceOp::kAvg) divide_for_avg(out.work, st.size);
       out.finish();
