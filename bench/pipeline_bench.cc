@@ -1,0 +1,67 @@
+// Pipeline bubble, measured against the theory: p equal stages (each `--layers` Linear(width,
+// width) + tanh), m micro-batches, GPipe and 1F1B. For each schedule it prints the median step
+// time and the mean over stages of the fraction of the step each stage spent waiting to
+// receive, next to (p-1)/(m+p-1).
+//
+//   tenaxrun --nproc-per-node 2 build/bench/tenax-pipeline-bench --micro 8
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "tenax/parallel/pipeline.h"
+#include "tenax/tenax.h"
+
+int main(int argc, char** argv) {
+  int micro = 8, steps = 10, width = 512, layers = 4, batch = 64;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string a = argv[i];
+    if (a == "--micro") micro = std::atoi(argv[i + 1]);
+    else if (a == "--steps") steps = std::atoi(argv[i + 1]);
+    else if (a == "--width") width = std::atoi(argv[i + 1]);
+    else if (a == "--layers") layers = std::atoi(argv[i + 1]);
+    else if (a == "--batch") batch = std::atoi(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+      return 2;
+    }
+  }
+  torch::set_num_threads(1);
+  auto world = tenax::init();
+  torch::manual_seed(0);
+  torch::nn::Sequential stage;
+  for (int l = 0; l < layers; ++l) {
+    stage->push_back(torch::nn::Linear(width, width));
+    stage->push_back(torch::nn::Functional(torch::tanh));
+  }
+  auto x = torch::randn({batch, width}), y = torch::randn({batch, width});
+  for (auto kind : {tenax::PipelineScheduleKind::kGPipe, tenax::PipelineScheduleKind::k1F1B}) {
+    tenax::PipelineSchedule schedule(world.comm, kind, micro);
+    std::vector<double> times, bubbles;
+    for (int s = 0; s < steps + 2; ++s) {
+      world.comm->barrier();
+      auto t0 = std::chrono::steady_clock::now();
+      stage->zero_grad();
+      schedule.run([&](const torch::Tensor& in) { return stage->forward(in); }, x, y,
+                   [](const torch::Tensor& o, const torch::Tensor& t) { return torch::mse_loss(o, t); });
+      double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      auto b = at::tensor({schedule.measured_bubble()}, at::kDouble);
+      world.comm->all_reduce(b, tenax::ReduceOp::kAvg);
+      if (s >= 2) {
+        times.push_back(ms);
+        bubbles.push_back(b.item<double>());
+      }
+    }
+    std::sort(times.begin(), times.end());
+    std::sort(bubbles.begin(), bubbles.end());
+    if (world.rank == 0) {
+      std::printf("%s p=%d m=%d median_step_ms=%.1f measured_bubble=%.3f theoretical_bubble=%.3f\n",
+                  kind == tenax::PipelineScheduleKind::kGPipe ? "gpipe" : "1f1b", world.size, micro,
+                  times[times.size() / 2], bubbles[bubbles.size() / 2], schedule.theoretical_bubble());
+    }
+  }
+  world.comm->barrier();
+  return 0;
+}
