@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "support/worker_check.h"
 #include "tenax/tenax.h"
 
 using namespace tenax;
@@ -22,16 +23,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-int g_failures = 0;
-
-#undef CHECK
-#define CHECK(cond, msg)                                                          \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      std::cout << "CHECK FAILED (" << __LINE__ << "): " << msg << std::endl;     \
-      ++g_failures;                                                               \
-    }                                                                             \
-  } while (0)
 
 double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
@@ -454,8 +445,8 @@ int main(int argc, char** argv) {
     std::cout << "ERROR: " << e.what() << std::endl;
     return 1;
   }
-  if (g_failures > 0) {
-    std::cout << "FAIL " << scenario << " (" << g_failures << " checks)" << std::endl;
+  if (tenax::testing::worker_failures() > 0) {
+    std::cout << "FAIL " << scenario << " (" << tenax::testing::worker_failures() << " checks)" << std::endl;
     return 1;
   }
   std::cout << "PASS " << scenario << std::endl;

@@ -14,20 +14,13 @@
 #include "tenax/parallel/pipeline.h"
 #include "tenax/parallel/tensor_parallel.h"
 #include "tenax/parallel/zero.h"
+#include "support/worker_check.h"
 #include "tenax/tenax.h"
 
 using namespace tenax;
 
 namespace {
 
-int g_failures = 0;
-#define EXPECT(cond, msg)                                                                \
-  do {                                                                                   \
-    if (!(cond)) {                                                                       \
-      std::cout << "CHECK FAILED (" << __LINE__ << "): " << msg << std::endl;            \
-      ++g_failures;                                                                      \
-    }                                                                                    \
-  } while (0)
 
 struct NetImpl : torch::nn::Module {
   explicit NetImpl(bool with_unused) {
@@ -80,7 +73,7 @@ void compare_weights(Net& a, Net& b, const std::string& what) {
   auto pa = a->named_parameters(), pb = b->named_parameters();
   for (const auto& p : pa) {
     double d = rel_diff(p.value(), pb[p.key()]);
-    EXPECT(d < 1e-5, what << ": weight " << p.key() << " differs by " << d << " (relative)");
+    CHECK(d < 1e-5, what << ": weight " << p.key() << " differs by " << d << " (relative)");
   }
 }
 
@@ -117,12 +110,12 @@ void scenario_match(World& w, int micro_batches) {
     opt.step();
     dp->all_reduce(total, ReduceOp::kAvg);
     double d = std::abs(total.item<double>() - ref_losses[s]) / std::abs(ref_losses[s]);
-    EXPECT(d < 1e-5, "step " << s << " loss " << total.item<double>() << " vs reference "
+    CHECK(d < 1e-5, "step " << s << " loss " << total.item<double>() << " vs reference "
                              << ref_losses[s]);
   }
   compare_weights(net, ref, "dp=" + std::to_string(n));
-  EXPECT(ddp.num_buckets() > 1, "expected several buckets, got " << ddp.num_buckets());
-  EXPECT(ddp.buckets_started_during_backward() >= 1,
+  CHECK(ddp.num_buckets() > 1, "expected several buckets, got " << ddp.num_buckets());
+  CHECK(ddp.buckets_started_during_backward() >= 1,
          "no bucket started before the end of backward");
   std::cout << "dp=" << n << " micro_batches=" << micro_batches << " buckets=" << ddp.num_buckets()
             << " started during backward=" << ddp.buckets_started_during_backward() << std::endl;
@@ -156,15 +149,15 @@ void scenario_zero(World& w) {
     dp->all_reduce(total, ReduceOp::kAvg);
     double d = std::abs(total.item<double>() - ref_loss.item<double>()) /
                std::abs(ref_loss.item<double>());
-    EXPECT(d < 1e-5, "step " << s << " loss " << total.item<double>() << " vs "
+    CHECK(d < 1e-5, "step " << s << " loss " << total.item<double>() << " vs "
                              << ref_loss.item<double>());
   }
   compare_weights(net, ref, "sharded dp=" + std::to_string(n));
   const int64_t full = adamw_state_bytes(ref_opt), mine = opt.state_bytes();
   const int64_t want = 2 * opt.shard_numel() * 4;
-  EXPECT(full == 2 * opt.total_numel() * 4, "unsharded AdamW state " << full << " bytes");
-  EXPECT(mine == want, "sharded state " << mine << " bytes, want " << want);
-  EXPECT(mine * n < full + 2 * 4 * n, "sharded state is not 1/dp: " << mine << " x " << n
+  CHECK(full == 2 * opt.total_numel() * 4, "unsharded AdamW state " << full << " bytes");
+  CHECK(mine == want, "sharded state " << mine << " bytes, want " << want);
+  CHECK(mine * n < full + 2 * 4 * n, "sharded state is not 1/dp: " << mine << " x " << n
                                                                     << " vs " << full);
   std::cout << "optimizer state per rank: " << mine << " bytes sharded vs " << full
             << " unsharded (dp=" << n << ")" << std::endl;
@@ -207,7 +200,7 @@ void scenario_tp(World& w) {
     loss.backward();
     tp_opt.step();
     double d = std::abs(loss.item<double>() - ref_loss.item<double>()) / ref_loss.item<double>();
-    EXPECT(d < 1e-5, "step " << s << " tp loss " << loss.item<double>() << " vs "
+    CHECK(d < 1e-5, "step " << s << " tp loss " << loss.item<double>() << " vs "
                              << ref_loss.item<double>());
   }
   const int k = tp->rank(), n = tp->size();
@@ -217,7 +210,7 @@ void scenario_tp(World& w) {
   };
   auto check = [&](const torch::Tensor& mine, const torch::Tensor& want, const char* what) {
     double d = rel_diff(mine, want);
-    EXPECT(d < 1e-5, what << " differs by " << d);
+    CHECK(d < 1e-5, what << " differs by " << d);
   };
   check(temb->weight, shard(emb->weight, 0), "embedding");
   check(tfc1->weight, shard(fc1->weight, 0), "column weight");
@@ -240,9 +233,9 @@ void scenario_tp(World& w) {
   check(tb(h), b(h), "row output from a full input");
   try {
     ColumnParallelLinear bad(dim, 3 * n + 1, tp);
-    EXPECT(false, "a width tp does not divide was accepted");
+    CHECK(false, "a width tp does not divide was accepted");
   } catch (const ConfigError& e) {
-    EXPECT(std::string(e.what()).find("does not divide out_features") != std::string::npos, e.what());
+    CHECK(std::string(e.what()).find("does not divide out_features") != std::string::npos, e.what());
   }
 }
 
@@ -299,7 +292,7 @@ void scenario_dp_tp(World& w) {
     auto total = loss.detach().clone();
     mesh.dp()->all_reduce(total, ReduceOp::kAvg);
     double d = std::abs(total.item<double>() - ref_loss.item<double>()) / ref_loss.item<double>();
-    EXPECT(d < 1e-5, "step " << s << " dp x tp loss " << total.item<double>() << " vs "
+    CHECK(d < 1e-5, "step " << s << " dp x tp loss " << total.item<double>() << " vs "
                              << ref_loss.item<double>());
   }
   const int k = mesh.tp_rank();
@@ -307,9 +300,9 @@ void scenario_dp_tp(World& w) {
     int64_t part = full.size(d) / mesh.tp_size();
     return full.narrow(d, k * part, part);
   };
-  EXPECT(rel_diff(net->fc1->weight, shard(fc1->weight, 0)) < 1e-5, "column weight");
-  EXPECT(rel_diff(net->fc2->weight, shard(fc2->weight, 1)) < 1e-5, "row weight");
-  EXPECT(rel_diff(net->emb->weight, shard(emb->weight, 0)) < 1e-5, "embedding");
+  CHECK(rel_diff(net->fc1->weight, shard(fc1->weight, 0)) < 1e-5, "column weight");
+  CHECK(rel_diff(net->fc2->weight, shard(fc2->weight, 1)) < 1e-5, "row weight");
+  CHECK(rel_diff(net->emb->weight, shard(emb->weight, 0)) < 1e-5, "embedding");
 }
 
 // pp = world size: a 4-layer MLP cut into equal stages; PP_SCHEDULE (gpipe|1f1b) with PP_MICRO
@@ -355,23 +348,23 @@ void scenario_pp(World& w) {
                                });
     opt.step();
     double d = std::abs(loss - ref_loss.item<double>()) / ref_loss.item<double>();
-    EXPECT(d < 1e-5, "step " << step << " pipeline loss " << loss << " vs " << ref_loss.item<double>());
+    CHECK(d < 1e-5, "step " << step << " pipeline loss " << loss << " vs " << ref_loss.item<double>());
   }
   for (int l = lo; l < hi; ++l) {
-    EXPECT(rel_diff(mine[l]->weight, ref[l]->weight) < 1e-5, "stage " << s << " layer " << l);
-    EXPECT(rel_diff(mine[l]->bias, ref[l]->bias) < 1e-5, "stage " << s << " layer " << l << " bias");
+    CHECK(rel_diff(mine[l]->weight, ref[l]->weight) < 1e-5, "stage " << s << " layer " << l);
+    CHECK(rel_diff(mine[l]->bias, ref[l]->bias) < 1e-5, "stage " << s << " layer " << l << " bias");
   }
-  EXPECT(std::abs(schedule.theoretical_bubble() - double(p - 1) / (m + p - 1)) < 1e-12, "bubble");
-  EXPECT(schedule.measured_bubble() >= 0 && schedule.measured_bubble() < 1, "measured bubble");
+  CHECK(std::abs(schedule.theoretical_bubble() - double(p - 1) / (m + p - 1)) < 1e-12, "bubble");
+  CHECK(schedule.measured_bubble() >= 0 && schedule.measured_bubble() < 1, "measured bubble");
   std::cout << kind << " pp=" << p << " m=" << m << " stage " << s << " bubble measured "
             << schedule.measured_bubble() << " theoretical " << schedule.theoretical_bubble()
             << std::endl;
   try {
     schedule.run([](const torch::Tensor& t) { return t; }, torch::zeros({5, 16}),
                  torch::zeros({5, 4}), [](const torch::Tensor& a, const torch::Tensor&) { return a.sum(); });
-    EXPECT(false, "a batch that does not divide into micro-batches was accepted");
+    CHECK(false, "a batch that does not divide into micro-batches was accepted");
   } catch (const ConfigError& e) {
-    EXPECT(std::string(e.what()).find("does not divide") != std::string::npos, e.what());
+    CHECK(std::string(e.what()).find("does not divide") != std::string::npos, e.what());
   }
 }
 
@@ -446,7 +439,7 @@ void scenario_compose(World& w) {
     auto total = at::tensor({loss}, at::kDouble);
     mesh.dp()->all_reduce(total, ReduceOp::kAvg);
     double d = std::abs(total.item<double>() - ref_loss.item<double>()) / ref_loss.item<double>();
-    EXPECT(d < 1e-5, how << " step " << step << " loss " << total.item<double>() << " vs "
+    CHECK(d < 1e-5, how << " step " << step << " loss " << total.item<double>() << " vs "
                          << ref_loss.item<double>());
   }
   for (int l = lo; l < hi; ++l) {
@@ -457,7 +450,7 @@ void scenario_compose(World& w) {
       const int64_t part = want.size(d) / mesh.tp_size();
       want = want.narrow(d, mesh.tp_rank() * part, part);
     }
-    EXPECT(rel_diff(w8, want) < 1e-5, how << " layer " << l << " weight");
+    CHECK(rel_diff(w8, want) < 1e-5, how << " layer " << l << " weight");
   }
 }
 
@@ -495,15 +488,15 @@ void scenario_attention(World& w) {
     loss.backward();
     opt.step();
     double d = std::abs(loss.item<double>() - ref_loss.item<double>()) / ref_loss.item<double>();
-    EXPECT(d < 1e-5, "step " << step << " attention loss " << loss.item<double>() << " vs "
+    CHECK(d < 1e-5, "step " << step << " attention loss " << loss.item<double>() << " vs "
                              << ref_loss.item<double>());
   }
   const int64_t part = dim / tp->size(), start = tp->rank() * part;
-  EXPECT(rel_diff(attn->q->weight, q->weight.narrow(0, start, part)) < 1e-5, "q shard");
-  EXPECT(rel_diff(attn->out->weight, o->weight.narrow(1, start, part)) < 1e-5, "out shard");
+  CHECK(rel_diff(attn->q->weight, q->weight.narrow(0, start, part)) < 1e-5, "q shard");
+  CHECK(rel_diff(attn->out->weight, o->weight.narrow(1, start, part)) < 1e-5, "out shard");
   try {
     ParallelSelfAttention bad(dim, 3, tp);
-    EXPECT(false, "3 heads for dim 16 accepted");
+    CHECK(false, "3 heads for dim 16 accepted");
   } catch (const ConfigError&) {
   }
 }
@@ -515,10 +508,10 @@ void scenario_unused(World& w) {
     auto [x, y] = batch(0);
     try {
       torch::mse_loss(net->forward(x), y).backward();
-      EXPECT(false, "backward with an unused parameter did not fail");
+      CHECK(false, "backward with an unused parameter did not fail");
     } catch (const std::exception& e) {
       std::string msg = e.what();
-      EXPECT(msg.find("unused.weight") != std::string::npos && msg.find("allow_unused") !=
+      CHECK(msg.find("unused.weight") != std::string::npos && msg.find("allow_unused") !=
                                                                    std::string::npos,
              "message does not name the parameter: " << msg);
     }
@@ -531,7 +524,7 @@ void scenario_unused(World& w) {
   auto [x, y] = batch(0);
   net2->zero_grad();
   torch::mse_loss(net2->forward(x), y).backward();
-  EXPECT(net2->unused->weight.grad().defined() &&
+  CHECK(net2->unused->weight.grad().defined() &&
              net2->unused->weight.grad().abs().sum().item<double>() == 0,
          "unused parameter's gradient should be zero");
 }
@@ -540,34 +533,34 @@ void scenario_mesh(World& w) {
   auto world = w.comm;
   ProcessMesh mesh(world, MeshOptions().tensor_parallel(2));
   const int r = world->rank();
-  EXPECT(mesh.dp_size() == world->size() / 2 && mesh.tp_size() == 2 && mesh.pp_size() == 1,
+  CHECK(mesh.dp_size() == world->size() / 2 && mesh.tp_size() == 2 && mesh.pp_size() == 1,
          "sizes");
-  EXPECT(mesh.tp_rank() == r % 2 && mesh.dp_rank() == r / 2, "coordinates of rank " << r);
-  EXPECT(mesh.rank_of(mesh.dp_rank(), mesh.tp_rank(), mesh.pp_rank()) == r, "rank_of");
+  CHECK(mesh.tp_rank() == r % 2 && mesh.dp_rank() == r / 2, "coordinates of rank " << r);
+  CHECK(mesh.rank_of(mesh.dp_rank(), mesh.tp_rank(), mesh.pp_rank()) == r, "rank_of");
   // A tp group is two consecutive ranks; a dp group is the ranks with the same parity.
   at::Tensor t = at::full({1}, r, at::kLong);
   mesh.tp()->all_reduce(t);
-  EXPECT(t.item<int64_t>() == (r / 2) * 4 + 1, "tp group of rank " << r);
+  CHECK(t.item<int64_t>() == (r / 2) * 4 + 1, "tp group of rank " << r);
   t.fill_(r);
   mesh.dp()->all_reduce(t);
   int64_t want = 0;
   for (int k = r % 2; k < world->size(); k += 2) want += k;
-  EXPECT(t.item<int64_t>() == want, "dp group of rank " << r);
+  CHECK(t.item<int64_t>() == want, "dp group of rank " << r);
   try {
     ProcessMesh bad(world, MeshOptions().tensor_parallel(3));
-    EXPECT(false, "tp=3 on " << world->size() << " ranks was accepted");
+    CHECK(false, "tp=3 on " << world->size() << " ranks was accepted");
   } catch (const ConfigError& e) {
-    EXPECT(std::string(e.what()).find("does not divide") != std::string::npos, e.what());
+    CHECK(std::string(e.what()).find("does not divide") != std::string::npos, e.what());
   }
   try {
     ProcessMesh::resolve(4, MeshOptions().data_parallel(4).tensor_parallel(2));
-    EXPECT(false, "dp=4 x tp=2 on 4 ranks was accepted");
+    CHECK(false, "dp=4 x tp=2 on 4 ranks was accepted");
   } catch (const ConfigError& e) {
-    EXPECT(std::string(e.what()).find("it takes dp=2") != std::string::npos, e.what());
+    CHECK(std::string(e.what()).find("it takes dp=2") != std::string::npos, e.what());
   }
   try {
     ProcessMesh::resolve(4, MeshOptions().dim_order("tp-tp-pp"));
-    EXPECT(false, "bad order accepted");
+    CHECK(false, "bad order accepted");
   } catch (const ConfigError&) {
   }
 }
@@ -598,7 +591,7 @@ int main(int argc, char** argv) {
     std::cout << "ERROR: " << e.what() << std::endl;
     return 1;
   }
-  if (g_failures) {
+  if (tenax::testing::worker_failures()) {
     std::cout << "FAIL " << scenario << std::endl;
     return 1;
   }
