@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <deque>
 #include <list>
@@ -159,6 +160,11 @@ struct GlooState {
   std::vector<gloo::transport::UnboundBuffer*> active;  // cancelled by abort()
   int split_count = 0;
   AllreduceCache allreduce_cache;  // used by the worker thread only
+  struct SignatureCheck {
+    std::array<int64_t, 4> mine{};
+    std::vector<int64_t> all;
+    std::unique_ptr<gloo::AllgatherOptions> opts;
+  } signature_check;  // used by the worker thread only
 
   std::string who() const {
     return "communicator '" + name + "' (rank " + std::to_string(rank) + " of " +
@@ -792,14 +798,19 @@ class GlooCommunicator : public Communicator {
   // Every rank shares (op, dtype, count, root) before the operation, so a mismatch is an error
   // naming the rank instead of a hang or garbage.
   static void check_signatures(GlooState& st, const OpContext& c, Task& t, const Signature& sig) {
-    std::vector<int64_t> mine = {sig.op, static_cast<int64_t>(sig.dtype), sig.numel, sig.root};
-    std::vector<int64_t> all(mine.size() * st.size);
-    gloo::AllgatherOptions o(st.ctx);
-    o.setInput<int64_t>(mine.data(), mine.size());
-    o.setOutput<int64_t>(all.data(), all.size());
-    o.setTag(kDebugCheckSlotPrefix);
-    o.setTimeout(st.timeout);
-    gloo::allgather(o);
+    auto& chk = st.signature_check;
+    if (!chk.opts) {  // built once: fixed buffers, so Gloo's options are reused (see AllreduceCache)
+      chk.all.resize(4 * st.size);
+      chk.opts = std::make_unique<gloo::AllgatherOptions>(st.ctx);
+      chk.opts->setInput<int64_t>(chk.mine.data(), chk.mine.size());
+      chk.opts->setOutput<int64_t>(chk.all.data(), chk.all.size());
+      chk.opts->setTag(kDebugCheckSlotPrefix);
+      chk.opts->setTimeout(st.timeout);
+    }
+    chk.mine = {sig.op, static_cast<int64_t>(sig.dtype), sig.numel, sig.root};
+    gloo::allgather(*chk.opts);
+    const auto& mine = chk.mine;
+    const auto& all = chk.all;
     for (int r = 0; r < st.size; ++r) {
       const int64_t* x = &all[r * mine.size()];
       if (std::equal(mine.begin(), mine.end(), x)) continue;
