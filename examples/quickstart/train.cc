@@ -1,15 +1,17 @@
-// The README's "use tenax in your trainer" example: data-parallel gradient averaging by hand.
+// The README's "use tenax in your trainer" example: data-parallel training of a small model.
 // Build it against an installed tenax (find_package(tenax)) and run it under mpirun or tenaxrun.
 
 #include <torch/torch.h>
+#include <tenax/parallel/data_parallel.h>
 #include <tenax/tenax.h>
 
 #include <iostream>
 
 int main() {
   tenax::World world = tenax::init();  // rank, size and communicator from the launcher
-  torch::manual_seed(0);                // same initial weights on every rank
   torch::nn::Linear model(16, 1);
+  // Copies rank 0's weights to every rank; averages gradients during backward.
+  tenax::DataParallel ddp(model.ptr(), world.comm);
   torch::optim::SGD opt(model->parameters(), 0.1);
 
   for (int step = 0; step < 50; ++step) {
@@ -18,10 +20,7 @@ int main() {
     auto y = x.sum(1, /*keepdim=*/true);
     auto loss = torch::mse_loss(model(x), y);
     opt.zero_grad();
-    loss.backward();
-    for (auto& p : model->parameters()) {
-      world.comm->all_reduce(p.grad(), tenax::ReduceOp::kAvg);
-    }
+    loss.backward();  // gradients are averaged across ranks by the end of backward
     opt.step();
     if (world.rank == 0 && step % 10 == 0) {
       std::cout << "step " << step << " loss " << loss.item<float>() << std::endl;
