@@ -45,6 +45,11 @@ constexpr uint8_t kDebugCheckSlotPrefix = 0x73;
 // 32-byte exchange (about 1 ms on 4 ranks of a loaded 2-core host) is a few percent of such an
 // operation. Smaller ones check only when TENAX_DEBUG_COLLECTIVES is set.
 constexpr int64_t kAlwaysCheckBytes = 16 << 20;
+// The ring all-reduce pipelines segments of at most this many bytes (Gloo's default is 1 MiB).
+// Larger segments mean fewer wake-ups per byte: on 2 ranks, 16 MiB all-reduces ran at 1.56-1.80
+// GB/s with 4 MiB segments against 1.53-1.56 with 1 MiB. Buffers under 2 x ranks x 4 MiB are
+// unaffected (a segment is at most 1/(2 x ranks) of the buffer).
+constexpr size_t kAllreduceSegmentBytes = 4 << 20;
 // How long a rank that saw a broken connection waits for the store to say which peer died.
 constexpr Ms kBlameWait{1000};
 
@@ -499,6 +504,7 @@ class GlooCommunicator : public Communicator {
           });
           fresh->setReduceFunction(fn);
           fresh->setTimeout(st.timeout);
+          fresh->setMaxSegmentSize(kAllreduceSegmentBytes);
           o = st.allreduce_cache.insert(in, out.work, fn, std::move(fresh));
         }
         gloo::allreduce(*o);
