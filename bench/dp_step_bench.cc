@@ -7,6 +7,8 @@
 // --mode zero trains with ZeroAdamW (sharded optimizer state) and reports the per-rank optimizer
 // state bytes; compare it with --mode overlap --optim adamw.
 
+#include <absl/flags/flag.h>
+#include <absl/flags/parse.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -20,22 +22,18 @@
 #include "tenax/parallel/zero.h"
 #include "tenax/tenax.h"
 
+ABSL_FLAG(std::string, mode, "overlap", "overlap | after (one bucket) | zero (ZeroAdamW)");
+ABSL_FLAG(std::string, optim, "sgd", "sgd | adamw (zero implies adamw)");
+ABSL_FLAG(int, steps, 30, "timed steps (after 5 warm-up steps)");
+ABSL_FLAG(int, width, 1024, "width of each Linear layer");
+ABSL_FLAG(int, layers, 4, "number of Linear(width, width) + ReLU layers");
+ABSL_FLAG(int, batch, 64, "rows per rank");
+
 int main(int argc, char** argv) {
-  std::string mode = "overlap", optim = "sgd";
-  int steps = 30, warmup = 5, width = 1024, layers = 4, batch = 64;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string a = argv[i];
-    if (a == "--mode") mode = argv[i + 1];
-    else if (a == "--optim") optim = argv[i + 1];
-    else if (a == "--steps") steps = std::atoi(argv[i + 1]);
-    else if (a == "--width") width = std::atoi(argv[i + 1]);
-    else if (a == "--layers") layers = std::atoi(argv[i + 1]);
-    else if (a == "--batch") batch = std::atoi(argv[i + 1]);
-    else {
-      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
-      return 2;
-    }
-  }
+  absl::ParseCommandLine(argc, argv);
+  std::string mode = absl::GetFlag(FLAGS_mode), optim = absl::GetFlag(FLAGS_optim);
+  const int steps = absl::GetFlag(FLAGS_steps), warmup = 5, width = absl::GetFlag(FLAGS_width);
+  const int layers = absl::GetFlag(FLAGS_layers), batch = absl::GetFlag(FLAGS_batch);
   if (mode != "overlap" && mode != "after" && mode != "zero") {
     std::fprintf(stderr, "--mode must be overlap, after or zero\n");
     return 2;

@@ -5,6 +5,8 @@
 //
 //   tenaxrun --nproc-per-node 2 build/bench/tenax-pipeline-bench --micro 8
 
+#include <absl/flags/flag.h>
+#include <absl/flags/parse.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -14,20 +16,17 @@
 #include "tenax/parallel/pipeline.h"
 #include "tenax/tenax.h"
 
+ABSL_FLAG(int, micro, 8, "micro-batches per step");
+ABSL_FLAG(int, steps, 10, "timed steps (after 2 warm-up steps)");
+ABSL_FLAG(int, width, 512, "width of each Linear layer");
+ABSL_FLAG(int, layers, 4, "Linear(width, width) + tanh layers per stage");
+ABSL_FLAG(int, batch, 64, "rows per step");
+
 int main(int argc, char** argv) {
-  int micro = 8, steps = 10, width = 512, layers = 4, batch = 64;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string a = argv[i];
-    if (a == "--micro") micro = std::atoi(argv[i + 1]);
-    else if (a == "--steps") steps = std::atoi(argv[i + 1]);
-    else if (a == "--width") width = std::atoi(argv[i + 1]);
-    else if (a == "--layers") layers = std::atoi(argv[i + 1]);
-    else if (a == "--batch") batch = std::atoi(argv[i + 1]);
-    else {
-      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
-      return 2;
-    }
-  }
+  absl::ParseCommandLine(argc, argv);
+  const int micro = absl::GetFlag(FLAGS_micro), steps = absl::GetFlag(FLAGS_steps);
+  const int width = absl::GetFlag(FLAGS_width), layers = absl::GetFlag(FLAGS_layers);
+  const int batch = absl::GetFlag(FLAGS_batch);
   torch::set_num_threads(1);
   auto world = tenax::init();
   torch::manual_seed(0);

@@ -54,7 +54,7 @@ double rel_diff(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 // Trains the reference on the whole batch; returns per-step losses.
-std::vector<double> train_reference(Net& net, int micro_batches = 1) {
+std::vector<double> train_reference(Net& net) {
   torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
   std::vector<double> losses;
   for (int s = 0; s < kSteps; ++s) {
@@ -65,7 +65,6 @@ std::vector<double> train_reference(Net& net, int micro_batches = 1) {
     opt.step();
     losses.push_back(loss.item<double>());
   }
-  (void)micro_batches;
   return losses;
 }
 
