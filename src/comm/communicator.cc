@@ -1,13 +1,29 @@
 #include "tenax/comm/communicator.h"
 
 #include "comm/gloo_communicator.h"
+#include "comm/wait_clock.h"
 #include "tenax/core/error.h"
 
 #ifdef TENAX_HAS_NCCL
 #include "comm/nccl_communicator.h"
 #endif
 
+#include <atomic>
+
 namespace tenax {
+namespace {
+std::atomic<int64_t> g_wait_ns{0};
+}  // namespace
+
+namespace detail {
+void add_communication_wait(std::chrono::nanoseconds elapsed) {
+  g_wait_ns.fetch_add(elapsed.count(), std::memory_order_relaxed);
+}
+}  // namespace detail
+
+std::chrono::nanoseconds communication_wait_time() {
+  return std::chrono::nanoseconds(g_wait_ns.load(std::memory_order_relaxed));
+}
 
 std::string to_string(Backend backend) { return backend == Backend::kGloo ? "gloo" : "nccl"; }
 

@@ -28,6 +28,7 @@
 #include "comm/gloo_store.h"
 #include "comm/net.h"
 #include "comm/reduce_kernels.h"
+#include "comm/wait_clock.h"
 #include "comm/tensor_checks.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
@@ -221,6 +222,7 @@ class GlooWork : public Work {
       : st_(std::move(st)), ws_(std::move(ws)), desc_(std::move(desc)) {}
 
   void wait(Ms timeout) override {
+    detail::WaitClock clock;
     std::unique_lock<std::mutex> lock(st_->mu);
     st_->cv.wait_for(lock, timeout, [&] { return ws_->done || st_->fault != nullptr; });
     if (ws_->done) {
@@ -260,6 +262,7 @@ class P2PWork : public Work {
   gloo::transport::UnboundBuffer& buffer() { return *buf_; }
 
   void wait(Ms timeout) override {
+    detail::WaitClock clock;
     std::lock_guard<std::mutex> once(wait_mu_);
     if (done_) {
       if (error_) std::rethrow_exception(error_);

@@ -9,6 +9,7 @@
 
 #include "comm/fault.h"
 #include "comm/tensor_checks.h"
+#include "comm/wait_clock.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 
@@ -120,6 +121,7 @@ class NcclWork : public Work {
   ~NcclWork() override { cudaEventDestroy(done_); }
 
   void wait(Ms timeout) override {
+    detail::WaitClock clock;
     auto deadline = Clock::now() + timeout;
     for (;;) {
       st_->throw_if_broken();

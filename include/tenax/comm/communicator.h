@@ -142,6 +142,11 @@ class Communicator {
   virtual void abort(const std::string& reason = "abort() called") = 0;
 };
 
+// Total time the threads of this process have spent blocked in Work::wait (every blocking
+// operation waits through it), on any communicator, since the process started: the
+// communication that computation did not hide. Never decreases; take differences.
+std::chrono::nanoseconds communication_wait_time();
+
 // Builds a communicator of `size` ranks; every rank calls this with the same options.name and
 // a store reachable by all. Throws ConfigError for a bad rank/size/backend, StoreError or
 // TimeoutError when the others do not show up within the timeout.
