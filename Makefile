@@ -1,5 +1,6 @@
 # The two commands of the README, and the steps they are made of.
-#   make demo   set up, build, and run the main job (collective benchmark, 4 ranks, mpirun)
+#   make demo   set up, build, and run the main job: the Llama example trainer on 4 ranks
+#               under mpirun (dp=2 x tp=2) on the fortunes corpus
 #   make test   set up, build, and run the whole test suite through ctest
 
 BUILD ?= build
@@ -11,7 +12,7 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 endif
 
-.PHONY: all setup configure build test demo bench clean
+.PHONY: all setup configure build test demo collective-demo bench clean
 
 all: build
 
@@ -29,7 +30,16 @@ build: configure
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j 2 --timeout 600
 
-demo: build
+CORPUS ?= $(BUILD)/data/fortunes
+
+$(CORPUS)/train.bin: | build
+	$(BUILD)/examples/llama/llama_prepare --out $(CORPUS) /usr/share/games/fortunes
+
+demo: build $(CORPUS)/train.bin
+	mpirun --oversubscribe -np 4 $(BUILD)/examples/llama/llama_train --preset tiny \
+	  --dp 2 --tp 2 --steps 300 --log-interval 20 --eval-interval 100 --data $(CORPUS)/train.bin
+
+collective-demo: build
 	mpirun --oversubscribe -np 4 $(BUILD)/bench/tenax-collective-perf -b 1M -e 64M -f 4 -c 1
 
 bench: build

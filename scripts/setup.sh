@@ -3,7 +3,7 @@
 # apt-get; otherwise it prints the exact command and fails. Usage: scripts/setup.sh [bench]
 set -euo pipefail
 pkgs=(g++ cmake ninja-build ccache make libtorch-dev libgloo-dev libopenmpi-dev openmpi-bin
-      libabsl-dev libgtest-dev libbenchmark-dev)
+      libabsl-dev libgtest-dev libbenchmark-dev libopenblas0-pthread fortunes)
 if [ "${1:-}" = bench ]; then pkgs+=(python3-torch); fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,0 +1,104 @@
+#include "config.h"
+
+#include <tenax/core/error.h>
+
+#include <algorithm>
+
+namespace llama {
+
+std::vector<std::string> preset_names() {
+  return {"tiny", "small", "llama3-1b", "llama3-8b", "llama3-70b"};
+}
+
+LlamaConfig preset(const std::string& name) {
+  LlamaConfig c;
+  c.name = name;
+  if (name == "tiny") {
+    c.vocab = 256, c.dim = 128, c.layers = 4, c.heads = 4, c.kv_heads = 2, c.ffn = 384;
+  } else if (name == "small") {
+    c.vocab = 256, c.dim = 512, c.layers = 8, c.heads = 8, c.kv_heads = 4, c.ffn = 1408;
+  } else if (name == "llama3-1b") {
+    c.vocab = 128256, c.dim = 2048, c.layers = 16, c.heads = 32, c.kv_heads = 8, c.ffn = 8192;
+    c.rope_theta = 500000, c.tie_embeddings = true;
+  } else if (name == "llama3-8b") {
+    c.vocab = 128256, c.dim = 4096, c.layers = 32, c.heads = 32, c.kv_heads = 8, c.ffn = 14336;
+    c.rope_theta = 500000;
+  } else if (name == "llama3-70b") {
+    c.vocab = 128256, c.dim = 8192, c.layers = 80, c.heads = 64, c.kv_heads = 8, c.ffn = 28672;
+    c.rope_theta = 500000;
+  } else {
+    std::string names;
+    for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
+    throw tenax::ConfigError("--preset: unknown preset '" + name + "' (expected one of " +
+                             names + ")");
+  }
+  return c;
+}
+
+void validate(const LlamaConfig& c) {
+  auto fail = [&](const std::string& what) {
+    throw tenax::ConfigError("model '" + c.name + "': " + what);
+  };
+  if (c.vocab < 1 || c.dim < 1 || c.layers < 1 || c.heads < 1 || c.kv_heads < 1 || c.ffn < 1) {
+    fail("every size must be positive");
+  }
+  if (c.dim % c.heads != 0) {
+    fail("heads = " + std::to_string(c.heads) + " does not divide dim = " + std::to_string(c.dim));
+  }
+  if (c.head_dim() % 2 != 0) fail("rotary embeddings need an even head dimension");
+  if (c.heads % c.kv_heads != 0) {
+    fail("kv_heads = " + std::to_string(c.kv_heads) + " does not divide heads = " +
+         std::to_string(c.heads));
+  }
+}
+
+namespace {
+
+// Parameters of one decoder layer: attention (q, k, v, o), SwiGLU (gate, up, down), two norms.
+int64_t layer_params(const LlamaConfig& c) {
+  const int64_t kv_dim = c.kv_heads * c.head_dim();
+  return 2 * c.dim * c.dim + 2 * c.dim * kv_dim + 3 * c.dim * c.ffn + 2 * c.dim;
+}
+
+}  // namespace
+
+int64_t parameter_count(const LlamaConfig& c) {
+  const int64_t embedding = c.vocab * c.dim;
+  return embedding * (c.tie_embeddings ? 1 : 2) + c.layers * layer_params(c) + c.dim;
+}
+
+double flops_per_token(const LlamaConfig& c, int64_t seq) {
+  return 6.0 * static_cast<double>(parameter_count(c)) +
+         12.0 * static_cast<double>(c.layers * c.heads * c.head_dim() * seq);
+}
+
+LayerRange stage_layers(const LlamaConfig& c, int stage, int pp) {
+  const int64_t base = c.layers / pp, extra = c.layers % pp;
+  LayerRange r;
+  r.count = base + (stage < extra ? 1 : 0);
+  r.first = stage * base + std::min<int64_t>(stage, extra);
+  return r;
+}
+
+MemoryEstimate estimate_memory(const LlamaConfig& c, int dp, int tp, int pp,
+                               bool shard_optimizer) {
+  // Everything but the norms is split across tp; norms are replicated.
+  const int64_t norms = 2 * c.dim;
+  const int64_t layer_sharded = (layer_params(c) - norms) / tp + norms;
+  const int64_t embedding = c.vocab / tp * c.dim;
+  int64_t most = 0;
+  for (int s = 0; s < pp; ++s) {
+    int64_t p = stage_layers(c, s, pp).count * layer_sharded;
+    if (s == 0) p += embedding;
+    if (s == pp - 1) p += c.dim + (c.tie_embeddings && pp == 1 ? 0 : embedding);
+    most = std::max(most, p);
+  }
+  MemoryEstimate m;
+  m.params_per_rank = most;
+  m.weight_bytes = 4 * most;
+  m.grad_bytes = 4 * most;
+  m.optimizer_bytes = 8 * most / (shard_optimizer ? dp : 1);
+  return m;
+}
+
+}  // namespace llama

@@ -1,0 +1,119 @@
+#pragma once
+
+// A Llama-architecture decoder as LibTorch modules: token embedding, RMSNorm, rotary position
+// embeddings, grouped-query causal self-attention, SwiGLU MLP, final norm, output projection.
+//
+// Tensor parallelism: every projection is one of tenax's tensor-parallel layers (q/k/v and
+// gate/up column-parallel, o and down row-parallel, the embedding and the output projection
+// split by vocabulary), so each rank holds heads/tp query heads, kv_heads/tp K/V heads and
+// ffn/tp of the MLP. Pipeline parallelism: a model object is one stage and holds only that
+// stage's layers (the embedding on the first, the final norm and output on the last).
+//
+// Every rank draws the weights of the whole model from the RNG in the same order (building
+// and dropping what it does not keep), so with the same seed a model on any mesh holds exact
+// shards of the one-process model.
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <unordered_set>
+
+#include <tenax/comm/communicator.h>
+#include <tenax/parallel/tensor_parallel.h>
+
+#include "config.h"
+
+namespace llama {
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+// cos and sin tables of the rotary embedding for positions [0, max_seq).
+struct Rope {
+  Rope(int64_t head_dim, int64_t max_seq, double theta);
+  // x: [batch, heads, seq, head_dim]; rotates pairs (i, i + head_dim/2) by position.
+  torch::Tensor apply(const torch::Tensor& x) const;
+  torch::Tensor cos, sin;
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp);
+  torch::Tensor forward(const torch::Tensor& x, const Rope& rope);
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;  // this rank's heads
+  tenax::ColumnParallelLinear q_{nullptr}, k_{nullptr}, v_{nullptr};
+  tenax::RowParallelLinear o_{nullptr};
+};
+TORCH_MODULE(Attention);
+
+class FeedForwardImpl : public torch::nn::Module {
+ public:
+  FeedForwardImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  tenax::ColumnParallelLinear gate_{nullptr}, up_{nullptr};
+  tenax::RowParallelLinear down_{nullptr};
+};
+TORCH_MODULE(FeedForward);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp);
+  torch::Tensor forward(const torch::Tensor& x, const Rope& rope);
+
+ private:
+  RMSNorm attention_norm_{nullptr}, mlp_norm_{nullptr};
+  Attention attention_{nullptr};
+  FeedForward mlp_{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+class LlamaImpl : public torch::nn::Module {
+ public:
+  // Stage `pp_rank` of `pp_size` of the model, sharded over `tp`. Throws tenax::ConfigError
+  // when tp does not divide heads, kv_heads, ffn or vocab, when there are more stages than
+  // layers, or for tied embeddings with pp > 1.
+  LlamaImpl(const LlamaConfig& c, int64_t max_seq, std::shared_ptr<tenax::Communicator> tp,
+            int pp_rank = 0, int pp_size = 1);
+
+  // First stage: token ids [batch, seq] (int64); other stages: hidden states [batch, seq, dim].
+  // Last stage: this rank's vocabulary slice of the logits [batch, seq, vocab/tp]; other
+  // stages: hidden states.
+  torch::Tensor forward(const torch::Tensor& x);
+  // Mean next-token cross-entropy of the last stage's logits against targets [batch, seq].
+  torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets);
+
+  bool first_stage() const { return pp_rank_ == 0; }
+  bool last_stage() const { return pp_rank_ == pp_size_ - 1; }
+  const LlamaConfig& config() const { return c_; }
+  // True for parameters every tp rank holds whole (the norms): a global gradient norm counts
+  // them once, not tp times.
+  bool replicated_across_tp(const torch::Tensor& p) const;
+
+ private:
+  LlamaConfig c_;
+  std::shared_ptr<tenax::Communicator> tp_;
+  int pp_rank_, pp_size_;
+  Rope rope_;
+  tenax::VocabParallelEmbedding embedding_{nullptr};
+  torch::nn::ModuleList layers_;
+  RMSNorm norm_{nullptr};
+  tenax::ColumnParallelLinear output_{nullptr};
+  std::unordered_set<const void*> replicated_;
+};
+TORCH_MODULE(Llama);
+
+}  // namespace llama

@@ -1,0 +1,201 @@
+// llama_train: trains a Llama-style model with tenax on dp x tp x pp ranks.
+//   mpirun -np 4 llama_train --preset tiny --dp 2 --tp 2 --data data/fortunes/train.bin
+//   tenaxrun --nproc-per-node 4 llama_train ...        or one process: llama_train ...
+// Flags are written with dashes or underscores (--global-batch or --global_batch).
+
+#include <absl/flags/flag.h>
+#include <absl/flags/parse.h>
+#include <absl/flags/usage.h>
+
+#include <tenax/comm/init.h>
+#include <tenax/core/error.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "trainer.h"
+
+ABSL_FLAG(std::string, preset, "tiny", "model shape: tiny, small, llama3-1b, llama3-8b, llama3-70b");
+ABSL_FLAG(int, dp, 0, "data-parallel size (0: world / (tp * pp))");
+ABSL_FLAG(int, tp, 1, "tensor-parallel size");
+ABSL_FLAG(int, pp, 1, "pipeline-parallel size");
+ABSL_FLAG(std::string, pp_schedule, "1f1b", "pipeline schedule: 1f1b or gpipe");
+ABSL_FLAG(int64_t, micro_batch, 4, "samples per forward/backward on one rank");
+ABSL_FLAG(int64_t, global_batch, 16, "samples per optimizer step over all dp ranks");
+ABSL_FLAG(int64_t, seq_len, 128, "tokens per sample");
+ABSL_FLAG(int64_t, steps, 300, "optimizer steps");
+ABSL_FLAG(double, lr, 3e-3, "peak learning rate");
+ABSL_FLAG(double, min_lr, 3e-4, "learning rate at the end of the cosine decay");
+ABSL_FLAG(int64_t, warmup, 20, "linear warm-up steps");
+ABSL_FLAG(double, weight_decay, 0.1, "AdamW weight decay (matrices only)");
+ABSL_FLAG(double, clip, 1.0, "clip gradients to this global norm (0: off)");
+ABSL_FLAG(uint64_t, seed, 1234, "seed of the weights and of the data order");
+ABSL_FLAG(std::string, data, "", "training token file (uint16 .bin; see llama_prepare)");
+ABSL_FLAG(std::string, val_data, "", "validation token file (default: val.bin next to --data)");
+ABSL_FLAG(int, token_bytes, 2, "bytes per token in the token files: 2 or 4");
+ABSL_FLAG(int64_t, eval_interval, 50, "report the validation loss every N steps (0: never)");
+ABSL_FLAG(int, eval_batches, 4, "micro-batches per rank in a validation pass");
+ABSL_FLAG(int64_t, log_interval, 10, "log every N steps");
+ABSL_FLAG(double, peak_tflops, 0, "declared peak TFLOP/s of one rank's device for MFU "
+          "(0: 0.1 for a CPU rank, 989 for a CUDA device, H100/H200 dense BF16)");
+ABSL_FLAG(std::string, device, "cpu", "cpu (Gloo collectives) or cuda (NCCL)");
+ABSL_FLAG(bool, report_memory, false, "print the parameter count and per-rank memory of the "
+          "model on the mesh given by --dp/--tp/--pp, then exit without allocating it");
+
+namespace {
+
+// Abseil spells flags with underscores; accept the dashed forms too (--seq-len).
+std::vector<char*> underscore_flags(int argc, char** argv, std::vector<std::string>& storage) {
+  storage.assign(argv, argv + argc);
+  for (auto& a : storage) {
+    if (a.rfind("--", 0) != 0) continue;
+    const size_t end = std::min(a.find('='), a.size());
+    for (size_t i = 2; i < end; ++i) {
+      if (a[i] == '-') a[i] = '_';
+    }
+  }
+  std::vector<char*> out;
+  for (auto& a : storage) out.push_back(a.data());
+  return out;
+}
+
+llama::TrainOptions options_from_flags() {
+  llama::TrainOptions o;
+  o.model = llama::preset(absl::GetFlag(FLAGS_preset));
+  o.dp = absl::GetFlag(FLAGS_dp);
+  o.tp = absl::GetFlag(FLAGS_tp);
+  o.pp = absl::GetFlag(FLAGS_pp);
+  o.pp_schedule = absl::GetFlag(FLAGS_pp_schedule);
+  o.micro_batch = absl::GetFlag(FLAGS_micro_batch);
+  o.global_batch = absl::GetFlag(FLAGS_global_batch);
+  o.seq_len = absl::GetFlag(FLAGS_seq_len);
+  o.steps = absl::GetFlag(FLAGS_steps);
+  o.lr = absl::GetFlag(FLAGS_lr);
+  o.min_lr = absl::GetFlag(FLAGS_min_lr);
+  o.warmup = absl::GetFlag(FLAGS_warmup);
+  o.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  o.clip = absl::GetFlag(FLAGS_clip);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.data = absl::GetFlag(FLAGS_data);
+  o.val_data = absl::GetFlag(FLAGS_val_data);
+  if (o.val_data.empty() && !o.data.empty()) {
+    auto sibling = std::filesystem::path(o.data).parent_path() / "val.bin";
+    if (std::filesystem::is_regular_file(sibling) && sibling != o.data) o.val_data = sibling;
+  }
+  o.token_bytes = absl::GetFlag(FLAGS_token_bytes);
+  o.device = absl::GetFlag(FLAGS_device);
+  return o;
+}
+
+std::string gib(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", double(bytes) / double(1LL << 30));
+  return buf;
+}
+
+int report_memory(const llama::TrainOptions& o) {
+  const int dp = o.dp > 0 ? o.dp : 1;
+  auto plain = llama::estimate_memory(o.model, dp, o.tp, o.pp, false);
+  auto sharded = llama::estimate_memory(o.model, dp, o.tp, o.pp, true);
+  std::printf("preset %s: %lld parameters (%.2f B)\n", o.model.name.c_str(),
+              (long long)llama::parameter_count(o.model),
+              double(llama::parameter_count(o.model)) / 1e9);
+  std::printf("mesh dp=%d tp=%d pp=%d: %lld parameters on the most loaded rank\n", dp, o.tp, o.pp,
+              (long long)plain.params_per_rank);
+  std::printf("per rank, fp32 weights %s + gradients %s + AdamW %s = %s "
+              "(AdamW sharded over dp: %s); activations not included\n",
+              gib(plain.weight_bytes).c_str(), gib(plain.grad_bytes).c_str(),
+              gib(plain.optimizer_bytes).c_str(), gib(plain.total_bytes()).c_str(),
+              gib(sharded.total_bytes()).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("trains a Llama-style model with tenax; see examples/llama/README.md");
+  std::vector<std::string> storage;
+  auto args = underscore_flags(argc, argv, storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+
+  // Everything that can be wrong with the flags is found before any rank starts work; rank 0
+  // says it once.
+  const tenax::LaunchInfo launch = tenax::detect_launch();
+  llama::TrainOptions o;
+  try {
+    o = options_from_flags();
+    if (absl::GetFlag(FLAGS_report_memory)) {
+      llama::validate(o.model);
+      return launch.rank == 0 ? report_memory(o) : 0;
+    }
+    o = llama::resolve_options(o, launch.size);
+    o.device_index = launch.local_rank;
+  } catch (const tenax::Error& e) {
+    if (launch.rank == 0) std::cerr << "llama_train: " << e.what() << std::endl;
+    return 2;
+  }
+
+  try {
+    tenax::InitOptions init;
+    if (o.device == "cuda") init.backend = tenax::Backend::kNccl;
+    tenax::World world = tenax::init(init);
+    llama::Trainer trainer(o, world.comm);
+    const bool leader = world.rank == 0;
+    const double flops_per_token = llama::flops_per_token(o.model, o.seq_len);
+    double peak = absl::GetFlag(FLAGS_peak_tflops);
+    if (peak <= 0) peak = o.device == "cuda" ? 989.0 : 0.1;
+    if (leader) {
+      std::printf("llama_train: preset %s, %.2f M parameters, %d ranks (%s): dp=%d tp=%d pp=%d%s\n",
+                  o.model.name.c_str(), double(trainer.parameter_count()) / 1e6, world.size,
+                  world.info.launcher.c_str(), o.dp, o.tp, o.pp,
+                  o.pp > 1 ? (" " + o.pp_schedule).c_str() : "");
+      std::printf("llama_train: global batch %lld x %lld tokens, micro-batch %lld, %lld "
+                  "accumulation steps; data %s; MFU against %.3g TFLOP/s per rank\n",
+                  (long long)o.global_batch, (long long)o.seq_len, (long long)o.micro_batch,
+                  (long long)(o.global_batch / (o.micro_batch * o.dp)), o.data.c_str(), peak);
+      std::fflush(stdout);
+    }
+    const int64_t log_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_log_interval));
+    const int64_t eval_every = absl::GetFlag(FLAGS_eval_interval);
+    const int eval_batches = absl::GetFlag(FLAGS_eval_batches);
+    double window_s = 0, window_comm = 0, window_ckpt = 0;
+    int64_t window_tokens = 0, window_steps = 0;
+    for (int64_t step = 0; step < o.steps; ++step) {
+      llama::StepStats s = trainer.train_step();
+      window_s += s.seconds, window_comm += s.comm_seconds, window_ckpt += s.ckpt_seconds;
+      window_tokens += s.tokens, ++window_steps;
+      const bool last = step + 1 == o.steps;
+      if (leader && ((step + 1) % log_every == 0 || step == 0 || last)) {
+        const double tps = double(window_tokens) / window_s;
+        const double mfu = tps * flops_per_token / (peak * 1e12 * world.size);
+        const double ms = 1000.0 / double(window_steps);
+        std::printf("step %5lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %8.0f tok/s | "
+                    "MFU %5.2f%% | step %7.1f ms = compute %.1f + comm %.1f + ckpt %.1f\n",
+                    (long long)(step + 1), (long long)o.steps, s.loss, s.lr, s.grad_norm, tps,
+                    100 * mfu, window_s * ms, (window_s - window_comm - window_ckpt) * ms,
+                    window_comm * ms, window_ckpt * ms);
+        std::fflush(stdout);
+        window_s = window_comm = window_ckpt = 0, window_tokens = window_steps = 0;
+      }
+      if (eval_every > 0 && ((step + 1) % eval_every == 0 || last)) {
+        const double v = trainer.evaluate(eval_batches);
+        if (leader && !std::isnan(v)) {
+          std::printf("step %5lld/%lld | validation loss %.4f\n", (long long)(step + 1),
+                      (long long)o.steps, v);
+          std::fflush(stdout);
+        }
+      }
+    }
+    world.comm->barrier();
+    if (leader) std::printf("llama_train: done, %lld steps\n", (long long)o.steps);
+  } catch (const tenax::Error& e) {
+    std::cerr << "llama_train: " << e.what() << std::endl;
+    return 1;
+  }
+  return 0;
+}

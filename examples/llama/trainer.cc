@@ -1,0 +1,256 @@
+#include "trainer.h"
+
+#include <torch/torch.h>
+
+#include <tenax/core/error.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+
+#include "trainer_impl.h"
+
+namespace llama {
+namespace {
+
+using tenax::ConfigError;
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+}  // namespace
+
+TrainOptions resolve_options(TrainOptions o, int world_size) {
+  validate(o.model);
+  const LlamaConfig& c = o.model;
+  if (o.tp < 1 || o.pp < 1 || o.dp < 0) throw ConfigError("--dp, --tp and --pp must be positive");
+  for (auto [what, n] : {std::pair<const char*, int64_t>{"heads", c.heads}, {"kv_heads", c.kv_heads},
+                         {"ffn", c.ffn}, {"vocab", c.vocab}}) {
+    if (n % o.tp != 0) {
+      throw ConfigError("--tp " + str(o.tp) + " does not divide the " + what + " (" + str(n) +
+                        ") of preset " + c.name);
+    }
+  }
+  if (o.pp > c.layers) {
+    throw ConfigError("--pp " + str(o.pp) + " exceeds the " + str(c.layers) +
+                      " layers of preset " + c.name);
+  }
+  if (c.tie_embeddings && o.pp > 1) {
+    throw ConfigError("--pp " + str(o.pp) + ": preset " + c.name +
+                      " ties its embeddings, which needs --pp 1");
+  }
+  if (world_size % (o.tp * o.pp) != 0) {
+    throw ConfigError("--tp " + str(o.tp) + " x --pp " + str(o.pp) + " does not divide the " +
+                      str(world_size) + " ranks");
+  }
+  if (o.dp == 0) o.dp = world_size / (o.tp * o.pp);
+  if (o.dp * o.tp * o.pp != world_size) {
+    throw ConfigError("--dp " + str(o.dp) + " x --tp " + str(o.tp) + " x --pp " + str(o.pp) +
+                      " = " + str(o.dp * o.tp * o.pp) + " but there are " + str(world_size) +
+                      " ranks");
+  }
+  if (o.pp_schedule != "1f1b" && o.pp_schedule != "gpipe") {
+    throw ConfigError("--pp-schedule '" + o.pp_schedule + "': expected 1f1b or gpipe");
+  }
+  if (o.micro_batch < 1 || o.global_batch < 1 || o.seq_len < 1 || o.steps < 1) {
+    throw ConfigError("--micro-batch, --global-batch, --seq-len and --steps must be positive");
+  }
+  if (o.global_batch % (o.micro_batch * o.dp) != 0) {
+    throw ConfigError("--global-batch " + str(o.global_batch) + " is not divisible by " +
+                      "--micro-batch " + str(o.micro_batch) + " x dp " + str(o.dp) + " = " +
+                      str(o.micro_batch * o.dp));
+  }
+  if (o.warmup < 0 || o.lr <= 0 || o.min_lr < 0 || o.clip < 0) {
+    throw ConfigError("--lr must be positive and --min-lr, --warmup, --clip not negative");
+  }
+  if (o.device != "cpu" && o.device != "cuda") {
+    throw ConfigError("--device '" + o.device + "': expected cpu or cuda");
+  }
+  if (o.data.empty()) throw ConfigError("--data: no token file given (make one with llama_prepare)");
+  for (const auto& [flag, path] : {std::pair<const char*, std::string>{"--data", o.data},
+                                   {"--val-data", o.val_data}}) {
+    if (!path.empty() && !std::filesystem::is_regular_file(path)) {
+      throw ConfigError(std::string(flag) + ": token file " + path +
+                        " does not exist (make it with llama_prepare)");
+    }
+  }
+  return o;
+}
+
+double learning_rate(const TrainOptions& o, int64_t step) {
+  if (step < o.warmup) return o.lr * double(step + 1) / double(o.warmup);
+  const int64_t decay = std::max<int64_t>(1, o.steps - o.warmup);
+  const double progress = std::min(1.0, double(step - o.warmup) / double(decay));
+  return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communicator> world)
+    : o(options), device(torch::kCPU) {
+  if (o.device == "cuda") device = torch::Device(torch::kCUDA, o.device_index);
+  mesh = std::make_unique<tenax::ProcessMesh>(
+      world, tenax::MeshOptions().data_parallel(o.dp).tensor_parallel(o.tp).pipeline_parallel(o.pp));
+  torch::manual_seed(o.seed);
+  model = Llama(o.model, o.seq_len, mesh->tp(), mesh->pp_rank(), o.pp);
+  model->to(device);
+  if (o.dp > 1) ddp = std::make_unique<tenax::DataParallel>(model.ptr(), mesh->dp());
+  accumulation = o.global_batch / (o.micro_batch * o.dp);
+  if (o.pp > 1) {
+    schedule = std::make_unique<tenax::PipelineSchedule>(
+        mesh->pp(),
+        o.pp_schedule == "gpipe" ? tenax::PipelineScheduleKind::kGPipe
+                                 : tenax::PipelineScheduleKind::k1F1B,
+        static_cast<int>(accumulation));
+  }
+  // Weight decay on matrices only, not on norm gains (as Megatron and nanoGPT do).
+  std::vector<torch::Tensor> decay, no_decay;
+  for (auto& p : model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  auto adamw = [&](double wd) {
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, adamw(o.weight_decay));
+  groups.emplace_back(no_decay, adamw(0.0));
+  optimizer = std::make_unique<torch::optim::AdamW>(groups, *adamw(o.weight_decay));
+  train = std::make_unique<SampleLoader>(std::make_shared<TokenFile>(o.data, o.token_bytes),
+                                         o.seq_len, o.seed);
+  if (!o.val_data.empty()) {
+    val = std::make_unique<SampleLoader>(std::make_shared<TokenFile>(o.val_data, o.token_bytes),
+                                         o.seq_len, o.seed);
+  }
+}
+
+torch::Tensor Trainer::Impl::load(const SampleLoader& loader,
+                                  const std::vector<int64_t>& samples) const {
+  const int64_t width = loader.seq_len() + 1;
+  auto tokens = torch::empty({int64_t(samples.size()), width}, torch::kLong);
+  int64_t* out = tokens.data_ptr<int64_t>();
+  for (size_t i = 0; i < samples.size(); ++i) loader.sample(samples[i], out + i * width);
+  return tokens;
+}
+
+double Trainer::Impl::accumulate_gradients(const torch::Tensor& tokens) {
+  const int64_t t = o.seq_len;
+  auto inputs = tokens.narrow(1, 0, t).to(device);
+  auto targets = tokens.narrow(1, 1, t).to(device);
+  if (schedule) {
+    // The schedule runs one backward per micro-batch: average across dp once, after it.
+    double loss;
+    {
+      std::optional<tenax::DataParallel::NoSync> hold;
+      if (ddp) hold.emplace(*ddp);
+      loss = schedule->run([&](const torch::Tensor& x) { return model->forward(x); }, inputs,
+                           targets,
+                           [&](const torch::Tensor& y, const torch::Tensor& target) {
+                             return model->loss(y, target);
+                           });
+    }
+    if (ddp) ddp->sync();
+    return loss;
+  }
+  double total = 0;
+  for (int64_t m = 0; m < accumulation; ++m) {
+    auto x = inputs.narrow(0, m * o.micro_batch, o.micro_batch);
+    auto y = targets.narrow(0, m * o.micro_batch, o.micro_batch);
+    std::optional<tenax::DataParallel::NoSync> hold;
+    if (ddp && m + 1 < accumulation) hold.emplace(*ddp);  // the last backward averages the sum
+    auto loss = model->loss(model->forward(x), y) / double(accumulation);
+    loss.backward();
+    total += loss.item<double>();
+  }
+  return total;
+}
+
+double Trainer::Impl::clip_gradients() {
+  // Squared norm of this rank's gradients; tp-replicated ones are counted on tp rank 0 only,
+  // then the sum over tp and pp covers every parameter of the model once.
+  auto sq = torch::zeros({1}, torch::dtype(torch::kFloat64).device(device));
+  for (auto& p : model->parameters()) {
+    if (!p.grad().defined()) continue;
+    if (mesh->tp_rank() != 0 && model->replicated_across_tp(p)) continue;
+    sq += p.grad().to(torch::kFloat64).pow(2).sum();
+  }
+  mesh->tp()->all_reduce(sq);
+  mesh->pp()->all_reduce(sq);
+  const double norm = std::sqrt(sq.item<double>());
+  if (o.clip > 0 && norm > o.clip) {
+    const double scale = o.clip / (norm + 1e-6);
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) {
+      if (p.grad().defined()) p.grad().mul_(scale);
+    }
+  }
+  return norm;
+}
+
+StepStats Trainer::Impl::train_step() {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  const auto comm_start = tenax::communication_wait_time();
+  StepStats s;
+  s.step = step;
+  s.tokens = o.global_batch * o.seq_len;
+  s.lr = learning_rate(o, step);
+  for (auto& group : optimizer->param_groups()) {
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(s.lr);
+  }
+  optimizer->zero_grad();
+  auto tokens = load(*train, SampleLoader::rank_samples(step * o.global_batch, o.global_batch,
+                                                        mesh->dp_rank(), o.dp));
+  auto loss = torch::full({1}, accumulate_gradients(tokens),
+                          torch::dtype(torch::kFloat64).device(device));
+  mesh->dp()->all_reduce(loss, tenax::ReduceOp::kAvg);
+  s.loss = loss.item<double>();
+  s.grad_norm = clip_gradients();
+  optimizer->step();
+  ++step;
+  s.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  s.comm_seconds =
+      std::chrono::duration<double>(tenax::communication_wait_time() - comm_start).count();
+  return s;
+}
+
+double Trainer::Impl::evaluate(int batches) {
+  if (!val) return std::numeric_limits<double>::quiet_NaN();
+  torch::NoGradGuard no_grad;
+  const int64_t t = o.seq_len, b = o.micro_batch;
+  constexpr uint32_t kEvalTag = 1u << 20;  // apart from the pipeline schedule's tags
+  double total = 0;
+  for (int i = 0; i < batches; ++i) {
+    // Evaluation always reads the first samples of the file, split across dp ranks.
+    auto tokens = load(*val, SampleLoader::rank_samples(i * b * o.dp, b * o.dp,
+                                                        mesh->dp_rank(), o.dp));
+    auto x = tokens.narrow(1, 0, t).to(device), y = tokens.narrow(1, 1, t).to(device);
+    auto& pp = *mesh->pp();
+    torch::Tensor h;
+    if (model->first_stage()) {
+      h = model->forward(x);
+    } else {
+      auto in = torch::empty({b, t, o.model.dim}, torch::dtype(torch::kFloat32).device(device));
+      pp.recv(in, pp.rank() - 1, kEvalTag);
+      h = model->forward(in);
+    }
+    auto loss = torch::zeros({1}, torch::dtype(torch::kFloat64).device(device));
+    if (model->last_stage()) {
+      loss += model->loss(h, y).item<double>();
+    } else {
+      pp.send(h.contiguous(), pp.rank() + 1, kEvalTag);
+    }
+    pp.broadcast(loss, pp.size() - 1);
+    total += loss.item<double>();
+  }
+  auto mean = torch::full({1}, total / batches, torch::dtype(torch::kFloat64).device(device));
+  mesh->dp()->all_reduce(mean, tenax::ReduceOp::kAvg);
+  return mean.item<double>();
+}
+
+Trainer::Trainer(const TrainOptions& options, std::shared_ptr<tenax::Communicator> world)
+    : impl_(std::make_unique<Impl>(options, std::move(world))) {}
+Trainer::~Trainer() = default;
+StepStats Trainer::train_step() { return impl_->train_step(); }
+double Trainer::evaluate(int batches) { return impl_->evaluate(batches); }
+int64_t Trainer::step() const { return impl_->step; }
+int64_t Trainer::parameter_count() const { return llama::parameter_count(impl_->o.model); }
+const TrainOptions& Trainer::options() const { return impl_->o; }
+
+}  // namespace llama

@@ -1,0 +1,85 @@
+#pragma once
+
+// The training loop of llama_train, as a class so that tests can drive single steps: data
+// loading by global cursor, gradient accumulation over micro-batches (through a pipeline
+// schedule when pp > 1), data-parallel gradient averaging, global-norm clipping across tp and
+// pp, AdamW with linear warm-up and cosine decay, and the per-step time split.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <tenax/comm/communicator.h>
+
+#include "config.h"
+
+namespace llama {
+
+struct TrainOptions {
+  LlamaConfig model;
+  int dp = 0;  // 0: world / (tp * pp)
+  int tp = 1;
+  int pp = 1;
+  std::string pp_schedule = "1f1b";  // or "gpipe"
+  int64_t micro_batch = 4;           // samples per forward/backward on one rank
+  int64_t global_batch = 16;         // samples per optimizer step, over all dp ranks
+  int64_t seq_len = 128;
+  int64_t steps = 300;
+  double lr = 3e-3, min_lr = 3e-4;
+  int64_t warmup = 20;
+  double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, clip = 1.0;
+  uint64_t seed = 1234;
+  std::string data;      // training token file
+  std::string val_data;  // validation token file (may be empty: no validation)
+  int token_bytes = 2;
+  std::string device = "cpu";  // "cpu" (Gloo) or "cuda" (NCCL)
+  int device_index = 0;        // the CUDA device (the local rank)
+};
+
+// Checks the options against a world of `world_size` ranks without touching the network or
+// the model: preset shapes, divisibility of heads, kv_heads, ffn and vocab by tp, of the
+// layers by pp, of the world by tp·pp, of the global batch by micro_batch·dp; sizes positive;
+// data files present. Returns the options with dp resolved. Throws tenax::ConfigError whose
+// message names the flag.
+TrainOptions resolve_options(TrainOptions o, int world_size);
+
+// Learning rate at optimizer step `step` (0-based): linear warm-up to lr over `warmup` steps,
+// then cosine decay to min_lr at `steps`.
+double learning_rate(const TrainOptions& o, int64_t step);
+
+struct StepStats {
+  int64_t step = 0;        // the step just completed (0-based)
+  double loss = 0;         // mean over the global batch
+  double lr = 0;
+  double grad_norm = 0;    // global, before clipping
+  double seconds = 0;      // wall time of the step
+  double comm_seconds = 0; // time blocked on communication in the step
+  double ckpt_seconds = 0; // time the step stalled for checkpointing
+  int64_t tokens = 0;      // tokens in the global batch
+};
+
+class Trainer {
+ public:
+  // Collective over `world`: builds the mesh, the model from `options.seed`, the optimizer and
+  // the data loaders. `options` must have been through resolve_options.
+  Trainer(const TrainOptions& options, std::shared_ptr<tenax::Communicator> world);
+  ~Trainer();
+
+  // One optimizer step on the global batch at cursor step()·global_batch. Collective.
+  StepStats train_step();
+  // Mean loss of `batches` micro-batches per dp rank from the start of the validation file.
+  // Collective. Returns NaN when there is no validation file.
+  double evaluate(int batches);
+
+  int64_t step() const;
+  int64_t parameter_count() const;  // of the whole model
+  const TrainOptions& options() const;
+
+  class Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace llama

@@ -1,0 +1,45 @@
+#pragma once
+
+// The trainer's state, for code that needs to look inside (tests comparing weights).
+
+#include <torch/optim/adamw.h>
+
+#include <memory>
+#include <optional>
+
+#include <tenax/parallel/data_parallel.h>
+#include <tenax/parallel/mesh.h>
+#include <tenax/parallel/pipeline.h>
+
+#include "data.h"
+#include "model.h"
+#include "trainer.h"
+
+namespace llama {
+
+class Trainer::Impl {
+ public:
+  Impl(const TrainOptions& options, std::shared_ptr<tenax::Communicator> world);
+
+  StepStats train_step();
+  double evaluate(int batches);
+
+  // [samples, seq_len + 1] token ids of the given global sample indices.
+  torch::Tensor load(const SampleLoader& loader, const std::vector<int64_t>& samples) const;
+  // Runs forward and backward over this rank's share of the global batch; returns its mean loss.
+  double accumulate_gradients(const torch::Tensor& tokens);
+  double clip_gradients();
+
+  TrainOptions o;
+  torch::Device device;
+  std::unique_ptr<tenax::ProcessMesh> mesh;
+  Llama model{nullptr};
+  std::unique_ptr<tenax::DataParallel> ddp;
+  std::unique_ptr<tenax::PipelineSchedule> schedule;
+  std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::unique_ptr<SampleLoader> train, val;
+  int64_t step = 0;
+  int64_t accumulation = 1;  // micro-batches per rank per step
+};
+
+}  // namespace llama

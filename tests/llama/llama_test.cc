@@ -1,0 +1,259 @@
+// The Llama example: presets, data loading, flag checking, and whole training runs under the
+// launchers (mpirun, tenaxrun), against the real corpus prepared by the LlamaCorpus fixture.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+
+#include "config.h"
+#include "data.h"
+#include "support/process.h"
+#include "tenax/core/error.h"
+
+using tenax::testing::dump;
+using tenax::testing::run_command;
+using tenax::testing::run_ranks;
+
+namespace {
+
+const std::string kTrain = std::string(LLAMA_CORPUS) + "/train.bin";
+const std::map<std::string, std::string> kMpiEnv = {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
+                                                    {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}};
+
+TEST(PresetTest, ParameterCountsMatchThePublishedLlama3Models) {
+  EXPECT_EQ(llama::parameter_count(llama::preset("llama3-1b")), 1'235'814'400);
+  EXPECT_EQ(llama::parameter_count(llama::preset("llama3-8b")), 8'030'261'248);
+  EXPECT_EQ(llama::parameter_count(llama::preset("llama3-70b")), 70'553'706'496);
+}
+
+TEST(PresetTest, UnknownPresetIsAConfigErrorListingTheNames) {
+  try {
+    llama::preset("huge");
+    FAIL() << "no error";
+  } catch (const tenax::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("llama3-70b"), std::string::npos) << e.what();
+  }
+}
+
+TEST(PresetTest, SeventyBillionReportsPerRankMemoryWithoutAllocatingIt) {
+  auto r = run_command({LLAMA_TRAIN, "--preset", "llama3-70b", "--dp", "4", "--tp", "8", "--pp",
+                        "8", "--report-memory"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("70553706496 parameters"), std::string::npos) << r.output;
+  // The last stage: 10 of the 80 layers with 1/8 of their matrices and whole norms
+  // (10 x 106,971,136), 1/8 of the output table (131,334,144) and the final norm (8,192).
+  EXPECT_NE(r.output.find("mesh dp=4 tp=8 pp=8: 1201053696 parameters"), std::string::npos)
+      << r.output;
+}
+
+TEST(StageLayersTest, LayersSplitEvenlyWithTheFirstStagesTakingTheRemainder) {
+  auto c = llama::preset("tiny");  // 4 layers
+  c.layers = 5;
+  EXPECT_EQ(llama::stage_layers(c, 0, 2).first, 0);
+  EXPECT_EQ(llama::stage_layers(c, 0, 2).count, 3);
+  EXPECT_EQ(llama::stage_layers(c, 1, 2).first, 3);
+  EXPECT_EQ(llama::stage_layers(c, 1, 2).count, 2);
+}
+
+std::vector<std::vector<int64_t>> batch_tokens(const llama::SampleLoader& loader, int64_t cursor,
+                                               int64_t global_batch, int dp) {
+  std::vector<std::vector<int64_t>> out;
+  for (int r = 0; r < dp; ++r) {
+    for (int64_t id : llama::SampleLoader::rank_samples(cursor, global_batch, r, dp)) {
+      std::vector<int64_t> tokens(loader.seq_len() + 1);
+      loader.sample(id, tokens.data());
+      out.push_back(tokens);
+    }
+  }
+  return out;
+}
+
+TEST(LoaderTest, TheSameCursorGivesTheSameSamplesForWorldSizesOneTwoAndFour) {
+  auto file = std::make_shared<llama::TokenFile>(kTrain);
+  llama::SampleLoader loader(file, 64, 7);
+  for (int64_t cursor : {int64_t(0), int64_t(16), loader.samples_per_epoch() - 3}) {
+    auto one = batch_tokens(loader, cursor, 16, 1);
+    EXPECT_EQ(batch_tokens(loader, cursor, 16, 2), one) << "cursor " << cursor;
+    EXPECT_EQ(batch_tokens(loader, cursor, 16, 4), one) << "cursor " << cursor;
+  }
+}
+
+TEST(LoaderTest, AFreshLoaderResumesMidEpochWithTheSamplesTheRunningOneWouldRead) {
+  auto file = std::make_shared<llama::TokenFile>(kTrain);
+  llama::SampleLoader running(file, 64, 7);
+  const int64_t resume = 37 * 16;  // a cursor inside the first epoch
+  std::vector<std::vector<int64_t>> continued;
+  for (int64_t c = 0; c < resume + 3 * 16; c += 16) {
+    auto b = batch_tokens(running, c, 16, 2);
+    if (c >= resume) continued.insert(continued.end(), b.begin(), b.end());
+  }
+  llama::SampleLoader restarted(file, 64, 7);
+  std::vector<std::vector<int64_t>> fresh;
+  for (int64_t c = resume; c < resume + 3 * 16; c += 16) {
+    auto b = batch_tokens(restarted, c, 16, 4);
+    fresh.insert(fresh.end(), b.begin(), b.end());
+  }
+  EXPECT_EQ(fresh, continued);
+}
+
+TEST(LoaderTest, AnEpochVisitsEveryWindowOnceAndTheNextEpochInAnotherOrder) {
+  // A small file of distinct tokens: the first token of a sample names its window.
+  auto path = std::filesystem::temp_directory_path() / ("llama_loader_" + std::to_string(getpid()));
+  std::vector<uint16_t> tokens(8 * 10 + 1);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint16_t>(i);
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(tokens.data()), tokens.size() * 2);
+  llama::SampleLoader loader(std::make_shared<llama::TokenFile>(path.string()), 8, 3);
+  ASSERT_EQ(loader.samples_per_epoch(), 10);
+  std::vector<int64_t> epoch0, epoch1;
+  std::vector<int64_t> s(9);
+  for (int64_t i = 0; i < 20; ++i) {
+    loader.sample(i, s.data());
+    EXPECT_EQ(s[0] % 8, 0);
+    EXPECT_EQ(s[8], s[0] + 8);  // the target of the last position is the next token
+    (i < 10 ? epoch0 : epoch1).push_back(s[0] / 8);
+  }
+  EXPECT_EQ(std::set<int64_t>(epoch0.begin(), epoch0.end()).size(), 10u);
+  EXPECT_EQ(std::set<int64_t>(epoch1.begin(), epoch1.end()).size(), 10u);
+  EXPECT_NE(epoch0, epoch1);
+  std::filesystem::remove(path);
+}
+
+TEST(LoaderTest, MissingOrTruncatedTokenFilesAreConfigErrorsNamingTheFile) {
+  try {
+    llama::TokenFile f("/nonexistent/train.bin");
+    FAIL() << "no error";
+  } catch (const tenax::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/train.bin"), std::string::npos);
+  }
+  auto path = std::filesystem::temp_directory_path() / ("llama_odd_" + std::to_string(getpid()));
+  std::ofstream(path, std::ios::binary).write("abc", 3);
+  EXPECT_THROW(llama::TokenFile(path.string(), 2), tenax::ConfigError);
+  std::filesystem::remove(path);
+}
+
+TEST(PrepareTest, FortuneEntriesBecomeDocumentsAndEveryNthGoesToValidation) {
+  auto dir = std::filesystem::temp_directory_path() / ("llama_prep_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir / "in");
+  std::ofstream(dir / "in" / "quotes") << "one\n%\ntwo\n%\nthree\n%\nfour\n";
+  auto r = llama::prepare_byte_corpus({(dir / "in").string()}, (dir / "out").string(), 2);
+  EXPECT_EQ(r.documents, 4);
+  EXPECT_EQ(r.train_tokens, int64_t(std::string("one\n\nthree\n\n").size()));
+  EXPECT_EQ(r.val_tokens, int64_t(std::string("two\n\nfour\n\n").size()));
+  llama::TokenFile val((dir / "out" / "val.bin").string());
+  EXPECT_EQ(val.at(0), 't');
+  std::filesystem::remove_all(dir);
+}
+
+// Bad flags: one message (from rank 0 only) and exit code 2, before any rank starts work.
+void expect_flag_error(const std::vector<std::string>& flags, const std::string& message) {
+  std::vector<std::string> argv = {"mpirun", "--oversubscribe", "-np", "2", LLAMA_TRAIN,
+                                   "--data", kTrain};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  auto r = run_command(argv, kMpiEnv, std::chrono::seconds(60));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  size_t at = r.output.find(message);
+  ASSERT_NE(at, std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(message, at + 1), std::string::npos) << "said twice:\n" << r.output;
+  EXPECT_EQ(r.output.find("step "), std::string::npos) << r.output;
+}
+
+TEST(FlagTest, TensorParallelSizeNotDividingTheHeadsIsOneClearMessage) {
+  expect_flag_error({"--tp", "2", "--preset", "small", "--dp", "1", "--tp=3"},
+                    "--tp 3 does not divide the heads (8) of preset small");
+}
+
+TEST(FlagTest, GlobalBatchNotDivisibleByMicroBatchTimesDpIsOneClearMessage) {
+  expect_flag_error({"--global-batch", "10", "--micro-batch", "4"},
+                    "--global-batch 10 is not divisible by --micro-batch 4 x dp 2 = 8");
+}
+
+TEST(FlagTest, MissingDataFileIsOneClearMessage) {
+  expect_flag_error({"--data", "/nonexistent/tokens.bin"},
+                    "--data: token file /nonexistent/tokens.bin does not exist");
+}
+
+TEST(FlagTest, MeshThatDoesNotFitTheRanksIsOneClearMessage) {
+  expect_flag_error({"--dp", "2", "--tp", "2"}, "--dp 2 x --tp 2 x --pp 1 = 4 but there are 2 ranks");
+}
+
+// A whole training run's log: the losses of the step lines and the validation lines.
+struct Log {
+  std::vector<double> train, val;
+};
+Log parse(const std::string& out) {
+  Log log;
+  std::regex train(R"(step +\d+/\d+ \| loss ([0-9.]+))"), val(R"(validation loss ([0-9.]+))");
+  for (std::sregex_iterator it(out.begin(), out.end(), train), end; it != end; ++it) {
+    log.train.push_back(std::stod((*it)[1]));
+  }
+  for (std::sregex_iterator it(out.begin(), out.end(), val), end; it != end; ++it) {
+    log.val.push_back(std::stod((*it)[1]));
+  }
+  return log;
+}
+
+TEST(TrainTest, MpirunFourRanksDp2Tp2OnTheCorpusBringsTheLossFromLn256ToBelow2Point5) {
+  auto r = run_command({"mpirun", "--oversubscribe", "-np", "4", LLAMA_TRAIN, "--data", kTrain,
+                        "--dp", "2", "--tp", "2", "--steps", "150", "--log-interval", "10",
+                        "--eval-interval", "150"},
+                       kMpiEnv, std::chrono::seconds(400));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  Log log = parse(r.output);
+  ASSERT_GE(log.train.size(), 10u) << r.output;
+  EXPECT_NEAR(log.train.front(), std::log(256.0), 0.3) << r.output;  // uniform over bytes
+  EXPECT_LT(log.train.back(), 2.5) << r.output;
+  ASSERT_EQ(log.val.size(), 1u) << r.output;
+  EXPECT_LT(log.val.back(), 2.5) << r.output;
+  EXPECT_NE(r.output.find("4 ranks (mpirun): dp=2 tp=2 pp=1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("+ comm "), std::string::npos) << r.output;
+}
+
+TEST(TrainTest, TenaxrunTwoRanksPipelineTrainsAndEndsCleanly) {
+  auto r = run_command({TENAXRUN, "--nproc-per-node", "2", LLAMA_TRAIN, "--data", kTrain,
+                        "--pp", "2", "--pp-schedule", "gpipe", "--steps", "12", "--warmup", "2",
+                        "--log-interval", "4", "--eval-interval", "12", "--eval-batches", "2"},
+                       {}, std::chrono::seconds(200));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  Log log = parse(r.output);
+  ASSERT_GE(log.train.size(), 3u) << r.output;
+  EXPECT_LT(log.train.back(), log.train.front() - 1.0) << r.output;
+  EXPECT_EQ(log.val.size(), 1u) << r.output;
+  EXPECT_NE(r.output.find("2 ranks (tenaxrun): dp=1 tp=1 pp=2 gpipe"), std::string::npos)
+      << r.output;
+}
+
+TEST(TrainTest, OneProcessWithNoLauncherTrains) {
+  auto r = run_command({LLAMA_TRAIN, "--data", kTrain, "--steps", "6", "--warmup", "2",
+                        "--log-interval", "3", "--eval-interval", "0"},
+                       {}, std::chrono::seconds(200));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("1 ranks (single)"), std::string::npos) << r.output;
+  EXPECT_EQ(parse(r.output).train.size(), 3u) << r.output;
+}
+
+// One optimizer step (two, in fact) on a mesh equals the one-process step, weights and loss.
+void expect_matches_one_process(int n, const std::vector<std::string>& mesh) {
+  std::vector<std::string> argv = {LLAMA_WORKER, kTrain};
+  argv.insert(argv.end(), mesh.begin(), mesh.end());
+  auto results = run_ranks(n, argv);
+  for (const auto& r : results) {
+    EXPECT_EQ(r.exit_code, 0) << dump(results);
+    EXPECT_NE(r.output.find("PASS llama"), std::string::npos) << dump(results);
+  }
+}
+
+TEST(StepTest, Dp2Tp2StepEqualsTheOneProcessStep) { expect_matches_one_process(4, {"2", "2", "1"}); }
+TEST(StepTest, Tp2Pp2OneFOneBStepEqualsTheOneProcessStep) {
+  expect_matches_one_process(4, {"1", "2", "2", "1f1b"});
+}
+TEST(StepTest, Dp2Pp2GPipeStepEqualsTheOneProcessStep) {
+  expect_matches_one_process(4, {"2", "1", "2", "gpipe"});
+}
+
+}  // namespace

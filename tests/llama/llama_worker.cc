@@ -1,0 +1,110 @@
+// One rank of a multi-process llama_train test. Usage: llama_worker DATA DP TP PP [SCHEDULE]
+// Runs two optimizer steps of the tiny preset on the dp x tp x pp mesh and, in the same process,
+// on one rank alone (same seed, same global batch); the losses, gradient norms and every weight
+// shard's gradient must agree to 1e-5, and the weights to 1e-5 plus AdamW's rounding
+// amplification (see below). Prints "PASS llama" and exits 0 when every check holds.
+
+#include <torch/torch.h>
+
+#include <iostream>
+
+#include "support/worker_check.h"
+#include "tenax/tenax.h"
+#include "trainer_impl.h"
+
+namespace {
+
+using llama::Trainer;
+
+// "layers.i.rest" of pipeline stage s is "layers.(first + i).rest" of the whole model.
+std::string global_name(const std::string& name, int64_t first_layer) {
+  if (name.rfind("layers.", 0) != 0) return name;
+  const size_t dot = name.find('.', 7);
+  return "layers." + std::to_string(first_layer + std::stoll(name.substr(7, dot - 7))) +
+         name.substr(dot);
+}
+
+// This rank's shard of a whole tensor: the one dimension whose size differs is split by tp.
+torch::Tensor shard_of(const torch::Tensor& whole, const torch::Tensor& shard, int tp_rank) {
+  for (int64_t d = 0; d < whole.dim(); ++d) {
+    if (whole.size(d) != shard.size(d)) {
+      return whole.narrow(d, tp_rank * shard.size(d), shard.size(d));
+    }
+  }
+  return whole;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 5) return 2;
+  try {
+    tenax::World w = tenax::init();
+    llama::TrainOptions o;
+    o.model = llama::preset("tiny");
+    o.data = argv[1];
+    o.dp = std::stoi(argv[2]), o.tp = std::stoi(argv[3]), o.pp = std::stoi(argv[4]);
+    if (argc > 5) o.pp_schedule = argv[5];
+    o.micro_batch = 2, o.global_batch = 8, o.seq_len = 32, o.steps = 2, o.warmup = 1;
+    o.lr = 1e-3;
+    llama::TrainOptions solo_options = o;
+    solo_options.dp = solo_options.tp = solo_options.pp = 1;
+
+    Trainer parallel(llama::resolve_options(o, w.size), w.comm);
+    tenax::CommOptions solo_comm;
+    solo_comm.name = "solo-" + std::to_string(w.rank);
+    Trainer solo(llama::resolve_options(solo_options, 1),
+                 tenax::create_communicator(tenax::Backend::kGloo, w.store, 0, 1, solo_comm));
+
+    auto& p = parallel.impl();
+    const int64_t first = llama::stage_layers(o.model, p.mesh->pp_rank(), o.pp).first;
+    int compared = 0;
+    for (int step = 0; step < 2; ++step) {
+      auto a = parallel.train_step();
+      auto b = solo.train_step();
+      CHECK(std::abs(a.loss - b.loss) <= 1e-5 * std::abs(b.loss),
+            "step " << step << " loss " << a.loss << " vs one process " << b.loss);
+      CHECK(std::abs(a.grad_norm - b.grad_norm) <= 1e-5 * b.grad_norm,
+            "step " << step << " grad norm " << a.grad_norm << " vs " << b.grad_norm);
+      auto whole = solo.impl().model->named_parameters();
+      for (const auto& item : p.model->named_parameters()) {
+        const std::string name = global_name(item.key(), first);
+        const torch::Tensor* ref = whole.find(name);
+        CHECK(ref != nullptr, "no parameter " << name << " in the one-process model");
+        if (!ref) continue;
+        auto expected = shard_of(*ref, item.value(), p.mesh->tp_rank());
+        CHECK(expected.sizes() == item.value().sizes(), name << " shape " << item.value().sizes());
+        if (expected.sizes() != item.value().sizes()) continue;
+        if (step == 0) {
+          // The step's computation, from equal weights: this shard's (clipped) gradient equals
+          // the slice of the one-process gradient.
+          auto expected_grad = shard_of(ref->grad(), item.value().grad(), p.mesh->tp_rank());
+          const double gdiff = (expected_grad - item.value().grad()).abs().max().item<double>();
+          const double gscale = std::max(1e-12, expected_grad.abs().max().item<double>());
+          CHECK(gdiff <= 1e-5 * gscale, name << " gradient differs by " << gdiff << " of "
+                                             << gscale << " (rank " << w.rank << ")");
+        }
+        // The weights: AdamW's first updates are lr * g / (|g| + eps), which turns rounding in
+        // a gradient element near eps = 1e-8 into a visible fraction of lr; allow 2% of a step.
+        const double diff = (expected - item.value()).abs().max().item<double>();
+        const double scale = std::max(1.0, expected.abs().max().item<double>());
+        CHECK(diff <= 1e-5 * scale + 0.02 * o.lr,
+              "step " << step << ": " << name << " differs by " << diff << " (rank " << w.rank
+                      << ")");
+        ++compared;
+      }
+    }
+    CHECK(compared > 0, "no parameters compared");
+    std::cout << "rank " << w.rank << " compared " << compared << " tensors" << std::endl;
+    w.comm->barrier();
+  } catch (const std::exception& e) {
+    std::cout << "ERROR: " << e.what() << std::endl;
+    return 1;
+  }
+  if (tenax::testing::worker_failures()) {
+    std::cout << "FAIL llama" << std::endl;
+    return 1;
+  }
+  std::cout << "PASS llama" << std::endl;
+  return 0;
+}
