@@ -1,6 +1,7 @@
 #include "tenax/parallel/tensor_parallel.h"
 
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/nn/functional/loss.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 
@@ -121,17 +122,19 @@ void check_divides(const char* layer, const char* what, int64_t n, const Communi
 
 }  // namespace
 
+// A group of one has nothing to exchange: the operators are the identity, and the layers and
+// the loss take their plain single-device forms.
 torch::Tensor copy_to_tensor_parallel(const torch::Tensor& x, Communicator& tp) {
-  return CopyToTP::apply(x, &tp);
+  return tp.size() == 1 ? x : CopyToTP::apply(x, &tp);
 }
 torch::Tensor reduce_from_tensor_parallel(const torch::Tensor& x, Communicator& tp) {
-  return ReduceFromTP::apply(x, &tp);
+  return tp.size() == 1 ? x : ReduceFromTP::apply(x, &tp);
 }
 torch::Tensor scatter_to_tensor_parallel(const torch::Tensor& x, Communicator& tp) {
-  return ScatterToTP::apply(x, &tp);
+  return tp.size() == 1 ? x : ScatterToTP::apply(x, &tp);
 }
 torch::Tensor gather_from_tensor_parallel(const torch::Tensor& x, Communicator& tp) {
-  return GatherFromTP::apply(x, &tp);
+  return tp.size() == 1 ? x : GatherFromTP::apply(x, &tp);
 }
 
 ColumnParallelLinearImpl::ColumnParallelLinearImpl(int64_t in, int64_t out,
@@ -193,6 +196,7 @@ void VocabParallelEmbeddingImpl::reset() {
 }
 
 torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
+  if (tp_->size() == 1) return torch::nn::functional::embedding(ids, weight);
   const int64_t part = vocab_ / tp_->size(), start = tp_->rank() * part;
   torch::Tensor local = ids - start;
   torch::Tensor mine = (local >= 0) & (local < part);
@@ -242,6 +246,7 @@ torch::Tensor ParallelSelfAttentionImpl::forward(const torch::Tensor& x) {
 
 torch::Tensor vocab_parallel_cross_entropy(const torch::Tensor& logits,
                                            const torch::Tensor& targets, Communicator& tp) {
+  if (tp.size() == 1) return torch::nn::functional::cross_entropy(logits, targets);
   return VocabParallelCE::apply(logits, targets, &tp);
 }
 
