@@ -74,11 +74,9 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(Layer(c) for _ in range(c["layers"]))
         self.norm = RMSNorm(c["dim"])
         self.output = nn.Linear(c["dim"], c["vocab"], bias=False)
-        cos, sin = rope_tables(c["dim"] // c["heads"], seq)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
-        self.register_buffer("mask", torch.ones(seq, seq, dtype=torch.bool).triu(1),
-                             persistent=False)
+        # Plain attributes, not buffers: constants that DDP need not broadcast (as in tenax).
+        self.cos, self.sin = rope_tables(c["dim"] // c["heads"], seq)
+        self.mask = torch.ones(seq, seq, dtype=torch.bool).triu(1)
 
     def forward(self, ids):
         h = self.embedding(ids)

@@ -165,10 +165,13 @@ int main(int argc, char** argv) {
     const int eval_batches = absl::GetFlag(FLAGS_eval_batches);
     double window_s = 0, window_comm = 0, window_ckpt = 0;
     int64_t window_tokens = 0, window_steps = 0;
+    double steady_s = 0;  // steps after the first three (allocator and caches warm)
+    int64_t steady_tokens = 0;
     for (int64_t step = 0; step < o.steps; ++step) {
       llama::StepStats s = trainer.train_step();
       window_s += s.seconds, window_comm += s.comm_seconds, window_ckpt += s.ckpt_seconds;
       window_tokens += s.tokens, ++window_steps;
+      if (step >= 3) steady_s += s.seconds, steady_tokens += s.tokens;
       const bool last = step + 1 == o.steps;
       if (leader && ((step + 1) % log_every == 0 || step == 0 || last)) {
         const double tps = double(window_tokens) / window_s;
@@ -192,7 +195,14 @@ int main(int argc, char** argv) {
       }
     }
     world.comm->barrier();
-    if (leader) std::printf("llama_train: done, %lld steps\n", (long long)o.steps);
+    if (leader) {
+      std::printf("llama_train: done, %lld steps", (long long)o.steps);
+      if (steady_tokens > 0) {
+        std::printf(", %.1f tokens/s over steps 4-%lld", double(steady_tokens) / steady_s,
+                    (long long)o.steps);
+      }
+      std::printf("\n");
+    }
   } catch (const tenax::Error& e) {
     std::cerr << "llama_train: " << e.what() << std::endl;
     return 1;

@@ -489,6 +489,10 @@ class GlooCommunicator : public Communicator {
     }
     ReduceFn fn = reduce_kernel(input.scalar_type(), op);
     if (input.numel() == 0) return done();
+    if (st_->size == 1) {  // nothing to exchange: no hand-off to the worker thread
+      if (!input.is_same(output)) output.copy_(input);
+      return done();
+    }
     return enqueue(c, describe(input), {1, input.scalar_type(), input.numel(), -1},
                    [=](GlooState& st, Task&) {
       Staged out(output);

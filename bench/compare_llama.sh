@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Tokens/s of llama_train --preset tiny against the same model, batch and optimizer written
+# with torch.nn and torch.distributed DDP (bench/llama_reference.py, Debian's python3-torch
+# 1.13, Gloo), on the same ranks, alternating in one run. Both run their steps after the first
+# three; prints the medians over REPS runs and the ratio.
+# Usage: bench/compare_llama.sh [REPS=5] [RANKS=2] [STEPS=30]
+set -euo pipefail
+reps=${1:-5} n=${2:-2} steps=${3:-30}
+root=$(cd "$(dirname "$0")/.." && pwd)
+train=$root/build/examples/llama/llama_train
+data=$root/build/data/fortunes/train.bin
+[ -x "$train" ] || { echo "build first: make build" >&2; exit 1; }
+[ -f "$data" ] || "$root/build/examples/llama/llama_prepare" --out "$(dirname "$data")" /usr/share/games/fortunes
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+common=(--global-batch 16 --micro-batch 4 --seq-len 128 --steps "$steps")
+for rep in $(seq 1 "$reps"); do
+  /usr/bin/python3 "$root/bench/llama_reference.py" --nproc "$n" --data "$data" "${common[@]}" \
+    --log-interval 1000 2>/dev/null | sed -n 's/^reference tokens\/s \(.*\)/torch \1/p'
+  mpirun --oversubscribe -np "$n" "$train" --data "$data" "${common[@]}" --eval-interval 0 \
+    --log-interval 1000 | sed -n 's/.* \([0-9.]*\) tokens\/s over.*/tenax \1/p'
+done | python3 -c '
+import statistics, sys
+rows = {}
+for line in sys.stdin:
+    who, v = line.split()
+    rows.setdefault(who, []).append(float(v))
+t, x = statistics.median(rows["torch"]), statistics.median(rows["tenax"])
+print("runs: torch", rows["torch"], "tenax", rows["tenax"])
+print(f"| '"$n"' | {t:.0f} | {x:.0f} | {x / t:.2f} |")
+'
