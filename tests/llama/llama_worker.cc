@@ -101,10 +101,5 @@ int main(int argc, char** argv) {
     std::cout << "ERROR: " << e.what() << std::endl;
     return 1;
   }
-  if (tenax::testing::worker_failures()) {
-    std::cout << "FAIL llama" << std::endl;
-    return 1;
-  }
-  std::cout << "PASS llama" << std::endl;
-  return 0;
+  return tenax::testing::worker_exit("llama");
 }

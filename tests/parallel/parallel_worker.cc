@@ -590,10 +590,5 @@ int main(int argc, char** argv) {
     std::cout << "ERROR: " << e.what() << std::endl;
     return 1;
   }
-  if (tenax::testing::worker_failures()) {
-    std::cout << "FAIL " << scenario << std::endl;
-    return 1;
-  }
-  std::cout << "PASS " << scenario << std::endl;
-  return 0;
+  return tenax::testing::worker_exit(scenario);
 }

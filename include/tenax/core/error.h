@@ -63,4 +63,12 @@ class StoreError : public Error {
   explicit StoreError(const std::string& what) : Error(what) {}
 };
 
+// A checkpoint could not be written or read: a storage tier failed (the message names the tier
+// and the object), a shard failed its checksum (the message names the shard), a manifest is
+// missing, malformed or of another run, or a byte budget was exceeded.
+class CheckpointError : public Error {
+ public:
+  explicit CheckpointError(const std::string& what) : Error(what) {}
+};
+
 }  // namespace tenax

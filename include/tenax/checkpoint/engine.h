@@ -1,0 +1,104 @@
+#pragma once
+
+// The tiered checkpoint engine. save() returns once the state is copied into a host-memory
+// slot; checksums, commit and persistence run in background threads. Tiers:
+//   memory   POSIX shared memory, one region per (run, rank, slot): survives the process, so
+//            a restarted process on the same host restores without I/O;
+//   durable  a directory or S3, every persist_every-th save, committed by a manifest written
+//            last: a step without a manifest does not exist for readers.
+// restore() takes the newest step complete in a tier (memory first), verifies every checksum,
+// falls back to the next tier (or an older durable step) when something is missing or corrupt,
+// and reshards when the saved parts differ from the ones asked for.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "tenax/checkpoint/state.h"
+#include "tenax/comm/communicator.h"
+#include "tenax/comm/store.h"
+
+namespace tenax {
+
+struct S3Options {
+  // http(s)://host:port of an S3-compatible endpoint; empty: AWS_ENDPOINT_URL_S3,
+  // AWS_ENDPOINT_URL, else https://s3.<region>.amazonaws.com.
+  std::string endpoint;
+  // Empty: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1.
+  std::string region;
+  // Empty: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN), else the
+  // [AWS_PROFILE or default] section of ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE).
+  std::string access_key, secret_key, session_token;
+  int64_t part_bytes = 16 << 20;  // multipart part size; objects up to one part use one PUT
+  int parallel_parts = 4;         // parts in flight per object
+  int max_attempts = 6;           // per request, on 5xx, 429/503 throttling, connection errors
+  std::chrono::milliseconds backoff{200};  // first retry delay, doubled each time (with jitter)
+  std::chrono::seconds request_timeout{120};
+};
+
+struct CheckpointOptions {
+  std::string run = "tenax";   // names the shared-memory regions and the durable prefix
+  int memory_slots = 2;         // snapshots kept in memory per rank (older slots are reused)
+  int64_t memory_budget_bytes = 0;  // bound on one rank's slots (0: none)
+  std::string durable;          // "" (none), a directory, file:///dir or s3://bucket/prefix
+  int persist_every = 10;       // persist every Nth save to the durable tier
+  int keep_durable = 3;         // committed steps kept in the durable tier
+  std::chrono::milliseconds timeout{0};  // bound on save's wait for a free slot (0: TENAX_TIMEOUT)
+  S3Options s3;
+};
+
+// Where restore() found the step.
+struct RestoreResult {
+  int64_t step = -1;
+  std::string tier;      // "memory" or "durable"
+  int64_t bytes = 0;     // bytes read by this rank
+  bool resharded = false;
+};
+
+struct CheckpointStatus {
+  int64_t last_saved = -1;      // newest step in this rank's memory tier
+  int64_t last_persisted = -1;  // newest step this rank finished writing to the durable tier
+  int64_t pending_persist = -1; // step being persisted (or retried), -1 when none
+  std::string last_error;       // the latest background failure, empty when none
+};
+
+class CheckpointEngine {
+ public:
+  // Collective over `comm` (its ranks save and restore together); `store` carries the
+  // durable-tier commit protocol. Checks the durable tier now (a missing bucket, wrong
+  // credentials or an unwritable directory is a CheckpointError here, not an hour later).
+  CheckpointEngine(CheckpointOptions options, std::shared_ptr<Communicator> comm,
+                   std::shared_ptr<TcpStore> store);
+  ~CheckpointEngine();  // waits for the memory commit of every save; abandons persistence
+  CheckpointEngine(const CheckpointEngine&) = delete;
+  CheckpointEngine& operator=(const CheckpointEngine&) = delete;
+
+  // Copies `state` into a memory slot and returns; the rest happens in the background.
+  // Waits (up to the timeout) when every slot is held by a persist in progress. Throws
+  // CheckpointError when the slots would exceed the memory budget, or ConfigError for steps
+  // that do not increase.
+  void save(int64_t step, const StateDict& state);
+
+  // Blocks until every save so far is committed in memory and, when persisted, in the
+  // durable tier (or its persistence failed: see status()). Bounded by `timeout`.
+  void wait(std::chrono::milliseconds timeout = std::chrono::minutes(10));
+
+  // Collective. Fills the tensors of `state` in place (and its ints and blobs) from the newest
+  // complete step; nullopt when no tier holds one. Throws CheckpointError when steps exist but
+  // none can be read.
+  std::optional<RestoreResult> restore(StateDict& state);
+
+  CheckpointStatus status() const;
+
+  // Removes this run's shared-memory regions on this host.
+  static void remove_memory(const std::string& run);
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tenax

@@ -1,0 +1,629 @@
+#include "tenax/checkpoint/engine.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/full.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "checkpoint/crc32c.h"
+#include "checkpoint/memory_tier.h"
+#include "checkpoint/object_store.h"
+#include "checkpoint/snapshot.h"
+#include "tenax/core/config.h"
+#include "tenax/core/error.h"
+#include "tenax/core/logging.h"
+
+namespace tenax {
+
+using detail::Layout;
+using Ms = std::chrono::milliseconds;
+
+namespace {
+
+std::string step_dir(const std::string& run, int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%012lld", static_cast<long long>(step));
+  return run + "/" + buf;
+}
+
+std::string rank_file(int rank) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "rank-%05d.bin", rank);
+  return buf;
+}
+
+// The step number of "<run>/step-000000000042/manifest.json", or -1.
+int64_t manifest_step(const std::string& run, const std::string& key) {
+  const std::string head = run + "/step-", tail = "/manifest.json";
+  if (key.rfind(head, 0) != 0 || key.size() <= head.size() + tail.size() ||
+      key.compare(key.size() - tail.size(), tail.size(), tail) != 0) {
+    return -1;
+  }
+  try {
+    return std::stoll(key.substr(head.size(), key.size() - head.size() - tail.size()));
+  } catch (...) {
+    return -1;
+  }
+}
+
+std::string part_key(const detail::ShardRecord& s) {
+  std::string k = s.name + "@";
+  for (int64_t o : s.offsets) k += std::to_string(o) + ",";
+  return k;
+}
+
+// Writes `bytes` into `t` (any device, any layout) as a contiguous host buffer of its dtype.
+void fill_tensor(const at::Tensor& t, const char* bytes) {
+  at::Tensor host = at::from_blob(const_cast<char*>(bytes), t.sizes(),
+                                  t.options().device(at::kCPU));
+  t.detach().copy_(host);
+}
+
+}  // namespace
+
+class CheckpointEngine::Impl {
+ public:
+  struct Job {
+    int slot;
+    int64_t step;
+    Layout layout;
+    bool persist;
+  };
+
+  Impl(CheckpointOptions o, std::shared_ptr<Communicator> comm, std::shared_ptr<TcpStore> store)
+      : o_(std::move(o)), comm_(std::move(comm)), store_(std::move(store)),
+        memory_(o_.run, comm_->rank(), o_.memory_slots, o_.memory_budget_bytes),
+        pinned_(o_.memory_slots, false), busy_(o_.memory_slots, false) {
+    if (o_.run.empty() || o_.run.find('/') != std::string::npos) {
+      throw ConfigError("checkpoint: run name '" + o_.run + "' must be non-empty without '/'");
+    }
+    if (o_.persist_every < 1 || o_.keep_durable < 1) {
+      throw ConfigError("checkpoint: persist_every and keep_durable must be at least 1");
+    }
+    if (o_.timeout.count() <= 0) o_.timeout = default_timeout();
+    if (!o_.durable.empty()) {
+      durable_ = detail::open_object_store(o_.durable, o_.s3);
+      durable_->check();
+    }
+    // An id for this engine instance: store keys of an earlier run of the same name never mix
+    // with ours.
+    at::Tensor id = at::full({1}, 0, at::kLong);
+    if (comm_->rank() == 0) id.fill_(static_cast<int64_t>(std::random_device{}() & 0x7fffffff));
+    comm_->broadcast(id, 0);
+    prefix_ = "ckpt/" + o_.run + "/" + std::to_string(id.item<int64_t>()) + "/";
+    committer_ = std::thread([this] { commit_loop(); });
+    if (durable_) {
+      persist_store_ = store_->clone();
+      persister_ = std::thread([this] { persist_loop(); });
+    }
+  }
+
+  ~Impl() {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, o_.timeout, [&] { return commits_.empty() && !committing_; });
+      stopping_ = true;
+      cv_.notify_all();
+    }
+    committer_.join();
+    if (persister_.joinable()) {
+      persist_store_->interrupt();
+      persister_.join();
+    }
+  }
+
+  void save(int64_t step, const StateDict& state) {
+    Layout layout = detail::plan(state);
+    layout.run = o_.run;
+    layout.step = step;
+    layout.rank = comm_->rank();
+    layout.world = comm_->size();
+    int slot = -1;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (step <= last_saved_) {
+        throw ConfigError("checkpoint: save(" + std::to_string(step) + ") after step " +
+                          std::to_string(last_saved_) + ": steps must increase");
+      }
+      const bool ok = cv_.wait_for(lock, o_.timeout, [&] {
+        slot = free_slot();
+        return slot >= 0;
+      });
+      if (!ok) {
+        throw CheckpointError("checkpoint: rank " + std::to_string(comm_->rank()) +
+                              ": no memory slot freed within " +
+                              std::to_string(o_.timeout.count()) + " ms (all " +
+                              std::to_string(o_.memory_slots) + " held by persistence)");
+      }
+      busy_[slot] = true;
+    }
+    try {
+      const uint64_t json_room = detail::to_json(layout).dump().size() + 64 * layout.shards.size() +
+                                 64 * layout.blobs.size() + 4096;
+      memory_.prepare(slot, step, layout.data_bytes, json_room);
+      detail::copy_into(state, layout, memory_.region(slot).data());
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      busy_[slot] = false;
+      cv_.notify_all();
+      throw;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    last_saved_ = step;
+    ++saves_;
+    commits_.push_back({slot, step, std::move(layout),
+                        durable_ != nullptr && saves_ % o_.persist_every == 0});
+    cv_.notify_all();
+  }
+
+  void wait(Ms timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const bool done = cv_.wait_for(lock, timeout, [&] {
+      return commits_.empty() && !committing_ && !persist_next_ && !persisting_;
+    });
+    if (!done) {
+      throw TimeoutError("checkpoint: background work still running after " +
+                         std::to_string(timeout.count()) + " ms (pending persist of step " +
+                         std::to_string(pending_persist_) + ": " + last_error_ + ")");
+    }
+  }
+
+  CheckpointStatus status() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckpointStatus s;
+    s.last_saved = last_committed_;
+    s.last_persisted = last_persisted_;
+    s.pending_persist = pending_persist_;
+    s.last_error = last_error_;
+    return s;
+  }
+
+  std::optional<RestoreResult> restore(StateDict& state) {
+    {  // every save so far committed in memory (persistence may go on)
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, o_.timeout, [&] { return commits_.empty() && !committing_; });
+    }
+    std::string errors;
+    if (auto r = restore_memory(state, errors)) return r;
+    if (durable_) {
+      if (auto r = restore_durable(state, errors)) return r;
+    }
+    if (!errors.empty()) {
+      throw CheckpointError("checkpoint: rank " + std::to_string(comm_->rank()) +
+                            ": no complete step could be restored:" + errors);
+    }
+    return std::nullopt;
+  }
+
+ private:
+  // The slot to write next: one neither pinned by persistence nor being written, preferring
+  // the empty, then the oldest. Caller holds mu_.
+  int free_slot() {
+    int best = pick_slot();
+    bool committing = false;  // a slot that frees itself once its commit is done
+    for (int s = 0; s < o_.memory_slots; ++s) committing |= busy_[s] && !pinned_[s];
+    if (best < 0 && !committing && persist_next_) {
+      // Every slot is held: give up the persist that has not started rather than stall
+      // training; a newer step will be persisted instead.
+      log(LogLevel::kWarning, "checkpoint: rank " + std::to_string(comm_->rank()) +
+                                  ": skipping the persist of step " +
+                                  std::to_string(persist_next_->step) +
+                                  " (the durable tier is behind)");
+      pinned_[persist_next_->slot] = false;
+      persist_next_.reset();
+      best = pick_slot();
+    }
+    return best;
+  }
+
+  int pick_slot() {
+    int best = -1;
+    int64_t best_step = 0;
+    for (int s = 0; s < o_.memory_slots; ++s) {
+      if (pinned_[s] || busy_[s]) continue;
+      auto& r = memory_.region(s);
+      const int64_t step = r.capacity() == 0 ? -2 : r.header()->step;
+      if (best < 0 || step < best_step) best = s, best_step = step;
+    }
+    return best;
+  }
+
+  void commit_loop() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !commits_.empty(); });
+        if (commits_.empty()) return;
+        job = std::move(commits_.front());
+        commits_.pop_front();
+        committing_ = true;
+      }
+      detail::compute_crcs(job.layout, memory_.region(job.slot).data());
+      memory_.commit(job.slot, detail::to_json(job.layout).dump());
+      std::lock_guard<std::mutex> lock(mu_);
+      committing_ = false;
+      busy_[job.slot] = false;
+      last_committed_ = job.step;
+      if (job.persist) {
+        // Only the newest due step waits for the persister; an older one it has not started
+        // is dropped (its slot freed), so a slow durable tier never stalls training.
+        if (persist_next_) {
+          pinned_[persist_next_->slot] = false;
+          log(LogLevel::kDebug, "checkpoint: step " + std::to_string(job.step) +
+                                    " replaces step " + std::to_string(persist_next_->step) +
+                                    " in the persist queue");
+        }
+        pinned_[job.slot] = true;
+        persist_next_ = std::move(job);
+      }
+      cv_.notify_all();
+    }
+  }
+
+  void persist_loop() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || persist_next_.has_value(); });
+        if (stopping_) return;
+        job = std::move(*persist_next_);
+        persist_next_.reset();
+        persisting_ = true;
+        pending_persist_ = job.step;
+      }
+      Ms backoff = o_.s3.backoff;
+      for (;;) {
+        try {
+          persist(job);
+          std::lock_guard<std::mutex> lock(mu_);
+          last_persisted_ = job.step;
+          if (last_error_.find("step " + std::to_string(job.step) + ":") != std::string::npos) {
+            last_error_.clear();
+          }
+          break;
+        } catch (const std::exception& e) {
+          std::unique_lock<std::mutex> lock(mu_);
+          last_error_ = "persist of step " + std::to_string(job.step) + ": " + e.what();
+          log(LogLevel::kWarning, "checkpoint: rank " + std::to_string(comm_->rank()) + ": " +
+                                      last_error_ + "; retrying in " +
+                                      std::to_string(backoff.count()) + " ms");
+          cv_.wait_for(lock, backoff, [&] { return stopping_ || persist_next_.has_value(); });
+          if (stopping_ || persist_next_) break;  // a newer step replaces this one
+          backoff = std::min<Ms>(backoff * 2, Ms(10000));
+        }
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      pinned_[job.slot] = false;
+      persisting_ = false;
+      pending_persist_ = -1;
+      cv_.notify_all();
+    }
+  }
+
+  // Copies this rank's parts (each part is written by the first rank to claim it) out of the
+  // slot, releases the slot, uploads them and, when this rank is the last to finish, writes
+  // the manifest; then applies retention.
+  void persist(const Job& job) {
+    const Layout& l = job.layout;
+    const char* data = memory_.region(job.slot).data();
+    const int rank = comm_->rank(), world = comm_->size();
+    const std::string dir = step_dir(o_.run, job.step), file = rank_file(rank);
+    TcpStore& st = *persist_store_;
+    // Ownership of each part: the first rank to claim it (per engine instance) writes it.
+    std::string body;
+    nlohmann::json shards = nlohmann::json::array(), blobs = nlohmann::json::array();
+    for (const auto& s : l.shards) {
+      const std::string key = prefix_ + "owner/" + part_key(s);
+      std::string owner;
+      {
+        auto it = owners_.find(key);
+        if (it == owners_.end()) {
+          owner = st.compare_set(key, "", std::to_string(rank));
+          owners_[key] = owner;
+        } else {
+          owner = it->second;
+        }
+      }
+      if (owner != std::to_string(rank)) continue;
+      detail::ShardRecord r = s;
+      r.file = file;
+      r.offset = static_cast<int64_t>(body.size());
+      body.append(data + s.offset, s.nbytes);
+      shards.push_back(detail::to_json(r));
+    }
+    for (const auto& b : l.blobs) {
+      detail::BlobRecord r = b;
+      r.file = file;
+      r.offset = static_cast<int64_t>(body.size());
+      body.append(data + b.offset, b.nbytes);
+      blobs.push_back(detail::to_json(r));
+    }
+    {  // the bytes are ours now: the slot can take the next save while the upload runs
+      std::lock_guard<std::mutex> lock(mu_);
+      pinned_[job.slot] = false;
+      cv_.notify_all();
+    }
+    durable_->put(dir + "/" + file, body.data(), body.size());
+    const std::string skey = prefix_ + "s" + std::to_string(job.step) + "/";
+    st.set(skey + "rank/" + std::to_string(rank),
+           nlohmann::json{{"rank", rank}, {"tensors", shards}, {"blobs", blobs}, {"ints", l.ints}}
+               .dump());
+    if (st.add(skey + "done", 1) != world) return;
+    // Last one in: every rank's parts are durable; write the manifest that commits the step.
+    nlohmann::json all = nlohmann::json::array(), ranks = nlohmann::json::array();
+    for (int r = 0; r < world; ++r) {
+      auto j = nlohmann::json::parse(st.get(skey + "rank/" + std::to_string(r)));
+      for (auto& t : j["tensors"]) all.push_back(t);
+      ranks.push_back({{"rank", r}, {"ints", j["ints"]}, {"blobs", j["blobs"]}});
+      st.delete_key(skey + "rank/" + std::to_string(r));
+    }
+    st.delete_key(skey + "done");
+    nlohmann::json manifest = {{"format", "tenax-checkpoint-1"}, {"run", o_.run},
+                               {"step", job.step},               {"world", world},
+                               {"tensors", all},                 {"ranks", ranks}};
+    const std::string text = manifest.dump(1);
+    durable_->put(dir + "/manifest.json", text.data(), text.size());
+    apply_retention();
+  }
+
+  std::vector<int64_t> durable_steps() {
+    std::vector<int64_t> steps;
+    for (const auto& key : durable_->list(o_.run + "/step-")) {
+      const int64_t s = manifest_step(o_.run, key);
+      if (s >= 0) steps.push_back(s);
+    }
+    std::sort(steps.rbegin(), steps.rend());
+    return steps;
+  }
+
+  void apply_retention() {
+    auto steps = durable_steps();
+    for (size_t i = o_.keep_durable; i < steps.size(); ++i) {
+      const std::string dir = step_dir(o_.run, steps[i]);
+      durable_->remove(dir + "/manifest.json");  // uncommit first, then the parts
+      for (const auto& key : durable_->list(dir + "/")) durable_->remove(key);
+    }
+  }
+
+  // All ranks agree on a step and whether every rank read it.
+  bool all_ok(bool ok) {
+    at::Tensor t = at::full({1}, ok ? 1 : 0, at::kLong);
+    comm_->all_reduce(t, ReduceOp::kMin);
+    return t.item<int64_t>() == 1;
+  }
+
+  void restore_extras(StateDict& state, const std::map<std::string, int64_t>& ints,
+                      const std::map<std::string, std::string>& blobs) {
+    for (const auto& [k, v] : ints) state.set_int(k, v);
+    for (const auto& [k, v] : blobs) state.set_blob(k, v);
+  }
+
+  std::optional<RestoreResult> restore_memory(StateDict& state, std::string& errors) {
+    const int slots = o_.memory_slots, rank = comm_->rank();
+    std::map<int64_t, std::pair<int, Layout>> usable;
+    for (auto [slot, step] : memory_.committed()) {
+      auto& r = memory_.region(slot);
+      try {
+        Layout l = detail::layout_from_json(
+            nlohmann::json::parse(std::string(r.json(), r.header()->json_bytes)), r.name());
+        if (l.run == o_.run && l.world == comm_->size() && detail::same_parts(l, state)) {
+          usable.emplace(step, std::make_pair(slot, std::move(l)));
+        }
+      } catch (const std::exception& e) {
+        errors += "\n  memory tier: " + r.name() + ": " + e.what();
+      }
+    }
+    at::Tensor mine = at::full({slots}, -1, at::kLong);
+    int i = 0;
+    for (auto it = usable.rbegin(); it != usable.rend() && i < slots; ++it) mine[i++] = it->first;
+    at::Tensor all = at::empty({slots * comm_->size()}, at::kLong);
+    comm_->all_gather(all, mine);
+    // The newest step every rank holds.
+    std::map<int64_t, int> count;
+    for (int64_t k = 0; k < all.numel(); ++k) {
+      const int64_t s = all[k].item<int64_t>();
+      if (s >= 0) ++count[s];
+    }
+    for (auto it = count.rbegin(); it != count.rend(); ++it) {
+      if (it->second != comm_->size()) continue;
+      const int64_t step = it->first;
+      auto& [slot, layout] = usable.at(step);
+      const char* data = memory_.region(slot).data();
+      bool ok = true;
+      int64_t bytes = 0;
+      for (size_t k = 0; k < layout.shards.size(); ++k) {
+        const auto& s = layout.shards[k];
+        const uint32_t crc = detail::crc32c(data + s.offset, s.nbytes);
+        if (crc != s.crc) {
+          errors += "\n  memory tier: step " + std::to_string(step) + ", rank " +
+                    std::to_string(rank) + ": shard '" + s.name + "' failed its checksum";
+          ok = false;
+          break;
+        }
+        bytes += s.nbytes;
+      }
+      std::map<std::string, std::string> blobs;
+      for (const auto& b : layout.blobs) {
+        if (!ok) break;
+        if (detail::crc32c(data + b.offset, b.nbytes) != b.crc) {
+          errors += "\n  memory tier: step " + std::to_string(step) + ", rank " +
+                    std::to_string(rank) + ": blob '" + b.name + "' failed its checksum";
+          ok = false;
+        }
+        blobs[b.name] = std::string(data + b.offset, b.nbytes);
+      }
+      if (!all_ok(ok)) {
+        log(LogLevel::kWarning, "checkpoint: memory tier step " + std::to_string(step) +
+                                    " is not intact on every rank; trying the next tier" +
+                                    errors);
+        return std::nullopt;
+      }
+      for (size_t k = 0; k < layout.shards.size(); ++k) {
+        fill_tensor(state.tensors()[k].tensor, data + layout.shards[k].offset);
+      }
+      restore_extras(state, layout.ints, blobs);
+      return RestoreResult{step, "memory", bytes, false};
+    }
+    return std::nullopt;
+  }
+
+  // Loads `state` from the durable step `step`; false (with `errors` saying why) when a part is
+  // missing or corrupt.
+  bool load_durable(int64_t step, StateDict& state, std::string& errors, RestoreResult& out) {
+    const std::string dir = step_dir(o_.run, step);
+    const std::string where = "durable tier " + durable_->describe() + ", step " +
+                              std::to_string(step);
+    try {
+      nlohmann::json m = nlohmann::json::parse(durable_->get(dir + "/manifest.json"));
+      if (m.value("run", "") != o_.run || m.value("step", int64_t(-1)) != step) {
+        throw CheckpointError("manifest belongs to run '" + m.value("run", "") + "' step " +
+                              std::to_string(m.value("step", int64_t(-1))) + ", not run '" +
+                              o_.run + "'");
+      }
+      std::map<std::string, std::vector<detail::ShardRecord>> by_name;
+      for (const auto& t : m.at("tensors")) {
+        auto s = detail::shard_from_json(t);
+        by_name[s.name].push_back(std::move(s));
+      }
+      const int saved_world = m.at("world").get<int>();
+      bool same = saved_world == comm_->size();
+      int64_t bytes = 0;
+      std::map<std::string, std::string> cache;  // part bytes read, verified, by file@offset
+      for (auto& target : state.tensors()) {
+        auto it = by_name.find(target.name);
+        if (it == by_name.end()) throw CheckpointError("no tensor '" + target.name + "' in it");
+        const std::string dtype = detail::dtype_name(target.tensor);
+        const size_t elem = detail::dtype_size(dtype);
+        std::string buf(target.tensor.numel() * elem, '\0');
+        int64_t covered = 0;
+        bool exact = false;  // a saved part is exactly the one asked for
+        for (const auto& s : it->second) {
+          if (s.dtype != dtype || s.global_shape != target.global_shape) {
+            throw CheckpointError("tensor '" + target.name + "' was saved as " + s.dtype +
+                                  " of global shape " + nlohmann::json(s.global_shape).dump() +
+                                  ", asked for " + dtype + " of " +
+                                  nlohmann::json(target.global_shape).dump());
+          }
+          exact |= s.offsets == target.offsets && s.sizes == target.tensor.sizes().vec();
+          // Skip parts that do not overlap the target.
+          bool overlaps = true;
+          for (size_t d = 0; d < s.sizes.size(); ++d) {
+            overlaps &= std::max(s.offsets[d], target.offsets[d]) <
+                        std::min(s.offsets[d] + s.sizes[d], target.offsets[d] + target.tensor.size(d));
+          }
+          if (!overlaps) continue;
+          const std::string ck = s.file + "@" + std::to_string(s.offset);
+          auto c = cache.find(ck);
+          if (c == cache.end()) {
+            std::string part = durable_->get_range(dir + "/" + s.file, s.offset, s.nbytes);
+            if (detail::crc32c(part.data(), part.size()) != s.crc) {
+              throw CheckpointError("shard '" + s.name + "' (offsets " +
+                                    nlohmann::json(s.offsets).dump() + ", " + s.file +
+                                    ") failed its checksum");
+            }
+            bytes += s.nbytes;
+            c = cache.emplace(ck, std::move(part)).first;
+          }
+          covered += detail::copy_overlap(c->second.data(), s.offsets, s.sizes, buf.data(),
+                                          target.offsets, target.tensor.sizes().vec(), elem);
+        }
+        same &= exact;
+        if (covered != target.tensor.numel()) {
+          throw CheckpointError("tensor '" + target.name + "': the saved parts cover " +
+                                std::to_string(covered) + " of the " +
+                                std::to_string(target.tensor.numel()) + " elements asked for");
+        }
+        fill_tensor(target.tensor, buf.data());
+      }
+      // Ints and blobs: this rank's own when it existed in the saved world, else rank 0's.
+      const auto& ranks = m.at("ranks");
+      const int from = comm_->rank() < saved_world ? comm_->rank() : 0;
+      std::map<std::string, int64_t> ints;
+      std::map<std::string, std::string> blobs;
+      for (const auto& r : ranks) {
+        if (r.at("rank").get<int>() != from) continue;
+        ints = r.at("ints").get<std::map<std::string, int64_t>>();
+        for (const auto& bj : r.at("blobs")) {
+          auto b = detail::blob_from_json(bj);
+          std::string v = durable_->get_range(dir + "/" + b.file, b.offset, b.nbytes);
+          if (detail::crc32c(v.data(), v.size()) != b.crc) {
+            throw CheckpointError("blob '" + b.name + "' of rank " + std::to_string(from) +
+                                  " failed its checksum");
+          }
+          blobs[b.name] = std::move(v);
+        }
+      }
+      restore_extras(state, ints, blobs);
+      out = RestoreResult{step, "durable", bytes, !same};
+      return true;
+    } catch (const std::exception& e) {
+      errors += "\n  " + where + ": " + e.what();
+      return false;
+    }
+  }
+
+  std::optional<RestoreResult> restore_durable(StateDict& state, std::string& errors) {
+    // Rank 0 lists; everyone tries the same steps, newest first, and moves on together.
+    std::vector<int64_t> steps = comm_->rank() == 0 ? durable_steps() : std::vector<int64_t>{};
+    at::Tensor n = at::full({1}, static_cast<int64_t>(steps.size()), at::kLong);
+    comm_->broadcast(n, 0);
+    at::Tensor list = at::empty({std::max<int64_t>(1, n.item<int64_t>())}, at::kLong);
+    for (size_t k = 0; k < steps.size(); ++k) list[k] = steps[k];
+    comm_->broadcast(list, 0);
+    for (int64_t k = 0; k < n.item<int64_t>(); ++k) {
+      const int64_t step = list[k].item<int64_t>();
+      RestoreResult r;
+      const bool ok = load_durable(step, state, errors, r);
+      if (all_ok(ok)) return r;
+      log(LogLevel::kWarning, "checkpoint: durable step " + std::to_string(step) +
+                                  " could not be restored on every rank; trying an older one" +
+                                  errors);
+    }
+    return std::nullopt;
+  }
+
+  CheckpointOptions o_;
+  std::shared_ptr<Communicator> comm_;
+  std::shared_ptr<TcpStore> store_, persist_store_;
+  detail::MemoryTier memory_;
+  std::unique_ptr<detail::ObjectStore> durable_;
+  std::string prefix_;
+  std::map<std::string, std::string> owners_;  // persister thread only
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<bool> pinned_, busy_;
+  std::deque<Job> commits_;
+  std::optional<Job> persist_next_;
+  bool committing_ = false, persisting_ = false, stopping_ = false;
+  int64_t last_saved_ = -1, last_committed_ = -1, last_persisted_ = -1, pending_persist_ = -1;
+  int64_t saves_ = 0;
+  std::string last_error_;
+  std::thread committer_, persister_;
+};
+
+CheckpointEngine::CheckpointEngine(CheckpointOptions options, std::shared_ptr<Communicator> comm,
+                                   std::shared_ptr<TcpStore> store)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(comm), std::move(store))) {}
+CheckpointEngine::~CheckpointEngine() = default;
+void CheckpointEngine::save(int64_t step, const StateDict& state) { impl_->save(step, state); }
+void CheckpointEngine::wait(Ms timeout) { impl_->wait(timeout); }
+std::optional<RestoreResult> CheckpointEngine::restore(StateDict& state) {
+  return impl_->restore(state);
+}
+CheckpointStatus CheckpointEngine::status() const { return impl_->status(); }
+void CheckpointEngine::remove_memory(const std::string& run) {
+  detail::MemoryTier::remove_all(run);
+}
+
+}  // namespace tenax
