@@ -7,10 +7,13 @@
 #include <absl/flags/parse.h>
 #include <absl/flags/usage.h>
 
+#include <tenax/checkpoint/engine.h>
 #include <tenax/comm/init.h>
 #include <tenax/core/error.h>
 
+#include <chrono>
 #include <cmath>
+#include <memory>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -44,6 +47,14 @@ ABSL_FLAG(int64_t, log_interval, 10, "log every N steps");
 ABSL_FLAG(double, peak_tflops, 0, "declared peak TFLOP/s of one rank's device for MFU "
           "(0: 0.1 for a CPU rank, 989 for a CUDA device, H100/H200 dense BF16)");
 ABSL_FLAG(std::string, device, "cpu", "cpu (Gloo collectives) or cuda (NCCL)");
+ABSL_FLAG(int64_t, ckpt_every, 0, "save a checkpoint every N steps into host memory (0: never)");
+ABSL_FLAG(std::string, ckpt_durable, "", "durable tier: a directory, file:///dir or s3://bucket/prefix");
+ABSL_FLAG(int, ckpt_persist_every, 10, "persist every Nth checkpoint to the durable tier");
+ABSL_FLAG(int, ckpt_keep, 3, "checkpoints kept in the durable tier");
+ABSL_FLAG(std::string, ckpt_run, "llama", "run name: shared-memory regions and durable prefix");
+ABSL_FLAG(bool, resume, true, "with --ckpt-every, start from the newest checkpoint if any");
+ABSL_FLAG(int64_t, exit_after, 0, "leave after N steps of this run, as a preempted job would "
+          "(0: run to --steps)");
 ABSL_FLAG(bool, report_memory, false, "print the parameter count and per-rank memory of the "
           "model on the mesh given by --dp/--tp/--pp, then exit without allocating it");
 
@@ -160,6 +171,34 @@ int main(int argc, char** argv) {
                   (long long)(o.global_batch / (o.micro_batch * o.dp)), o.data.c_str(), peak);
       std::fflush(stdout);
     }
+    // Checkpointing: an engine over the world, and a resume from the newest complete step.
+    const int64_t ckpt_every = absl::GetFlag(FLAGS_ckpt_every);
+    std::unique_ptr<tenax::CheckpointEngine> ckpt;
+    if (ckpt_every > 0) {
+      tenax::CheckpointOptions co;
+      co.run = absl::GetFlag(FLAGS_ckpt_run);
+      co.durable = absl::GetFlag(FLAGS_ckpt_durable);
+      co.persist_every = absl::GetFlag(FLAGS_ckpt_persist_every);
+      co.keep_durable = absl::GetFlag(FLAGS_ckpt_keep);
+      ckpt = std::make_unique<tenax::CheckpointEngine>(co, world.comm, world.store);
+      if (absl::GetFlag(FLAGS_resume)) {
+        const auto start = std::chrono::steady_clock::now();
+        if (auto r = ckpt->restore(trainer.state())) {
+          trainer.resume_from_state();
+          if (leader) {
+            std::printf("llama_train: resumed at step %lld from the %s tier (%lld bytes on rank 0%s) "
+                        "in %.1f ms\n",
+                        (long long)r->step, r->tier.c_str(), (long long)r->bytes,
+                        r->resharded ? ", resharded" : "",
+                        std::chrono::duration<double, std::milli>(
+                            std::chrono::steady_clock::now() - start).count());
+            std::fflush(stdout);
+          }
+        }
+      }
+    }
+    const int64_t exit_after = absl::GetFlag(FLAGS_exit_after);
+    const int64_t first_step = trainer.step();
     const int64_t log_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_log_interval));
     const int64_t eval_every = absl::GetFlag(FLAGS_eval_interval);
     const int eval_batches = absl::GetFlag(FLAGS_eval_batches);
@@ -167,13 +206,24 @@ int main(int argc, char** argv) {
     int64_t window_tokens = 0, window_steps = 0;
     double steady_s = 0;  // steps after the first three (allocator and caches warm)
     int64_t steady_tokens = 0;
-    for (int64_t step = 0; step < o.steps; ++step) {
+    for (int64_t step = first_step; step < o.steps; ++step) {
+      if (exit_after > 0 && step - first_step >= exit_after) {
+        if (ckpt) ckpt->wait();
+        if (leader) std::printf("llama_train: leaving after step %lld (--exit-after)\n", (long long)step);
+        return 0;
+      }
       llama::StepStats s = trainer.train_step();
+      if (ckpt && (step + 1) % ckpt_every == 0) {
+        const auto start = std::chrono::steady_clock::now();
+        ckpt->save(step + 1, trainer.state());
+        s.ckpt_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        s.seconds += s.ckpt_seconds;
+      }
       window_s += s.seconds, window_comm += s.comm_seconds, window_ckpt += s.ckpt_seconds;
       window_tokens += s.tokens, ++window_steps;
-      if (step >= 3) steady_s += s.seconds, steady_tokens += s.tokens;
+      if (step >= first_step + 3) steady_s += s.seconds, steady_tokens += s.tokens;
       const bool last = step + 1 == o.steps;
-      if (leader && ((step + 1) % log_every == 0 || step == 0 || last)) {
+      if (leader && ((step + 1) % log_every == 0 || step == first_step || last)) {
         const double tps = double(window_tokens) / window_s;
         const double mfu = tps * flops_per_token / (peak * 1e12 * world.size);
         const double ms = 1000.0 / double(window_steps);
@@ -194,6 +244,7 @@ int main(int argc, char** argv) {
         }
       }
     }
+    if (ckpt) ckpt->wait();
     world.comm->barrier();
     if (leader) {
       std::printf("llama_train: done, %lld steps", (long long)o.steps);

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <tenax/checkpoint/module_state.h>
 #include <tenax/core/error.h>
 
 #include <chrono>
@@ -250,6 +251,39 @@ Trainer::~Trainer() = default;
 StepStats Trainer::train_step() { return impl_->train_step(); }
 double Trainer::evaluate(int batches) { return impl_->evaluate(batches); }
 int64_t Trainer::step() const { return impl_->step; }
+
+tenax::StateDict& Trainer::state() {
+  auto& i = *impl_;
+  if (!i.checkpoint_state) {
+    i.checkpoint_state = std::make_unique<tenax::StateDict>();
+    // A pipeline stage's layer k is layer first + k of the whole model.
+    const int64_t first = stage_layers(i.o.model, i.mesh->pp_rank(), i.o.pp).first;
+    tenax::NameMap rename = [first](const std::string& name) {
+      if (name.rfind("layers.", 0) != 0) return name;
+      const size_t dot = name.find('.', 7);
+      return "layers." + std::to_string(first + std::stoll(name.substr(7, dot - 7))) +
+             name.substr(dot);
+    };
+    tenax::add_module_state(*i.checkpoint_state, *i.model, "model.", rename);
+    tenax::add_adamw_state(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", rename);
+    i.rename = rename;
+  }
+  tenax::record_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", i.rename);
+  i.checkpoint_state->set_int("step", i.step);
+  i.checkpoint_state->set_int("cursor", i.step * i.o.global_batch);
+  return *i.checkpoint_state;
+}
+
+void Trainer::resume_from_state() {
+  auto& i = *impl_;
+  tenax::apply_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", i.rename);
+  i.step = i.checkpoint_state->get_int("step");
+  if (i.checkpoint_state->get_int("cursor") != i.step * i.o.global_batch) {
+    throw tenax::ConfigError("the checkpoint's data cursor " +
+                             std::to_string(i.checkpoint_state->get_int("cursor")) +
+                             " is not step x --global-batch: resume with the same --global-batch");
+  }
+}
 int64_t Trainer::parameter_count() const { return llama::parameter_count(impl_->o.model); }
 const TrainOptions& Trainer::options() const { return impl_->o; }
 

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include <tenax/checkpoint/state.h>
 #include <tenax/comm/communicator.h>
 
 #include "config.h"
@@ -72,6 +73,12 @@ class Trainer {
   double evaluate(int batches);
 
   int64_t step() const;
+  // Everything a checkpoint needs, referring to the live tensors: the model's parameters under
+  // their whole-model names (tp parts recorded as such), AdamW's moments and step counts, and
+  // the ints "step" (optimizer steps done) and "cursor" (global samples consumed).
+  tenax::StateDict& state();
+  // After a restore into state(): continue from the restored step.
+  void resume_from_state();
   int64_t parameter_count() const;  // of the whole model
   const TrainOptions& options() const;
 

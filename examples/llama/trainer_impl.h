@@ -4,6 +4,7 @@
 
 #include <torch/optim/adamw.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -39,6 +40,8 @@ class Trainer::Impl {
   std::unique_ptr<torch::optim::AdamW> optimizer;
   std::unique_ptr<SampleLoader> train, val;
   int64_t step = 0;
+  std::unique_ptr<tenax::StateDict> checkpoint_state;
+  std::function<std::string(const std::string&)> rename;  // stage names -> whole-model names
   int64_t accumulation = 1;  // micro-batches per rank per step
 };
 

@@ -237,6 +237,58 @@ TEST(TrainTest, OneProcessWithNoLauncherTrains) {
   EXPECT_EQ(parse(r.output).train.size(), 3u) << r.output;
 }
 
+// The final loss line "step 20/20 | loss X" of a run.
+std::string final_loss(const std::string& out) {
+  std::smatch m;
+  std::regex re(R"(step +20/20 \| loss ([0-9.]+))");
+  return std::regex_search(out, m, re) ? m[1].str() : "none";
+}
+
+void remove_regions(const std::string& run) {
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
+    if (e.path().filename().string().rfind("tenax-" + run + "-", 0) == 0) {
+      std::filesystem::remove(e.path());
+    }
+  }
+}
+
+TEST(CheckpointResumeTest, APreemptedRunResumedFromMemoryOrReshardedFromDiskEndsWithTheSameLoss) {
+  const std::string run = "resume" + std::to_string(getpid());
+  const std::string durable = std::filesystem::temp_directory_path() / ("tenax-llama-" + run);
+  auto train = [&](int n, std::vector<std::string> extra) {
+    std::vector<std::string> argv = {"mpirun", "--oversubscribe", "-np", std::to_string(n),
+                                     LLAMA_TRAIN, "--data", kTrain, "--steps", "20",
+                                     "--log-interval", "10", "--eval-interval", "0"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return run_command(argv, kMpiEnv, std::chrono::seconds(300));
+  };
+  auto plain = train(2, {});
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  const std::string expected = final_loss(plain.output);
+  // Preempted after 10 steps, with checkpoints every 5 in memory and every 10th in a directory.
+  auto first = train(2, {"--ckpt-every", "5", "--ckpt-run", run, "--ckpt-durable", durable,
+                         "--ckpt-persist-every", "2", "--exit-after", "10"});
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  EXPECT_NE(first.output.find("leaving after step 10"), std::string::npos) << first.output;
+  // Restarted on the same ranks: from shared memory, no I/O.
+  auto again = train(2, {"--ckpt-every", "5", "--ckpt-run", run});
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("resumed at step 10 from the memory tier"), std::string::npos)
+      << again.output;
+  EXPECT_EQ(final_loss(again.output), expected) << again.output;
+  // The host's memory is gone; restarted as dp=2 x tp=2: from the directory, resharded.
+  remove_regions(run);
+  auto moved = train(4, {"--tp", "2", "--ckpt-every", "5", "--ckpt-run", run, "--ckpt-durable",
+                         durable});
+  ASSERT_EQ(moved.exit_code, 0) << moved.output;
+  EXPECT_NE(moved.output.find("resumed at step 10 from the durable tier"), std::string::npos)
+      << moved.output;
+  EXPECT_NE(moved.output.find("resharded"), std::string::npos) << moved.output;
+  EXPECT_EQ(final_loss(moved.output), expected) << moved.output;
+  remove_regions(run);
+  std::filesystem::remove_all(durable);
+}
+
 // One optimizer step (two, in fact) on a mesh equals the one-process step, weights and loss.
 void expect_matches_one_process(int n, const std::vector<std::string>& mesh) {
   std::vector<std::string> argv = {LLAMA_WORKER, kTrain};

@@ -33,6 +33,8 @@ class ColumnParallelLinearImpl : public torch::nn::Cloneable<ColumnParallelLinea
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
   torch::Tensor weight, bias;
+  // The tp group: weight and bias are this rank's rows (dim 0) of the whole layer's.
+  const std::shared_ptr<Communicator>& group() const { return tp_; }
 
  private:
   int64_t in_, out_;
@@ -53,6 +55,8 @@ class RowParallelLinearImpl : public torch::nn::Cloneable<RowParallelLinearImpl>
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
   torch::Tensor weight, bias;
+  // The tp group: weight is this rank's columns (dim 1) of the whole layer's; bias is whole.
+  const std::shared_ptr<Communicator>& group() const { return tp_; }
 
  private:
   int64_t in_, out_;
@@ -70,6 +74,8 @@ class VocabParallelEmbeddingImpl : public torch::nn::Cloneable<VocabParallelEmbe
   void reset() override;
   torch::Tensor forward(const torch::Tensor& ids);
   torch::Tensor weight;
+  // The tp group: weight is this rank's vocabulary rows (dim 0) of the whole table.
+  const std::shared_ptr<Communicator>& group() const { return tp_; }
 
  private:
   int64_t vocab_, dim_;

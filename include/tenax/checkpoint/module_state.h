@@ -1,0 +1,43 @@
+#pragma once
+
+// Building a StateDict from LibTorch objects. Parameters of tenax's tensor-parallel layers are
+// recorded as parts of the whole layer's tensors (ColumnParallelLinear and
+// VocabParallelEmbedding split dim 0, RowParallelLinear's weight dim 1), so a checkpoint saved
+// on one tp size restores on another. The StateDict refers to the live tensors: save() copies
+// them, restore() writes into them.
+
+#include <torch/nn/module.h>
+#include <torch/optim/adamw.h>
+
+#include <functional>
+#include <string>
+
+#include "tenax/checkpoint/state.h"
+
+namespace tenax {
+
+// Maps a parameter's name in this process's module to its name in the whole model (e.g. a
+// pipeline stage's "layers.0.w" to "layers.8.w"). Identity when empty.
+using NameMap = std::function<std::string(const std::string&)>;
+
+// Adds every parameter and buffer of `module` as "<prefix><name>".
+void add_module_state(StateDict& state, const torch::nn::Module& module,
+                      const std::string& prefix = "", const NameMap& rename = {});
+
+// Adds AdamW's state for every parameter of `module` the optimizer holds: "<prefix><name>.exp_avg"
+// and ".exp_avg_sq" (sharded like the parameter) and the integer "<prefix><name>.step".
+// Creates zero state for parameters that have none yet (before the first step), so that a
+// restore into a fresh optimizer has tensors to fill. The moments are live tensors; the step
+// counts are copies: call record_adamw_steps() before each save, and apply_adamw_steps()
+// after a restore to copy the restored counts back into the optimizer.
+void add_adamw_state(StateDict& state, torch::optim::AdamW& optimizer,
+                     const torch::nn::Module& module, const std::string& prefix = "optim.",
+                     const NameMap& rename = {});
+void record_adamw_steps(StateDict& state, torch::optim::AdamW& optimizer,
+                        const torch::nn::Module& module, const std::string& prefix = "optim.",
+                        const NameMap& rename = {});
+void apply_adamw_steps(const StateDict& state, torch::optim::AdamW& optimizer,
+                       const torch::nn::Module& module, const std::string& prefix = "optim.",
+                       const NameMap& rename = {});
+
+}  // namespace tenax
