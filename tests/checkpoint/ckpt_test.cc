@@ -302,3 +302,52 @@ TEST_F(S3CheckpointTest, TrainingGoesOnWhileTheEndpointIsDownAndPersistenceResum
 }
 
 }  // namespace
+
+// --- tenax-ckpt ------------------------------------------------------------------------------
+
+namespace {
+
+TEST_F(CheckpointTest, TheToolListsVerifiesAndExportsWholeTensorsAsSafetensors) {
+  expect_pass(3, "save", env({{"CKPT_DURABLE", dir_.string()}, {"CKPT_STEP", "2"},
+                              {"CKPT_PACED", "1"}}));
+  auto list = run_command({TENAX_CKPT, "list", "--run", run_, "--durable", dir_.string()});
+  ASSERT_EQ(list.exit_code, 0) << list.output;
+  EXPECT_NE(list.output.find("step 2: world 3, 7 tensor parts"), std::string::npos) << list.output;
+  EXPECT_NE(list.output.find("-r2-s1"), std::string::npos) << list.output;  // memory regions
+  auto ok = run_command({TENAX_CKPT, "verify", "--run", run_, "--durable", dir_.string()});
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_NE(ok.output.find("OK run " + run_ + " step 2: 3 tensors, 7 parts"), std::string::npos)
+      << ok.output;
+  // Whole tensors out; read back with a reader of the safetensors layout (8-byte header size,
+  // JSON header, little-endian data).
+  const std::string out = (dir_ / "model.safetensors").string();
+  auto ex = run_command({TENAX_CKPT, "export", "--run", run_, "--durable", dir_.string(), "--out", out});
+  ASSERT_EQ(ex.exit_code, 0) << ex.output;
+  const char* reader = R"(
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+h = json.loads(data[8:8 + n])
+body = data[8 + n:]
+def get(name, fmt):
+    t = h[name]; a, b = t["data_offsets"]
+    return t["shape"], struct.unpack("<%d%s" % ((b - a) // struct.calcsize(fmt), fmt), body[a:b])
+shape, w = get("w", "f")
+assert shape == [12, 10] and h["w"]["dtype"] == "F32", h["w"]
+assert all(w[i] == i + 2000.0 for i in range(120)), w[:12]
+shape, m = get("m", "d")
+assert shape == [6, 8] and all(m[i] == i * 0.5 - 2 for i in range(48)), m[:8]
+assert h["b"]["dtype"] == "BF16" and h["b"]["shape"] == [5]
+print("safetensors ok", sorted(k for k in h if k != "__metadata__"))
+)";
+  auto py = run_command({"python3", "-c", reader, out});
+  EXPECT_EQ(py.exit_code, 0) << py.output;
+  EXPECT_NE(py.output.find("safetensors ok ['b', 'm', 'w']"), std::string::npos) << py.output;
+  // A corrupt byte: verify names the part and fails.
+  flip_byte(step_dir(2) + "/rank-00002.bin", 1);
+  auto bad = run_command({TENAX_CKPT, "verify", "--run", run_, "--durable", dir_.string()});
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_NE(bad.output.find("BAD  shard 'w'"), std::string::npos) << bad.output;
+}
+
+}  // namespace

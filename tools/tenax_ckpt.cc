@@ -1,0 +1,243 @@
+// tenax-ckpt: inspect a run's checkpoints.
+//   tenax-ckpt list   --run RUN [--durable URL]             steps per tier
+//   tenax-ckpt verify --run RUN --durable URL [--step N]    checksums and completeness
+//   tenax-ckpt export --run RUN --durable URL [--step N] --out FILE [--prefix model.]
+//                     the step's whole tensors (parts joined) as a safetensors file
+// URL: a directory, file:///dir or s3://bucket/prefix (S3 settings from the AWS environment).
+// Without --step, the newest committed step. Exit status: 0 ok, 1 a check failed, 2 bad usage.
+
+#include <dirent.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "checkpoint/crc32c.h"
+#include "checkpoint/memory_tier.h"
+#include "checkpoint/object_store.h"
+#include "checkpoint/snapshot.h"
+#include "tenax/core/error.h"
+
+namespace {
+
+using namespace tenax;
+using nlohmann::json;
+
+struct Args {
+  std::string command, run, durable, out, prefix;
+  int64_t step = -1;
+};
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: tenax-ckpt list   --run RUN [--durable URL]\n"
+               "       tenax-ckpt verify --run RUN --durable URL [--step N]\n"
+               "       tenax-ckpt export --run RUN --durable URL [--step N] --out FILE "
+               "[--prefix P]\n");
+  return 2;
+}
+
+std::string step_dir(const std::string& run, int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%012lld", static_cast<long long>(step));
+  return run + "/" + buf;
+}
+
+std::vector<int64_t> durable_steps(detail::ObjectStore& store, const std::string& run) {
+  std::vector<int64_t> steps;
+  const std::string head = run + "/step-", tail = "/manifest.json";
+  for (const auto& k : store.list(head)) {
+    if (k.size() > head.size() + tail.size() && k.compare(k.size() - tail.size(), tail.size(), tail) == 0) {
+      steps.push_back(std::stoll(k.substr(head.size(), k.size() - head.size() - tail.size())));
+    }
+  }
+  std::sort(steps.rbegin(), steps.rend());
+  return steps;
+}
+
+int64_t count(const std::vector<int64_t>& shape) {
+  return std::accumulate(shape.begin(), shape.end(), int64_t(1), std::multiplies<int64_t>());
+}
+
+int list(const Args& a) {
+  std::printf("run %s\nmemory tier (this host):\n", a.run.c_str());
+  const std::string head = "tenax-" + a.run + "-r";
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (dirent* e = ::readdir(d)) {
+      if (std::string(e->d_name).rfind(head, 0) == 0) names.push_back(e->d_name);
+    }
+    ::closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  for (const auto& n : names) {
+    auto r = detail::Region::open("/" + n);
+    if (!r) continue;
+    const auto* h = r->header();
+    const uint32_t state = h->state.load();
+    std::printf("  %-40s step %lld, %llu bytes, %s\n", n.c_str(), static_cast<long long>(h->step),
+                static_cast<unsigned long long>(h->data_bytes),
+                state == detail::Region::kCommitted ? "committed"
+                : state == detail::Region::kWriting ? "incomplete (being written or cut)"
+                                                    : "empty");
+  }
+  if (names.empty()) std::printf("  none\n");
+  if (!a.durable.empty()) {
+    auto store = detail::open_object_store(a.durable, S3Options{});
+    std::printf("durable tier (%s):\n", store->describe().c_str());
+    auto steps = durable_steps(*store, a.run);
+    for (int64_t s : steps) {
+      json m = json::parse(store->get(step_dir(a.run, s) + "/manifest.json"));
+      int64_t bytes = 0;
+      for (const auto& t : m["tensors"]) bytes += t["nbytes"].get<int64_t>();
+      std::printf("  step %lld: world %d, %zu tensor parts, %lld bytes\n",
+                  static_cast<long long>(s), m["world"].get<int>(), m["tensors"].size(),
+                  static_cast<long long>(bytes));
+    }
+    if (steps.empty()) std::printf("  none\n");
+  }
+  return 0;
+}
+
+// The manifest of `a.step` (or the newest).
+json manifest(detail::ObjectStore& store, const Args& a, int64_t& step) {
+  step = a.step;
+  if (step < 0) {
+    auto steps = durable_steps(store, a.run);
+    if (steps.empty()) throw CheckpointError("no committed step of run '" + a.run + "' in " + store.describe());
+    step = steps.front();
+  }
+  json m = json::parse(store.get(step_dir(a.run, step) + "/manifest.json"));
+  if (m.value("run", "") != a.run) {
+    throw CheckpointError("manifest of step " + std::to_string(step) + " belongs to run '" +
+                          m.value("run", "") + "'");
+  }
+  return m;
+}
+
+int verify(const Args& a) {
+  auto store = detail::open_object_store(a.durable, S3Options{});
+  int64_t step;
+  json m = manifest(*store, a, step);
+  const std::string dir = step_dir(a.run, step);
+  std::map<std::string, std::pair<std::vector<int64_t>, int64_t>> covered;  // shape, elements
+  int bad = 0;
+  int64_t bytes = 0;
+  for (const auto& tj : m["tensors"]) {
+    auto s = detail::shard_from_json(tj);
+    try {
+      std::string part = store->get_range(dir + "/" + s.file, s.offset, s.nbytes);
+      if (detail::crc32c(part.data(), part.size()) != s.crc) {
+        std::printf("BAD  shard '%s' offsets %s (%s): checksum mismatch\n", s.name.c_str(),
+                    json(s.offsets).dump().c_str(), s.file.c_str());
+        ++bad;
+      }
+      bytes += s.nbytes;
+    } catch (const Error& e) {
+      std::printf("BAD  shard '%s' offsets %s: %s\n", s.name.c_str(), json(s.offsets).dump().c_str(), e.what());
+      ++bad;
+    }
+    auto& c = covered[s.name];
+    c.first = s.global_shape;
+    c.second += count(s.sizes);
+  }
+  for (const auto& [name, c] : covered) {
+    if (c.second != count(c.first)) {
+      std::printf("BAD  tensor '%s': parts cover %lld of %lld elements\n", name.c_str(),
+                  static_cast<long long>(c.second), static_cast<long long>(count(c.first)));
+      ++bad;
+    }
+  }
+  std::printf("%s run %s step %lld: %zu tensors, %zu parts, %lld bytes checked, %d problems\n",
+              bad ? "FAIL" : "OK", a.run.c_str(), static_cast<long long>(step), covered.size(),
+              m["tensors"].size(), static_cast<long long>(bytes), bad);
+  return bad ? 1 : 0;
+}
+
+int export_safetensors(const Args& a) {
+  auto store = detail::open_object_store(a.durable, S3Options{});
+  int64_t step;
+  json m = manifest(*store, a, step);
+  const std::string dir = step_dir(a.run, step);
+  std::map<std::string, std::vector<detail::ShardRecord>> by_name;
+  for (const auto& tj : m["tensors"]) {
+    auto s = detail::shard_from_json(tj);
+    if (s.name.rfind(a.prefix, 0) == 0) by_name[s.name].push_back(std::move(s));
+  }
+  if (by_name.empty()) throw CheckpointError("no tensor named '" + a.prefix + "...' in step " + std::to_string(step));
+  // safetensors: 8-byte little-endian header size, JSON header, then the tensors' bytes.
+  json header = {{"__metadata__", {{"format", "pt"}, {"run", a.run}, {"step", std::to_string(step)}}}};
+  std::vector<std::string> blobs;
+  int64_t at = 0;
+  for (auto& [name, parts] : by_name) {
+    const auto& first = parts.front();
+    const size_t elem = detail::dtype_size(first.dtype);
+    std::string whole(count(first.global_shape) * elem, '\0');
+    std::vector<int64_t> zero(first.global_shape.size(), 0);
+    int64_t n = 0;
+    for (const auto& s : parts) {
+      std::string part = store->get_range(dir + "/" + s.file, s.offset, s.nbytes);
+      if (detail::crc32c(part.data(), part.size()) != s.crc) {
+        throw CheckpointError("shard '" + s.name + "' (" + s.file + ") failed its checksum");
+      }
+      n += detail::copy_overlap(part.data(), s.offsets, s.sizes, whole.data(), zero,
+                                first.global_shape, elem);
+    }
+    if (n != count(first.global_shape)) {
+      throw CheckpointError("tensor '" + name + "' is incomplete in step " + std::to_string(step));
+    }
+    const std::string key = name.substr(a.prefix.size());
+    header[key] = {{"dtype", first.dtype}, {"shape", first.global_shape},
+                   {"data_offsets", {at, at + static_cast<int64_t>(whole.size())}}};
+    at += static_cast<int64_t>(whole.size());
+    blobs.push_back(std::move(whole));
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // align the data to 8 bytes
+  std::ofstream out(a.out, std::ios::binary | std::ios::trunc);
+  const uint64_t size = text.size();
+  unsigned char le[8];
+  for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(size >> (8 * i));
+  out.write(reinterpret_cast<const char*>(le), 8);
+  out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  for (const auto& b : blobs) out.write(b.data(), static_cast<std::streamsize>(b.size()));
+  if (!out) throw CheckpointError("cannot write " + a.out);
+  std::printf("exported run %s step %lld: %zu tensors, %lld bytes -> %s\n", a.run.c_str(),
+              static_cast<long long>(step), blobs.size(), static_cast<long long>(at), a.out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage();
+  Args a;
+  a.command = argv[1];
+  for (int i = 2; i < argc; ++i) {
+    std::string k = argv[i];
+    if (i + 1 >= argc) return usage();
+    std::string v = argv[++i];
+    if (k == "--run") a.run = v;
+    else if (k == "--durable") a.durable = v;
+    else if (k == "--step") a.step = std::stoll(v);
+    else if (k == "--out") a.out = v;
+    else if (k == "--prefix") a.prefix = v;
+    else return usage();
+  }
+  if (a.run.empty()) return usage();
+  try {
+    if (a.command == "list") return list(a);
+    if (a.durable.empty()) return usage();
+    if (a.command == "verify") return verify(a);
+    if (a.command == "export" && !a.out.empty()) return export_safetensors(a);
+    return usage();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tenax-ckpt: %s\n", e.what());
+    return 1;
+  }
+}
