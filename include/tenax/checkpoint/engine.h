@@ -31,8 +31,11 @@ struct S3Options {
   // Empty: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN), else the
   // [AWS_PROFILE or default] section of ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE).
   std::string access_key, secret_key, session_token;
-  int64_t part_bytes = 16 << 20;  // multipart part size; objects up to one part use one PUT
-  int parallel_parts = 4;         // parts in flight per object
+  // A rank's parts go into objects of about part_bytes each, parallel_parts uploads in
+  // flight; an object above part_bytes (one large part) is a multipart upload of part_bytes
+  // parts, parallel_parts in flight. The directory tier uses the same grouping.
+  int64_t part_bytes = 32 << 20;
+  int parallel_parts = 4;
   int max_attempts = 6;           // per request, on 5xx, 429/503 throttling, connection errors
   std::chrono::milliseconds backoff{200};  // first retry delay, doubled each time (with jitter)
   std::chrono::seconds request_timeout{120};

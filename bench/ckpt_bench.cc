@@ -1,0 +1,222 @@
+// Checkpoint engine costs, side by side with their references in one run (one process):
+//   save stall         vs memcpy of the same bytes into already-touched memory
+//   memory restore     vs memcpy (bandwidth ratio), and vs the durable tier's restore
+//   durable persist    per tier: a local directory, and S3 when --s3 is given, where a
+//                      parallel multipart upload is compared with a single PUT stream
+//   step slowdown      a compute step alone vs the same step followed by save() with
+//                      background persistence every save
+// Prints one table; medians over --reps.
+
+#include <absl/flags/flag.h>
+#include <absl/flags/parse.h>
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+#include "tenax/checkpoint/engine.h"
+#include "tenax/tenax.h"
+
+ABSL_FLAG(int64_t, mib, 1024, "state size in MiB (16 tensors)");
+ABSL_FLAG(int, reps, 5, "repetitions per measurement (median)");
+ABSL_FLAG(std::string, dir, "/tmp/tenax-ckpt-bench", "durable directory");
+ABSL_FLAG(std::string, s3, "", "also persist to this s3://bucket/prefix (AWS environment)");
+ABSL_FLAG(int, parallel_parts, 4, "S3 parts in flight for the multipart comparison");
+ABSL_FLAG(int64_t, part_mib, 32, "object / part size in MiB");
+ABSL_FLAG(int, step_ms, 200, "compute per training step in the slowdown measurement");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// A stand-in for a training step's compute: matmuls for about `ms` on this machine.
+void compute(const at::Tensor& a, int ms) {
+  auto until = Clock::now() + std::chrono::milliseconds(ms);
+  while (Clock::now() < until) at::mm(a, a);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const int64_t mib = absl::GetFlag(FLAGS_mib);
+  const int reps = absl::GetFlag(FLAGS_reps);
+  const std::string dir = absl::GetFlag(FLAGS_dir);
+  tenax::World world = tenax::init();
+
+  // The state: 16 float32 tensors, mib MiB in all.
+  tenax::StateDict state;
+  std::vector<at::Tensor> tensors;
+  const int64_t per = mib * (1 << 20) / 16 / 4;
+  for (int i = 0; i < 16; ++i) {
+    tensors.push_back(at::rand({per}));
+    state.add("t" + std::to_string(i), tensors.back());
+  }
+  const double bytes = double(state.tensor_bytes());
+
+  // Reference: memcpy into already-touched memory.
+  std::vector<char> dst(static_cast<size_t>(bytes));
+  std::memset(dst.data(), 1, dst.size());
+  std::vector<double> copy;
+  for (int r = 0; r < reps; ++r) {
+    auto t = Clock::now();
+    size_t at = 0;
+    for (auto& x : tensors) {
+      std::memcpy(dst.data() + at, x.data_ptr(), x.nbytes());
+      at += x.nbytes();
+    }
+    copy.push_back(seconds_since(t));
+  }
+  const double memcpy_s = median(copy);
+
+  auto run = [&](const std::string& run_name, tenax::CheckpointOptions& o) {
+    o.run = run_name;
+    tenax::CheckpointEngine::remove_memory(run_name);
+    std::filesystem::remove_all(dir);
+    return std::make_unique<tenax::CheckpointEngine>(o, world.comm, world.store);
+  };
+
+  // Save stall (memory tier only): the first save allocates and touches the slots.
+  std::vector<double> stall;
+  double first_save = 0, restore_s = 0;
+  {
+    tenax::CheckpointOptions o;
+    auto engine = run("bench-mem", o);
+    for (int r = 0; r <= reps; ++r) {
+      auto t = Clock::now();
+      engine->save(r + 1, state);
+      const double s = seconds_since(t);
+      if (r == 0) {
+        first_save = s;
+      } else {
+        stall.push_back(s);
+      }
+      engine->wait();
+    }
+    std::vector<double> restores;
+    for (int r = 0; r < reps; ++r) {
+      auto t = Clock::now();
+      engine->restore(state);
+      restores.push_back(seconds_since(t));
+    }
+    restore_s = median(restores);
+  }
+  tenax::CheckpointEngine::remove_memory("bench-mem");
+
+  // Durable tiers: time from save() to committed (wait), and restore from there.
+  struct Tier {
+    std::string name;
+    double persist_s = 0, restore_s = 0;
+  };
+  std::vector<Tier> tiers;
+  auto measure_durable = [&](const std::string& name, tenax::CheckpointOptions o) {
+    o.persist_every = 1;
+    o.keep_durable = 1;
+    Tier tier{name};
+    std::vector<double> persist, restore;
+    for (int r = 0; r < reps; ++r) {
+      auto engine = run("bench-durable", o);
+      engine->save(1, state);
+      auto t = Clock::now();
+      engine->wait(std::chrono::minutes(30));
+      persist.push_back(seconds_since(t));
+      engine.reset();
+      tenax::CheckpointEngine::remove_memory("bench-durable");
+      auto reader = std::make_unique<tenax::CheckpointEngine>(o, world.comm, world.store);
+      t = Clock::now();
+      auto res = reader->restore(state);
+      restore.push_back(seconds_since(t));
+      if (!res || res->tier != "durable") std::fprintf(stderr, "restore from %s failed\n", name.c_str());
+    }
+    tier.persist_s = median(persist);
+    tier.restore_s = median(restore);
+    tiers.push_back(tier);
+  };
+  {
+    tenax::CheckpointOptions o;
+    o.durable = dir;
+    measure_durable("directory", o);
+  }
+  const std::string s3 = absl::GetFlag(FLAGS_s3);
+  if (!s3.empty()) {
+    tenax::CheckpointOptions o;
+    o.durable = s3;
+    o.s3.part_bytes = absl::GetFlag(FLAGS_part_mib) << 20;
+    o.s3.parallel_parts = absl::GetFlag(FLAGS_parallel_parts);
+    measure_durable("s3 parallel x" + std::to_string(o.s3.parallel_parts), o);
+    o.s3.parallel_parts = 1;
+    o.s3.part_bytes = int64_t(5) << 30;  // one object, one PUT stream
+    measure_durable("s3 single PUT", o);
+  }
+
+  // Step slowdown: compute alone; compute + save (memory tier); compute + save with the
+  // durable tier persisting every save in the background.
+  at::Tensor a = at::rand({256, 256});
+  const int step_ms = absl::GetFlag(FLAGS_step_ms);
+  std::vector<double> plain, saved, persisted;
+  for (int variant = 0; variant < 2; ++variant) {
+    tenax::CheckpointOptions o;
+    if (variant == 1) {
+      o.durable = dir;
+      o.persist_every = 1;
+    }
+    auto engine = run("bench-step", o);
+    engine->save(1, state);  // allocate the slots outside the measurement
+    engine->wait(std::chrono::minutes(30));
+    for (int r = 0; r < reps * 2; ++r) {
+      auto t = Clock::now();
+      compute(a, step_ms);
+      plain.push_back(seconds_since(t));
+      t = Clock::now();
+      compute(a, step_ms);
+      engine->save(r + 2, state);
+      (variant == 0 ? saved : persisted).push_back(seconds_since(t));
+    }
+    engine->wait(std::chrono::minutes(30));
+  }
+  tenax::CheckpointEngine::remove_memory("bench-step");
+  tenax::CheckpointEngine::remove_memory("bench-durable");
+  std::filesystem::remove_all(dir);
+
+  const double gb = bytes / 1e9;
+  std::printf("# state %.0f MiB in 16 tensors, %d reps, medians\n", bytes / (1 << 20), reps);
+  std::printf("| measurement | seconds | GB/s | ratio |\n|---|---|---|---|\n");
+  std::printf("| memcpy into touched memory (reference) | %.3f | %.2f | 1.00 |\n", memcpy_s, gb / memcpy_s);
+  std::printf("| save stall, memory tier | %.3f | %.2f | %.2f x memcpy time |\n", median(stall),
+              gb / median(stall), median(stall) / memcpy_s);
+  std::printf("| first save (allocates and touches the slots) | %.3f | %.2f | %.2f x memcpy time |\n",
+              first_save, gb / first_save, first_save / memcpy_s);
+  std::printf("| restore, memory tier | %.3f | %.2f | %.2f of memcpy bandwidth |\n", restore_s,
+              gb / restore_s, memcpy_s / restore_s);
+  for (const auto& t : tiers) {
+    std::printf("| persist, %s | %.3f | %.2f | |\n", t.name.c_str(), t.persist_s, gb / t.persist_s);
+    std::printf("| restore, %s | %.3f | %.2f | memory tier %.1fx faster |\n", t.name.c_str(),
+                t.restore_s, gb / t.restore_s, t.restore_s / restore_s);
+  }
+  if (tiers.size() == 3) {
+    std::printf("| s3 parallel vs single PUT stream (persist) | | | %.2fx faster |\n",
+                tiers[2].persist_s / tiers[1].persist_s);
+  }
+  std::printf("| training step, %d ms compute | %.3f | | 1.00 |\n", step_ms, median(plain));
+  std::printf("| step + save (memory tier) | %.3f | | %.3f |\n", median(saved),
+              median(saved) / median(plain));
+  std::printf("| step + save, persisting every save in the background | %.3f | | %.3f "
+              "(%.1f%% over step + save) |\n",
+              median(persisted), median(persisted) / median(plain),
+              100 * (median(persisted) / median(saved) - 1));
+  return 0;
+}
