@@ -92,7 +92,7 @@ class CheckpointEngine::Impl {
   Impl(CheckpointOptions o, std::shared_ptr<Communicator> comm, std::shared_ptr<TcpStore> store)
       : o_(std::move(o)), comm_(std::move(comm)), store_(std::move(store)),
         memory_(o_.run, comm_->rank(), o_.memory_slots, o_.memory_budget_bytes),
-        pinned_(o_.memory_slots, false), busy_(o_.memory_slots, false) {
+        pinned_(o_.memory_slots, 0), busy_(o_.memory_slots, false) {
     if (o_.run.empty() || o_.run.find('/') != std::string::npos) {
       throw ConfigError("checkpoint: run name '" + o_.run + "' must be non-empty without '/'");
     }
@@ -226,7 +226,7 @@ class CheckpointEngine::Impl {
   int free_slot() {
     int best = pick_slot();
     bool committing = false;  // a slot that frees itself once its commit is done
-    for (int s = 0; s < o_.memory_slots; ++s) committing |= busy_[s] && !pinned_[s];
+    for (int s = 0; s < o_.memory_slots; ++s) committing |= busy_[s] && pinned_[s] == 0;
     if (best < 0 && !committing && persist_next_) {
       // Every slot is held: give up the persist that has not started rather than stall
       // training; a newer step will be persisted instead.
@@ -234,7 +234,7 @@ class CheckpointEngine::Impl {
                                   ": skipping the persist of step " +
                                   std::to_string(persist_next_->step) +
                                   " (the durable tier is behind)");
-      pinned_[persist_next_->slot] = false;
+      --pinned_[persist_next_->slot];
       persist_next_.reset();
       best = pick_slot();
     }
@@ -245,7 +245,7 @@ class CheckpointEngine::Impl {
     int best = -1;
     int64_t best_step = 0;
     for (int s = 0; s < o_.memory_slots; ++s) {
-      if (pinned_[s] || busy_[s]) continue;
+      if (pinned_[s] > 0 || busy_[s]) continue;
       auto& r = memory_.region(s);
       const int64_t step = r.capacity() == 0 ? -2 : r.header()->step;
       if (best < 0 || step < best_step) best = s, best_step = step;
@@ -274,12 +274,12 @@ class CheckpointEngine::Impl {
         // Only the newest due step waits for the persister; an older one it has not started
         // is dropped (its slot freed), so a slow durable tier never stalls training.
         if (persist_next_) {
-          pinned_[persist_next_->slot] = false;
+          --pinned_[persist_next_->slot];
           log(LogLevel::kDebug, "checkpoint: step " + std::to_string(job.step) +
                                     " replaces step " + std::to_string(persist_next_->step) +
                                     " in the persist queue");
         }
-        pinned_[job.slot] = true;
+        ++pinned_[job.slot];
         persist_next_ = std::move(job);
       }
       cv_.notify_all();
@@ -299,9 +299,11 @@ class CheckpointEngine::Impl {
         pending_persist_ = job.step;
       }
       Ms backoff = o_.s3.backoff;
+      std::optional<Upload> upload;
       for (;;) {
         try {
-          persist(job);
+          if (!upload) upload = copy_out(job);  // releases the slot
+          persist(*upload);
           std::lock_guard<std::mutex> lock(mu_);
           last_persisted_ = job.step;
           if (last_error_.find("step " + std::to_string(job.step) + ":") != std::string::npos) {
@@ -320,26 +322,36 @@ class CheckpointEngine::Impl {
         }
       }
       std::lock_guard<std::mutex> lock(mu_);
-      pinned_[job.slot] = false;
+      if (!upload) --pinned_[job.slot];  // never copied out
       persisting_ = false;
       pending_persist_ = -1;
       cv_.notify_all();
     }
   }
 
-  // Copies this rank's parts (each part is written by the first rank to claim it) out of the
-  // slot, releases the slot, uploads them and, when this rank is the last to finish, writes
-  // the manifest; then applies retention.
-  void persist(const Job& job) {
+  // A rank's share of a persisted step, out of its slot: objects of about part_bytes each and
+  // the records of the parts and blobs in them.
+  struct Upload {
+    int64_t step;
+    std::map<std::string, int64_t> ints;
+    std::vector<std::pair<std::string, std::string>> objects;  // name, bytes
+    nlohmann::json shards = nlohmann::json::array(), blobs = nlohmann::json::array();
+  };
+
+  // Copies this rank's parts out of the slot (each part is taken by the first rank to claim
+  // it, so replicated parts are stored once) and releases the slot.
+  Upload copy_out(const Job& job) {
     const Layout& l = job.layout;
     const char* data = memory_.region(job.slot).data();
-    const int rank = comm_->rank(), world = comm_->size();
-    const std::string dir = step_dir(o_.run, job.step), file = rank_file(rank);
+    const int rank = comm_->rank();
+    const std::string file = rank_file(rank);
     TcpStore& st = *persist_store_;
-    // Ownership of each part: the first rank to claim it (per engine instance) writes it.
-    // The parts go into objects of about part_bytes each (a larger part gets its own object,
-    // uploaded in parts by the S3 tier), uploaded several at a time.
-    std::vector<std::pair<std::string, std::string>> objects;  // name, bytes
+    Upload up;
+    up.step = job.step;
+    up.ints = l.ints;
+    // Objects of about part_bytes each (a larger part gets its own object, uploaded in parts
+    // by the S3 tier), uploaded several at a time.
+    auto& objects = up.objects;
     auto place = [&](int64_t nbytes) -> std::pair<std::string, int64_t> {
       if (objects.empty() ||
           (!objects.back().second.empty() &&
@@ -351,7 +363,6 @@ class CheckpointEngine::Impl {
       }
       return {objects.back().first, static_cast<int64_t>(objects.back().second.size())};
     };
-    nlohmann::json shards = nlohmann::json::array(), blobs = nlohmann::json::array();
     for (const auto& s : l.shards) {
       const std::string key = prefix_ + "owner/" + part_key(s);
       std::string owner;
@@ -368,19 +379,27 @@ class CheckpointEngine::Impl {
       detail::ShardRecord r = s;
       std::tie(r.file, r.offset) = place(s.nbytes);
       objects.back().second.append(data + s.offset, s.nbytes);
-      shards.push_back(detail::to_json(r));
+      up.shards.push_back(detail::to_json(r));
     }
     for (const auto& b : l.blobs) {
       detail::BlobRecord r = b;
       std::tie(r.file, r.offset) = place(b.nbytes);
       objects.back().second.append(data + b.offset, b.nbytes);
-      blobs.push_back(detail::to_json(r));
+      up.blobs.push_back(detail::to_json(r));
     }
-    {  // the bytes are ours now: the slot can take the next save while the upload runs
-      std::lock_guard<std::mutex> lock(mu_);
-      pinned_[job.slot] = false;
-      cv_.notify_all();
-    }
+    std::lock_guard<std::mutex> lock(mu_);
+    --pinned_[job.slot];
+    cv_.notify_all();
+    return up;
+  }
+
+  // Uploads the objects and, when this rank is the last to finish, writes the manifest that
+  // commits the step; then applies retention.
+  void persist(const Upload& up) {
+    const int rank = comm_->rank(), world = comm_->size();
+    const std::string dir = step_dir(o_.run, up.step);
+    TcpStore& st = *persist_store_;
+    const auto& objects = up.objects;
     std::atomic<size_t> next{0};
     std::mutex err_mu;
     std::exception_ptr error;
@@ -402,9 +421,10 @@ class CheckpointEngine::Impl {
     upload();
     for (auto& th : pool) th.join();
     if (error) std::rethrow_exception(error);
-    const std::string skey = prefix_ + "s" + std::to_string(job.step) + "/";
+    const std::string skey = prefix_ + "s" + std::to_string(up.step) + "/";
     st.set(skey + "rank/" + std::to_string(rank),
-           nlohmann::json{{"rank", rank}, {"tensors", shards}, {"blobs", blobs}, {"ints", l.ints}}
+           nlohmann::json{{"rank", rank}, {"tensors", up.shards}, {"blobs", up.blobs},
+                          {"ints", up.ints}}
                .dump());
     if (st.add(skey + "done", 1) != world) return;
     // Last one in: every rank's parts are durable; write the manifest that commits the step.
@@ -417,7 +437,7 @@ class CheckpointEngine::Impl {
     }
     st.delete_key(skey + "done");
     nlohmann::json manifest = {{"format", "tenax-checkpoint-1"}, {"run", o_.run},
-                               {"step", job.step},               {"world", world},
+                               {"step", up.step},                {"world", world},
                                {"tensors", all},                 {"ranks", ranks}};
     const std::string text = manifest.dump(1);
     durable_->put(dir + "/manifest.json", text.data(), text.size());
@@ -678,7 +698,8 @@ class CheckpointEngine::Impl {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<bool> pinned_, busy_;
+  std::vector<int> pinned_;  // holds on each slot: a pending or copying persist, a replication
+  std::vector<bool> busy_;
   std::deque<Job> commits_;
   std::optional<Job> persist_next_;
   bool committing_ = false, persisting_ = false, stopping_ = false;
