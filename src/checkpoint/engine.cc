@@ -17,6 +17,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "checkpoint/crc32c.h"
@@ -110,6 +111,26 @@ class CheckpointEngine::Impl {
     if (comm_->rank() == 0) id.fill_(static_cast<int64_t>(std::random_device{}() & 0x7fffffff));
     comm_->broadcast(id, 0);
     prefix_ = "ckpt/" + o_.run + "/" + std::to_string(id.item<int64_t>()) + "/";
+    if (o_.peer && comm_->size() > 1) {
+      const int world = comm_->size();
+      int offset = o_.peer_offset;
+      if (offset <= 0) {
+        offset = static_cast<int>(env_int("LOCAL_WORLD_SIZE",
+                                          env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1)));
+      }
+      if (offset <= 0 || offset % world == 0) offset = 1;
+      peer_offset_ = offset % world;
+      peer_dst_ = (comm_->rank() + peer_offset_) % world;
+      peer_src_ = (comm_->rank() - peer_offset_ + world) % world;
+      // A communicator of its own: replication never queues behind training's collectives.
+      peer_comm_ = comm_->split(0, comm_->rank());
+      replicas_ = std::make_unique<detail::MemoryTier>(o_.run, peer_src_, o_.memory_slots,
+                                                       o_.memory_budget_bytes, 'p');
+      replicator_ = std::thread([this] {
+        background_priority();
+        replicate_loop();
+      });
+    }
     committer_ = std::thread([this] {
       background_priority();
       commit_loop();
@@ -126,11 +147,20 @@ class CheckpointEngine::Impl {
   ~Impl() {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, o_.timeout, [&] { return commits_.empty() && !committing_; });
+      cv_.wait_for(lock, o_.timeout, [&] {
+        return commits_.empty() && !committing_ && replications_.empty() && !replicating_;
+      });
       stopping_ = true;
       cv_.notify_all();
     }
     committer_.join();
+    if (replicator_.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (replicating_) peer_comm_->abort("checkpoint engine closing");
+      }
+      replicator_.join();
+    }
     if (persister_.joinable()) {
       persist_store_->interrupt();
       persister_.join();
@@ -184,7 +214,8 @@ class CheckpointEngine::Impl {
   void wait(Ms timeout) {
     std::unique_lock<std::mutex> lock(mu_);
     const bool done = cv_.wait_for(lock, timeout, [&] {
-      return commits_.empty() && !committing_ && !persist_next_ && !persisting_;
+      return commits_.empty() && !committing_ && !persist_next_ && !persisting_ &&
+             replications_.empty() && !replicating_;
     });
     if (!done) {
       throw TimeoutError("checkpoint: background work still running after " +
@@ -270,6 +301,10 @@ class CheckpointEngine::Impl {
       committing_ = false;
       busy_[job.slot] = false;
       last_committed_ = job.step;
+      if (replicas_) {
+        ++pinned_[job.slot];
+        replications_.push_back({job.slot, job.step});
+      }
       if (job.persist) {
         // Only the newest due step waits for the persister; an older one it has not started
         // is dropped (its slot freed), so a slow durable tier never stalls training.
@@ -284,6 +319,79 @@ class CheckpointEngine::Impl {
       }
       cv_.notify_all();
     }
+  }
+
+  // Sends every committed snapshot to the peer and receives the source rank's into a replica
+  // slot, in commit order (every rank commits the same steps, so the exchanges pair up).
+  void replicate_loop() {
+    for (;;) {
+      std::pair<int, int64_t> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !replications_.empty(); });
+        if (replications_.empty()) return;
+        job = replications_.front();
+        replications_.pop_front();
+        replicating_ = !peer_broken_;
+      }
+      if (!peer_broken_) {
+        try {
+          exchange(job.first);
+        } catch (const std::exception& e) {
+          std::lock_guard<std::mutex> lock(mu_);
+          peer_broken_ = true;
+          last_error_ = "peer replication of step " + std::to_string(job.second) + ": " + e.what();
+          log(LogLevel::kWarning, "checkpoint: rank " + std::to_string(comm_->rank()) + ": " +
+                                      last_error_ + "; the peer tier is off for this engine");
+        }
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      --pinned_[job.first];
+      replicating_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  void exchange(int slot) {
+    detail::Region& mine = memory_.region(slot);
+    const auto* h = mine.header();
+    at::Tensor out = at::full({3}, 0, at::kLong), in = at::full({3}, 0, at::kLong);
+    out[0] = h->step;
+    out[1] = static_cast<int64_t>(h->data_bytes);
+    out[2] = static_cast<int64_t>(h->json_bytes);
+    auto sent = peer_comm_->send_async(out, peer_dst_, kPeerHeader);
+    peer_comm_->recv(in, peer_src_, kPeerHeader);
+    sent->wait();
+    const int64_t step = in[0].item<int64_t>(), data_bytes = in[1].item<int64_t>(),
+                  json_bytes = in[2].item<int64_t>();
+    // The replica slot to overwrite: the empty or the oldest.
+    int rslot = 0;
+    for (int s = 1; s < replicas_->slots(); ++s) {
+      auto step_of = [&](int k) {
+        auto& r = replicas_->region(k);
+        return r.capacity() == 0 ? int64_t(-2) : r.header()->step;
+      };
+      if (step_of(s) < step_of(rslot)) rslot = s;
+    }
+    replicas_->prepare(rslot, step, static_cast<uint64_t>(data_bytes),
+                       static_cast<uint64_t>(json_bytes) + 4096);
+    auto bytes = [](char* p, int64_t n) {
+      return at::from_blob(p, {n}, at::TensorOptions().dtype(at::kByte));
+    };
+    std::string json(static_cast<size_t>(json_bytes), '\0');
+    std::vector<WorkHandle> sends;
+    if (h->data_bytes > 0) {
+      sends.push_back(peer_comm_->send_async(bytes(mine.data(), h->data_bytes), peer_dst_, kPeerData));
+    }
+    if (h->json_bytes > 0) {
+      sends.push_back(peer_comm_->send_async(bytes(mine.json(), h->json_bytes), peer_dst_, kPeerJson));
+    }
+    if (data_bytes > 0) {
+      peer_comm_->recv(bytes(replicas_->region(rslot).data(), data_bytes), peer_src_, kPeerData);
+    }
+    if (json_bytes > 0) peer_comm_->recv(bytes(json.data(), json_bytes), peer_src_, kPeerJson);
+    for (auto& w : sends) w->wait();
+    replicas_->commit(rslot, json);
   }
 
   void persist_loop() {
@@ -476,99 +584,177 @@ class CheckpointEngine::Impl {
     for (const auto& [k, v] : blobs) state.set_blob(k, v);
   }
 
-  std::optional<RestoreResult> restore_memory(StateDict& state, std::string& errors) {
-    const int slots = o_.memory_slots, rank = comm_->rank();
+  // Copies a snapshot's parts into `state`, checksumming each 1 MiB chunk right after copying
+  // it (cache-hot), parts over a few threads. Returns false, with `errors` naming the parts
+  // that failed, when a checksum does not match; the tensors are then partly written (the
+  // next tier, or the caller, rewrites them).
+  bool load_snapshot(const Layout& layout, const char* data, StateDict& state,
+                     const std::string& where, std::string& errors, int64_t& bytes,
+                     std::map<std::string, std::string>& blobs) {
+    const size_t parts = layout.shards.size();
+    std::vector<char> good(parts, 1);
+    auto load_part = [&](size_t k) {
+      const auto& s = layout.shards[k];
+      const at::Tensor& t = state.tensors()[k].tensor;
+      uint32_t crc = 0;
+      if (t.is_cpu() && t.is_contiguous()) {
+        char* dst = static_cast<char*>(t.data_ptr());
+        constexpr int64_t kChunk = 1 << 20;
+        for (int64_t off = 0; off < s.nbytes; off += kChunk) {
+          const int64_t len = std::min(kChunk, s.nbytes - off);
+          std::memcpy(dst + off, data + s.offset + off, len);
+          crc = detail::crc32c(data + s.offset + off, len, crc);
+        }
+      } else {
+        crc = detail::crc32c(data + s.offset, s.nbytes);
+        if (crc == s.crc) fill_tensor(t, data + s.offset);
+      }
+      good[k] = crc == s.crc;
+    };
+    const size_t threads = std::min<size_t>(
+        parts, std::max(1u, std::min(4u, std::thread::hardware_concurrency())));
+    std::vector<std::thread> pool;
+    for (size_t w = 1; w < threads; ++w) {
+      pool.emplace_back([&, w] {
+        for (size_t k = w; k < parts; k += threads) load_part(k);
+      });
+    }
+    for (size_t k = 0; k < parts; k += std::max<size_t>(threads, 1)) load_part(k);
+    for (auto& th : pool) th.join();
+    bool ok = true;
+    for (size_t k = 0; k < parts; ++k) {
+      bytes += layout.shards[k].nbytes;
+      if (!good[k]) {
+        errors += "\n  " + where + ": shard '" + layout.shards[k].name + "' failed its checksum";
+        ok = false;
+      }
+    }
+    for (const auto& b : layout.blobs) {
+      if (detail::crc32c(data + b.offset, b.nbytes) != b.crc) {
+        errors += "\n  " + where + ": blob '" + b.name + "' failed its checksum";
+        ok = false;
+      }
+      blobs[b.name] = std::string(data + b.offset, b.nbytes);
+    }
+    return ok;
+  }
+
+  // Committed snapshots of a memory tier (own or replica) usable for this restore, by step.
+  std::map<int64_t, std::pair<int, Layout>> usable_snapshots(detail::MemoryTier& tier,
+                                                             const StateDict* state,
+                                                             std::string& errors) {
     std::map<int64_t, std::pair<int, Layout>> usable;
-    for (auto [slot, step] : memory_.committed()) {
-      auto& r = memory_.region(slot);
+    for (auto [slot, step] : tier.committed()) {
+      auto& r = tier.region(slot);
       try {
         Layout l = detail::layout_from_json(
             nlohmann::json::parse(std::string(r.json(), r.header()->json_bytes)), r.name());
-        if (l.run == o_.run && l.world == comm_->size() && detail::same_parts(l, state)) {
+        if (l.run == o_.run && l.world == comm_->size() &&
+            (state == nullptr || detail::same_parts(l, *state))) {
           usable.emplace(step, std::make_pair(slot, std::move(l)));
         }
       } catch (const std::exception& e) {
         errors += "\n  memory tier: " + r.name() + ": " + e.what();
       }
     }
-    at::Tensor mine = at::full({slots}, -1, at::kLong);
+    return usable;
+  }
+
+  // Memory and peer tiers: the newest step that every rank holds itself or that its peer
+  // holds a replica of. Ranks without their own copy receive the replica from the peer.
+  std::optional<RestoreResult> restore_memory(StateDict& state, std::string& errors) {
+    const int slots = o_.memory_slots, rank = comm_->rank(), world = comm_->size();
+    auto own = usable_snapshots(memory_, &state, errors);
+    std::map<int64_t, std::pair<int, Layout>> held;  // replicas of peer_src_
+    if (replicas_) held = usable_snapshots(*replicas_, nullptr, errors);
+    at::Tensor mine = at::full({2 * slots}, -1, at::kLong);
     int i = 0;
-    for (auto it = usable.rbegin(); it != usable.rend() && i < slots; ++it) mine[i++] = it->first;
-    at::Tensor all = at::empty({slots * comm_->size()}, at::kLong);
+    for (auto it = own.rbegin(); it != own.rend() && i < slots; ++it) mine[i++] = it->first;
+    i = slots;
+    for (auto it = held.rbegin(); it != held.rend() && i < 2 * slots; ++it) mine[i++] = it->first;
+    at::Tensor all = at::empty({2 * slots * world}, at::kLong);
     comm_->all_gather(all, mine);
-    // The newest step every rank holds.
-    std::map<int64_t, int> count;
+    auto has = [&](int r, int64_t step, bool replica) {
+      for (int k = 0; k < slots; ++k) {
+        if (all[r * 2 * slots + (replica ? slots : 0) + k].item<int64_t>() == step) return true;
+      }
+      return false;
+    };
+    std::set<int64_t> candidates;
     for (int64_t k = 0; k < all.numel(); ++k) {
-      const int64_t s = all[k].item<int64_t>();
-      if (s >= 0) ++count[s];
+      if (all[k].item<int64_t>() >= 0) candidates.insert(all[k].item<int64_t>());
     }
-    for (auto it = count.rbegin(); it != count.rend(); ++it) {
-      if (it->second != comm_->size()) continue;
-      const int64_t step = it->first;
-      auto& [slot, layout] = usable.at(step);
-      const char* data = memory_.region(slot).data();
+    for (auto it = candidates.rbegin(); it != candidates.rend(); ++it) {
+      const int64_t step = *it;
+      std::vector<bool> from_peer(world);
+      bool whole = true;
+      for (int r = 0; r < world && whole; ++r) {
+        from_peer[r] = !has(r, step, false);
+        whole = !from_peer[r] || (replicas_ && has((r + peer_offset_) % world, step, true));
+      }
+      if (!whole) continue;
+      // Holders send the replicas their sources lack; everyone else reads its own.
+      std::vector<WorkHandle> sends;
+      const int64_t kNone = -1;
+      if (replicas_ && from_peer[peer_src_]) {
+        auto& [slot, layout] = held.at(step);
+        auto& r = replicas_->region(slot);
+        at::Tensor hdr = at::full({2}, kNone, at::kLong);
+        hdr[0] = static_cast<int64_t>(r.header()->data_bytes);
+        hdr[1] = static_cast<int64_t>(r.header()->json_bytes);
+        sends.push_back(comm_->send_async(hdr, peer_src_, kRestoreHeader));
+        sends.push_back(comm_->send_async(
+            at::from_blob(r.data(), {hdr[0].item<int64_t>()}, at::TensorOptions().dtype(at::kByte)),
+            peer_src_, kRestoreData));
+        sends.push_back(comm_->send_async(
+            at::from_blob(r.json(), {hdr[1].item<int64_t>()}, at::TensorOptions().dtype(at::kByte)),
+            peer_src_, kRestoreJson));
+      }
       bool ok = true;
       int64_t bytes = 0;
-      // One pass per part: copy a chunk, then checksum it while it is in cache; parts spread
-      // over a few threads. A part that fails leaves the tensors partly written; the next
-      // tier (or the caller) rewrites them.
-      const size_t parts = layout.shards.size();
-      std::vector<char> good(parts, 1);
-      auto load_part = [&](size_t k) {
-        const auto& s = layout.shards[k];
-        const at::Tensor& t = state.tensors()[k].tensor;
-        uint32_t crc = 0;
-        if (t.is_cpu() && t.is_contiguous()) {
-          char* dst = static_cast<char*>(t.data_ptr());
-          constexpr int64_t kChunk = 1 << 20;
-          for (int64_t off = 0; off < s.nbytes; off += kChunk) {
-            const int64_t len = std::min(kChunk, s.nbytes - off);
-            std::memcpy(dst + off, data + s.offset + off, len);
-            crc = detail::crc32c(data + s.offset + off, len, crc);
-          }
-        } else {
-          crc = detail::crc32c(data + s.offset, s.nbytes);
-          if (crc == s.crc) fill_tensor(t, data + s.offset);
-        }
-        good[k] = crc == s.crc;
-      };
-      const size_t threads = std::min<size_t>(
-          parts, std::max(1u, std::min(4u, std::thread::hardware_concurrency())));
-      std::vector<std::thread> pool;
-      for (size_t w = 1; w < threads; ++w) {
-        pool.emplace_back([&, w] {
-          for (size_t k = w; k < parts; k += threads) load_part(k);
-        });
-      }
-      for (size_t k = 0; k < parts; k += std::max<size_t>(threads, 1)) load_part(k);
-      for (auto& th : pool) th.join();
-      for (size_t k = 0; k < parts; ++k) {
-        bytes += layout.shards[k].nbytes;
-        if (!good[k] && ok) {
-          errors += "\n  memory tier: step " + std::to_string(step) + ", rank " +
-                    std::to_string(rank) + ": shard '" + layout.shards[k].name +
-                    "' failed its checksum";
-          ok = false;
-        }
-      }
       std::map<std::string, std::string> blobs;
-      for (const auto& b : layout.blobs) {
-        if (!ok) break;
-        if (detail::crc32c(data + b.offset, b.nbytes) != b.crc) {
-          errors += "\n  memory tier: step " + std::to_string(step) + ", rank " +
-                    std::to_string(rank) + ": blob '" + b.name + "' failed its checksum";
+      Layout layout;
+      std::string tier = "memory";
+      if (from_peer[rank]) {
+        tier = "peer";
+        at::Tensor hdr = at::full({2}, kNone, at::kLong);
+        comm_->recv(hdr, peer_dst_, kRestoreHeader);
+        std::vector<char> data(static_cast<size_t>(hdr[0].item<int64_t>()));
+        std::string json(static_cast<size_t>(hdr[1].item<int64_t>()), '\0');
+        comm_->recv(at::from_blob(data.data(), {int64_t(data.size())}, at::TensorOptions().dtype(at::kByte)),
+                    peer_dst_, kRestoreData);
+        comm_->recv(at::from_blob(json.data(), {int64_t(json.size())}, at::TensorOptions().dtype(at::kByte)),
+                    peer_dst_, kRestoreJson);
+        const std::string where = "peer tier: step " + std::to_string(step) + ", rank " +
+                                  std::to_string(rank) + "'s replica on rank " +
+                                  std::to_string(peer_dst_);
+        try {
+          layout = detail::layout_from_json(nlohmann::json::parse(json), where);
+          if (!detail::same_parts(layout, state)) {
+            throw CheckpointError("the replica holds other tensor parts than the ones asked for");
+          }
+          ok = load_snapshot(layout, data.data(), state, where, errors, bytes, blobs);
+        } catch (const std::exception& e) {
+          errors += "\n  " + where + ": " + e.what();
           ok = false;
         }
-        blobs[b.name] = std::string(data + b.offset, b.nbytes);
+      } else {
+        auto& [slot, own_layout] = own.at(step);
+        layout = own_layout;
+        ok = load_snapshot(layout, memory_.region(slot).data(), state,
+                           "memory tier: step " + std::to_string(step) + ", rank " +
+                               std::to_string(rank),
+                           errors, bytes, blobs);
       }
+      for (auto& w : sends) w->wait();
       if (!all_ok(ok)) {
-        log(LogLevel::kWarning, "checkpoint: memory tier step " + std::to_string(step) +
+        log(LogLevel::kWarning, "checkpoint: memory/peer step " + std::to_string(step) +
                                     " is not intact on every rank; trying the next tier" +
                                     errors);
         return std::nullopt;
       }
       restore_extras(state, layout.ints, blobs);
-      return RestoreResult{step, "memory", bytes, false};
+      return RestoreResult{step, tier, bytes, false};
     }
     return std::nullopt;
   }
@@ -693,6 +879,15 @@ class CheckpointEngine::Impl {
   std::shared_ptr<TcpStore> store_, persist_store_;
   detail::MemoryTier memory_;
   std::unique_ptr<detail::ObjectStore> durable_;
+  // Peer tier.
+  static constexpr uint32_t kPeerHeader = 1, kPeerData = 2, kPeerJson = 3;
+  static constexpr uint32_t kRestoreHeader = 0x7e01, kRestoreData = 0x7e02, kRestoreJson = 0x7e03;
+  int peer_offset_ = 1, peer_dst_ = 0, peer_src_ = 0;
+  std::shared_ptr<Communicator> peer_comm_;
+  std::unique_ptr<detail::MemoryTier> replicas_;
+  std::deque<std::pair<int, int64_t>> replications_;  // (slot, step) to send
+  bool replicating_ = false, peer_broken_ = false;
+  std::thread replicator_;
   std::string prefix_;
   std::map<std::string, std::string> owners_;  // persister thread only
 

@@ -95,17 +95,17 @@ std::optional<Region> Region::open(const std::string& name) {
 
 void Region::unlink(const std::string& name) { ::shm_unlink(name.c_str()); }
 
-MemoryTier::MemoryTier(std::string run, int rank, int slots, uint64_t budget_bytes)
-    : run_(std::move(run)), rank_(rank), budget_(budget_bytes) {
+MemoryTier::MemoryTier(std::string run, int rank, int slots, uint64_t budget_bytes, char kind)
+    : run_(std::move(run)), rank_(rank), budget_(budget_bytes), kind_(kind) {
   if (slots < 1) throw ConfigError("checkpoint: memory_slots must be at least 1");
   regions_.resize(slots);
   for (int s = 0; s < slots; ++s) {
-    if (auto r = Region::open(region_name(run_, rank_, s))) regions_[s] = std::move(*r);
+    if (auto r = Region::open(region_name(run_, rank_, s, kind_))) regions_[s] = std::move(*r);
   }
 }
 
-std::string MemoryTier::region_name(const std::string& run, int rank, int slot) {
-  return "/tenax-" + run + "-r" + std::to_string(rank) + "-s" + std::to_string(slot);
+std::string MemoryTier::region_name(const std::string& run, int rank, int slot, char kind) {
+  return "/tenax-" + run + "-r" + std::to_string(rank) + "-" + kind + std::to_string(slot);
 }
 
 void MemoryTier::prepare(int slot, int64_t step, uint64_t data_bytes, uint64_t json_bytes) {
@@ -127,7 +127,7 @@ void MemoryTier::prepare(int slot, int64_t step, uint64_t data_bytes, uint64_t j
           " left; raise memory_budget_bytes or lower memory_slots");
     }
     r = Region();  // unmap before re-creating
-    r = Region::create(region_name(run_, rank_, slot), want);
+    r = Region::create(region_name(run_, rank_, slot, kind_), want);
   }
   auto* h = r.header();
   h->state.store(Region::kWriting, std::memory_order_release);

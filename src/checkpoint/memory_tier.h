@@ -55,10 +55,11 @@ class Region {
 // The slots of one rank of one run.
 class MemoryTier {
  public:
-  // `budget_bytes` bounds the sum of this rank's slot sizes (0: no bound).
-  MemoryTier(std::string run, int rank, int slots, uint64_t budget_bytes);
+  // `budget_bytes` bounds the sum of the slot sizes (0: no bound). `kind` 's': the rank's own
+  // snapshots; 'p': the replicas of rank `rank`'s snapshots that its peer holds.
+  MemoryTier(std::string run, int rank, int slots, uint64_t budget_bytes, char kind = 's');
 
-  static std::string region_name(const std::string& run, int rank, int slot);
+  static std::string region_name(const std::string& run, int rank, int slot, char kind = 's');
 
   int slots() const { return static_cast<int>(regions_.size()); }
   Region& region(int slot) { return regions_[slot]; }
@@ -80,6 +81,7 @@ class MemoryTier {
   std::string run_;
   int rank_;
   uint64_t budget_;
+  char kind_;
   std::vector<Region> regions_;
 };
 

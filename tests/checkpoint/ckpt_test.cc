@@ -114,6 +114,19 @@ TEST_F(CheckpointTest, ARestartedJobRestoresTheNewestStepFromSharedMemory) {
   expect_pass(3, "restore", env({{"CKPT_EXPECT_TIER", "memory"}, {"CKPT_EXPECT_STEP", "5"}}));
 }
 
+TEST_F(CheckpointTest, ARankWhoseHostMemoryIsLostRestoresFromItsPeersReplica) {
+  expect_pass(3, "save", env({{"CKPT_STEP", "4"}}));
+  // Rank 1's host is gone with its memory; rank 2 holds the replica of rank 1's snapshots.
+  int removed = 0;
+  for (int slot = 0; slot < 2; ++slot) {
+    removed += fs::remove("/dev/shm/tenax-" + run_ + "-r1-s" + std::to_string(slot));
+  }
+  ASSERT_EQ(removed, 2);
+  ASSERT_TRUE(fs::exists("/dev/shm/tenax-" + run_ + "-r1-p0"));
+  expect_pass(3, "restore", env({{"CKPT_EXPECT_TIER", "memory,peer,memory"},
+                                 {"CKPT_EXPECT_STEP", "4"}}));
+}
+
 TEST_F(CheckpointTest, NothingSavedRestoresNothing) {
   expect_pass(2, "restore", env({{"CKPT_EXPECT_TIER", "none"}}));
 }

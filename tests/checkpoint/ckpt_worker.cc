@@ -140,7 +140,15 @@ void scenario_restore(World& w) {
   CheckpointEngine engine(options(), w.comm, w.store);
   Parts p = make_state(w.rank, w.size, 0, true);
   auto r = engine.restore(p.state);
-  const std::string tier = env("CKPT_EXPECT_TIER");
+  std::string tier = env("CKPT_EXPECT_TIER");
+  if (tier.find(',') != std::string::npos) {  // one tier per rank: "memory,peer,memory"
+    std::vector<std::string> tiers;
+    for (size_t at = 0, next; at <= tier.size(); at = next + 1) {
+      next = std::min(tier.find(',', at), tier.size());
+      tiers.push_back(tier.substr(at, next - at));
+    }
+    tier = tiers.at(w.rank);
+  }
   int64_t step = std::stoll(env("CKPT_EXPECT_STEP", "-1"));
   // A job killed in the middle of saving `step`: either that step is whole everywhere, or the
   // one before is what comes back.

@@ -4,6 +4,8 @@
 // slot; checksums, commit and persistence run in background threads. Tiers:
 //   memory   POSIX shared memory, one region per (run, rank, slot): survives the process, so
 //            a restarted process on the same host restores without I/O;
+//   peer     each snapshot copied over the network into another rank's memory (on another
+//            host where there is one), so losing a host loses nothing;
 //   durable  a directory or S3, every persist_every-th save, committed by a manifest written
 //            last: a step without a manifest does not exist for readers.
 // restore() takes the newest step complete in a tier (memory first), verifies every checksum,
@@ -44,6 +46,11 @@ struct S3Options {
 struct CheckpointOptions {
   std::string run = "tenax";   // names the shared-memory regions and the durable prefix
   int memory_slots = 2;         // snapshots kept in memory per rank (older slots are reused)
+  // Peer tier: every snapshot is also copied into the memory of rank (rank + peer_offset) % world,
+  // so a rank whose host (and memory) is lost restores from its peer. peer_offset 0: the local
+  // world size from the launcher's environment (the same local rank on the next host), or 1.
+  bool peer = true;
+  int peer_offset = 0;
   int64_t memory_budget_bytes = 0;  // bound on one rank's slots (0: none)
   std::string durable;          // "" (none), a directory, file:///dir or s3://bucket/prefix
   int persist_every = 10;       // persist every Nth save to the durable tier
@@ -55,7 +62,7 @@ struct CheckpointOptions {
 // Where restore() found the step.
 struct RestoreResult {
   int64_t step = -1;
-  std::string tier;      // "memory" or "durable"
+  std::string tier;      // "memory", "peer" (this rank's replica on its peer) or "durable"
   int64_t bytes = 0;     // bytes read by this rank
   bool resharded = false;
 };
@@ -84,8 +91,8 @@ class CheckpointEngine {
   // that do not increase.
   void save(int64_t step, const StateDict& state);
 
-  // Blocks until every save so far is committed in memory and, when persisted, in the
-  // durable tier (or its persistence failed: see status()). Bounded by `timeout`.
+  // Blocks until every save so far is committed in memory, replicated to the peer and, when
+  // persisted, in the durable tier (or its persistence failed: see status()). Bounded by `timeout`.
   void wait(std::chrono::milliseconds timeout = std::chrono::minutes(10));
 
   // Collective. Fills the tensors of `state` in place (and its ints and blobs) from the newest
