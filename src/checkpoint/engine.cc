@@ -693,68 +693,89 @@ class CheckpointEngine::Impl {
         whole = !from_peer[r] || (replicas_ && has((r + peer_offset_) % world, step, true));
       }
       if (!whole) continue;
-      // Holders send the replicas their sources lack; everyone else reads its own.
-      std::vector<WorkHandle> sends;
-      const int64_t kNone = -1;
-      if (replicas_ && from_peer[peer_src_]) {
-        auto& [slot, layout] = held.at(step);
-        auto& r = replicas_->region(slot);
-        at::Tensor hdr = at::full({2}, kNone, at::kLong);
-        hdr[0] = static_cast<int64_t>(r.header()->data_bytes);
-        hdr[1] = static_cast<int64_t>(r.header()->json_bytes);
-        sends.push_back(comm_->send_async(hdr, peer_src_, kRestoreHeader));
-        sends.push_back(comm_->send_async(
-            at::from_blob(r.data(), {hdr[0].item<int64_t>()}, at::TensorOptions().dtype(at::kByte)),
-            peer_src_, kRestoreData));
-        sends.push_back(comm_->send_async(
-            at::from_blob(r.json(), {hdr[1].item<int64_t>()}, at::TensorOptions().dtype(at::kByte)),
-            peer_src_, kRestoreJson));
-      }
-      bool ok = true;
-      int64_t bytes = 0;
-      std::map<std::string, std::string> blobs;
-      Layout layout;
-      std::string tier = "memory";
-      if (from_peer[rank]) {
-        tier = "peer";
-        at::Tensor hdr = at::full({2}, kNone, at::kLong);
-        comm_->recv(hdr, peer_dst_, kRestoreHeader);
-        std::vector<char> data(static_cast<size_t>(hdr[0].item<int64_t>()));
-        std::string json(static_cast<size_t>(hdr[1].item<int64_t>()), '\0');
-        comm_->recv(at::from_blob(data.data(), {int64_t(data.size())}, at::TensorOptions().dtype(at::kByte)),
-                    peer_dst_, kRestoreData);
-        comm_->recv(at::from_blob(json.data(), {int64_t(json.size())}, at::TensorOptions().dtype(at::kByte)),
-                    peer_dst_, kRestoreJson);
-        const std::string where = "peer tier: step " + std::to_string(step) + ", rank " +
-                                  std::to_string(rank) + "'s replica on rank " +
-                                  std::to_string(peer_dst_);
-        try {
-          layout = detail::layout_from_json(nlohmann::json::parse(json), where);
-          if (!detail::same_parts(layout, state)) {
-            throw CheckpointError("the replica holds other tensor parts than the ones asked for");
-          }
-          ok = load_snapshot(layout, data.data(), state, where, errors, bytes, blobs);
-        } catch (const std::exception& e) {
-          errors += "\n  " + where + ": " + e.what();
-          ok = false;
+      // Two attempts: ranks whose own copy fails its checksum take their peer's replica in the
+      // second.
+      for (int attempt = 0;; ++attempt) {
+        // Holders send the replicas their sources lack; everyone else reads its own.
+        std::vector<WorkHandle> sends;
+        const int64_t kNone = -1;
+        if (replicas_ && from_peer[peer_src_]) {
+          auto& [slot, layout] = held.at(step);
+          auto& r = replicas_->region(slot);
+          at::Tensor hdr = at::full({2}, kNone, at::kLong);
+          hdr[0] = static_cast<int64_t>(r.header()->data_bytes);
+          hdr[1] = static_cast<int64_t>(r.header()->json_bytes);
+          sends.push_back(comm_->send_async(hdr, peer_src_, kRestoreHeader));
+          sends.push_back(comm_->send_async(
+              at::from_blob(r.data(), {hdr[0].item<int64_t>()}, at::TensorOptions().dtype(at::kByte)),
+              peer_src_, kRestoreData));
+          sends.push_back(comm_->send_async(
+              at::from_blob(r.json(), {hdr[1].item<int64_t>()}, at::TensorOptions().dtype(at::kByte)),
+              peer_src_, kRestoreJson));
         }
-      } else {
-        auto& [slot, own_layout] = own.at(step);
-        layout = own_layout;
-        ok = load_snapshot(layout, memory_.region(slot).data(), state,
-                           "memory tier: step " + std::to_string(step) + ", rank " +
-                               std::to_string(rank),
-                           errors, bytes, blobs);
-      }
-      for (auto& w : sends) w->wait();
-      if (!all_ok(ok)) {
-        log(LogLevel::kWarning, "checkpoint: memory/peer step " + std::to_string(step) +
-                                    " is not intact on every rank; trying the next tier" +
+        bool ok = true;
+        int64_t bytes = 0;
+        std::map<std::string, std::string> blobs;
+        Layout layout;
+        std::string tier = "memory";
+        if (from_peer[rank]) {
+          tier = "peer";
+          at::Tensor hdr = at::full({2}, kNone, at::kLong);
+          comm_->recv(hdr, peer_dst_, kRestoreHeader);
+          std::vector<char> data(static_cast<size_t>(hdr[0].item<int64_t>()));
+          std::string json(static_cast<size_t>(hdr[1].item<int64_t>()), '\0');
+          comm_->recv(at::from_blob(data.data(), {int64_t(data.size())}, at::TensorOptions().dtype(at::kByte)),
+                      peer_dst_, kRestoreData);
+          comm_->recv(at::from_blob(json.data(), {int64_t(json.size())}, at::TensorOptions().dtype(at::kByte)),
+                      peer_dst_, kRestoreJson);
+          const std::string where = "peer tier: step " + std::to_string(step) + ", rank " +
+                                    std::to_string(rank) + "'s replica on rank " +
+                                    std::to_string(peer_dst_);
+          try {
+            layout = detail::layout_from_json(nlohmann::json::parse(json), where);
+            if (!detail::same_parts(layout, state)) {
+              throw CheckpointError("the replica holds other tensor parts than the ones asked for");
+            }
+            ok = load_snapshot(layout, data.data(), state, where, errors, bytes, blobs);
+          } catch (const std::exception& e) {
+            errors += "\n  " + where + ": " + e.what();
+            ok = false;
+          }
+        } else {
+          auto& [slot, own_layout] = own.at(step);
+          layout = own_layout;
+          ok = load_snapshot(layout, memory_.region(slot).data(), state,
+                             "memory tier: step " + std::to_string(step) + ", rank " +
+                                 std::to_string(rank),
+                             errors, bytes, blobs);
+        }
+        for (auto& w : sends) w->wait();
+        at::Tensor oks = at::empty({world}, at::kLong);
+        comm_->all_gather(oks, at::full({1}, ok ? 1 : 0, at::kLong));
+        bool all = true, retry = attempt == 0;
+        for (int r = 0; r < world; ++r) {
+          if (oks[r].item<int64_t>() == 1) continue;
+          all = false;
+          if (from_peer[r] || !(replicas_ && has((r + peer_offset_) % world, step, true))) {
+            retry = false;
+          }
+          from_peer[r] = true;
+        }
+        if (all) {
+          restore_extras(state, layout.ints, blobs);
+          return RestoreResult{step, tier, bytes, false};
+        }
+        if (!retry) {
+          log(LogLevel::kWarning, "checkpoint: memory/peer step " + std::to_string(step) +
+                                      " is not intact on every rank; trying the next tier" +
+                                      errors);
+          return std::nullopt;
+        }
+        log(LogLevel::kWarning, "checkpoint: memory step " + std::to_string(step) +
+                                    ": a rank's own copy failed; taking its peer's replica" +
                                     errors);
-        return std::nullopt;
       }
-      restore_extras(state, layout.ints, blobs);
-      return RestoreResult{step, tier, bytes, false};
+
     }
     return std::nullopt;
   }

@@ -179,17 +179,27 @@ INSTANTIATE_TEST_SUITE_P(Worlds, ReshardTest,
                                   std::to_string(info.param.second);
                          });
 
-TEST_F(CheckpointTest, ACorruptByteInMemoryIsCaughtAndTheDurableTierIsUsed) {
+TEST_F(CheckpointTest, ACorruptByteInMemoryIsCaughtAndThePeerThenTheDurableTierIsUsed) {
   expect_pass(2, "save", env({{"CKPT_DURABLE", dir_.string()}, {"CKPT_STEP", "3"}, {"CKPT_PACED", "1"}}));
-  // Flip the first data byte (shard "w") of every region of rank 1.
-  for (int slot = 0; slot < 2; ++slot) {
-    const std::string path = "/dev/shm/tenax-" + run_ + "-r1-s" + std::to_string(slot);
-    if (fs::exists(path)) flip_byte(path, 4096);
-  }
+  // Flip the first data byte (shard "w") of rank 1's own regions: its peer's replica serves.
+  auto flip_all = [&](const std::string& kind) {
+    for (int slot = 0; slot < 2; ++slot) {
+      const std::string path = "/dev/shm/tenax-" + run_ + "-r1-" + kind + std::to_string(slot);
+      if (fs::exists(path)) flip_byte(path, 4096);
+    }
+  };
+  flip_all("s");
   auto results = expect_pass(2, "restore", env({{"CKPT_DURABLE", dir_.string()},
-                                                {"CKPT_EXPECT_TIER", "durable"},
+                                                {"CKPT_EXPECT_TIER", "memory,peer"},
                                                 {"CKPT_EXPECT_STEP", "3"}}));
   EXPECT_TRUE(any_output_has(results, "shard 'w' failed its checksum")) << dump(results);
+  // The replica too: the durable tier serves.
+  flip_all("p");
+  results = expect_pass(2, "restore", env({{"CKPT_DURABLE", dir_.string()},
+                                           {"CKPT_EXPECT_TIER", "durable"},
+                                           {"CKPT_EXPECT_STEP", "3"}}));
+  EXPECT_TRUE(any_output_has(results, "replica on rank 0: shard 'w' failed its checksum"))
+      << dump(results);
 }
 
 TEST_F(CheckpointTest, ACorruptDurableShardFallsBackToTheOlderStepAndNamesTheShard) {
