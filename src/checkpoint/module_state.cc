@@ -120,4 +120,43 @@ void apply_adamw_steps(const StateDict& state, torch::optim::AdamW& optimizer,
   }
 }
 
+namespace {
+
+torch::optim::AdamWParamState& zero_state(ZeroAdamW& optimizer) {
+  auto& all = optimizer.shard_optimizer().state();
+  const std::string key = c10::guts::to_string(optimizer.shard().unsafeGetTensorImpl());
+  auto it = all.find(key);
+  if (it == all.end()) {
+    auto st = std::make_unique<torch::optim::AdamWParamState>();
+    st->step(0);
+    st->exp_avg(torch::zeros_like(optimizer.shard(), at::MemoryFormat::Preserve));
+    st->exp_avg_sq(torch::zeros_like(optimizer.shard(), at::MemoryFormat::Preserve));
+    it = all.emplace(key, std::move(st)).first;
+  }
+  return static_cast<torch::optim::AdamWParamState&>(*it->second);
+}
+
+}  // namespace
+
+void add_zero_adamw_state(StateDict& state, ZeroAdamW& optimizer, const std::string& prefix) {
+  auto& st = zero_state(optimizer);
+  const int64_t total = optimizer.total_numel(), off = optimizer.shard_offset();
+  const int64_t n = std::max<int64_t>(0, std::min(optimizer.shard_numel(), total - off));
+  // Views of the state's first n elements: the part inside the real parameters.
+  state.add_shard(prefix + "exp_avg", st.exp_avg().narrow(0, 0, n), {total}, {std::min(off, total)});
+  state.add_shard(prefix + "exp_avg_sq", st.exp_avg_sq().narrow(0, 0, n), {total},
+                  {std::min(off, total)});
+  state.set_int(prefix + "step", st.step());
+}
+
+void record_zero_adamw_step(StateDict& state, ZeroAdamW& optimizer, const std::string& prefix) {
+  state.set_int(prefix + "step", zero_state(optimizer).step());
+}
+
+void apply_zero_adamw_state(const StateDict& state, ZeroAdamW& optimizer,
+                            const std::string& prefix) {
+  zero_state(optimizer).step(state.get_int(prefix + "step"));
+  optimizer.reload_parameters();
+}
+
 }  // namespace tenax

@@ -84,6 +84,16 @@ void ZeroAdamW::zero_grad() {
   }
 }
 
+void ZeroAdamW::reload_parameters() {
+  at::NoGradGuard no_grad;
+  int64_t off = 0;
+  for (auto& p : params_) {
+    flat_params_.narrow(0, off, p.numel()).copy_(p.reshape({-1}));
+    off += p.numel();
+  }
+  shard_.copy_(flat_params_.narrow(0, dp_->rank() * shard_numel_, shard_numel_));
+}
+
 int64_t ZeroAdamW::state_bytes() const { return adamw_state_bytes(*adamw_); }
 
 }  // namespace tenax

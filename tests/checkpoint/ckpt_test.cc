@@ -171,6 +171,12 @@ TEST_P(ReshardTest, RestoreOnAnotherWorldSizeGivesTheSameGlobalTensors) {
   EXPECT_TRUE(any_output_has(results, "resharded")) << dump(results);
 }
 
+TEST_F(CheckpointTest, ShardedAdamWStateSavedOnThreeRanksRestoresOnTwo) {
+  expect_pass(3, "zero_save", env({{"CKPT_DURABLE", dir_.string()}}));
+  tenax::CheckpointEngine::remove_memory(run_);
+  expect_pass(2, "zero_restore", env({{"CKPT_DURABLE", dir_.string()}}));
+}
+
 INSTANTIATE_TEST_SUITE_P(Worlds, ReshardTest,
                          ::testing::Values(std::make_pair(2, 3), std::make_pair(4, 2),
                                            std::make_pair(3, 1)),

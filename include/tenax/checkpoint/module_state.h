@@ -13,6 +13,7 @@
 #include <string>
 
 #include "tenax/checkpoint/state.h"
+#include "tenax/parallel/zero.h"
 
 namespace tenax {
 
@@ -39,5 +40,17 @@ void record_adamw_steps(StateDict& state, torch::optim::AdamW& optimizer,
 void apply_adamw_steps(const StateDict& state, torch::optim::AdamW& optimizer,
                        const torch::nn::Module& module, const std::string& prefix = "optim.",
                        const NameMap& rename = {});
+
+// Adds ZeroAdamW's sharded state: "<prefix>exp_avg" and "<prefix>exp_avg_sq" as this rank's
+// part of flat vectors of total_numel() elements (padding left out), and "<prefix>step". A
+// checkpoint saved on one dp size restores on another (the flat order is the parameters'
+// order). Creates zero state before the first step. After a restore of the parameters and of
+// this state, call apply_zero_adamw_state().
+void add_zero_adamw_state(StateDict& state, ZeroAdamW& optimizer,
+                          const std::string& prefix = "zero.");
+void record_zero_adamw_step(StateDict& state, ZeroAdamW& optimizer,
+                            const std::string& prefix = "zero.");
+void apply_zero_adamw_state(const StateDict& state, ZeroAdamW& optimizer,
+                            const std::string& prefix = "zero.");
 
 }  // namespace tenax

@@ -34,6 +34,16 @@ class ZeroAdamW {
   // Bytes of optimizer state this rank holds, measured on AdamW's state tensors.
   int64_t state_bytes() const;
 
+  // For checkpointing. This rank's shard is elements [shard_offset(), shard_offset() +
+  // shard_numel()) of the flat parameter vector (the last shard may run past total_numel():
+  // padding). shard_optimizer() is the AdamW over shard().
+  int64_t shard_offset() const { return dp_->rank() * shard_numel_; }
+  const torch::Tensor& shard() const { return shard_; }
+  torch::optim::AdamW& shard_optimizer() { return *adamw_; }
+  // After the parameters were overwritten (a restore): refreshes this rank's master shard
+  // from them.
+  void reload_parameters();
+
  private:
   std::vector<torch::Tensor> params_;
   std::shared_ptr<Communicator> dp_;
