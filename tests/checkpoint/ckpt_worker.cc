@@ -248,13 +248,18 @@ ZeroRun zero_run(World& w, bool stepped) {
   return z;
 }
 
-void scenario_zero_save(World& w) {
-  CheckpointEngine engine(options(), w.comm, w.store);
-  ZeroRun z = zero_run(w, true);
+StateDict zero_state_dict(ZeroRun& z) {
   StateDict state;
   state.add("a", z.params[0]);
   state.add("b", z.params[1]);
   add_zero_adamw_state(state, *z.opt);
+  return state;
+}
+
+void scenario_zero_save(World& w) {
+  CheckpointEngine engine(options(), w.comm, w.store);
+  ZeroRun z = zero_run(w, true);
+  StateDict state = zero_state_dict(z);
   engine.save(1, state);
   engine.wait();
 }
@@ -263,10 +268,7 @@ void scenario_zero_restore(World& w) {
   ZeroRun expected = zero_run(w, true);  // the same step, on this world size
   CheckpointEngine engine(options(), w.comm, w.store);
   ZeroRun z = zero_run(w, false);
-  StateDict state;
-  state.add("a", z.params[0]);
-  state.add("b", z.params[1]);
-  add_zero_adamw_state(state, *z.opt);
+  StateDict state = zero_state_dict(z);
   auto r = engine.restore(state);
   CHECK(r && r->tier == "durable" && r->resharded, "restore gave " << (r ? r->tier : "nothing"));
   if (!r) return;
