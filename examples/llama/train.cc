@@ -10,10 +10,12 @@
 #include <tenax/checkpoint/engine.h>
 #include <tenax/comm/init.h>
 #include <tenax/core/error.h>
+#include <tenax/elastic/fault_injection.h>
 
 #include <chrono>
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -138,7 +140,9 @@ int main(int argc, char** argv) {
   // says it once.
   const tenax::LaunchInfo launch = tenax::detect_launch();
   llama::TrainOptions o;
+  std::optional<tenax::FaultInjector> faults;  // TENAX_FAULT, for tests and demos
   try {
+    faults.emplace(tenax::FaultInjector::from_env(launch.rank));
     o = options_from_flags();
     if (absl::GetFlag(FLAGS_report_memory)) {
       llama::validate(o.model);
@@ -212,6 +216,7 @@ int main(int argc, char** argv) {
         if (leader) std::printf("llama_train: leaving after step %lld (--exit-after)\n", (long long)step);
         return 0;
       }
+      faults->at_step(step + 1);  // steps count from 1, as the log does
       llama::StepStats s = trainer.train_step();
       if (ckpt && (step + 1) % ckpt_every == 0) {
         const auto start = std::chrono::steady_clock::now();

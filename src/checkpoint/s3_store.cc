@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "checkpoint/object_store.h"
+#include "tenax/elastic/fault_injection.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
 
@@ -337,6 +338,11 @@ class S3Store : public ObjectStore {
                         const std::string& query, const char* body, size_t n,
                         const std::string& header) {
     Response r;
+    if (method == "PUT" && take_injected_s3_failure()) {  // TENAX_FAULT=s3_fail=N
+      r.status = 503;
+      r.body = "<Error><Code>SlowDown</Code><Message>injected by TENAX_FAULT</Message></Error>";
+      return r;
+    }
     CURL* c = curl_easy_init();
     std::string url = o_.endpoint + "/" + bucket_;
     if (!key.empty()) url += "/" + uri_encode(prefix_ + key, true);

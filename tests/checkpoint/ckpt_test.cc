@@ -308,6 +308,14 @@ TEST_F(S3CheckpointTest, PersistsToS3AsPlainObjectsTheAwsCliReadsAndRestoresResh
                                    {"CKPT_SAVED_WORLD", "2"}}));
 }
 
+TEST_F(S3CheckpointTest, InjectedThrottlingIsRetriedUntilThePersistSucceeds) {
+  // Six 503 SlowDown answers: more than one request's three attempts, so the persist itself is
+  // retried too.
+  auto results = expect_pass(2, "save", s3env({{"CKPT_STEP", "1"}, {"TENAX_FAULT", "s3_fail=6"}}));
+  EXPECT_TRUE(any_output_has(results, "HTTP 503 SlowDown")) << dump(results);
+  EXPECT_TRUE(any_output_has(results, "retrying")) << dump(results);
+}
+
 TEST_F(S3CheckpointTest, LargeShardsGoUpAsParallelMultipartUploads) {
   expect_pass(2, "save", s3env({{"CKPT_STEP", "1"}, {"CKPT_BIG", "1"}}));
   tenax::CheckpointEngine::remove_memory(run_);

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -235,6 +236,51 @@ TEST(TrainTest, OneProcessWithNoLauncherTrains) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("1 ranks (single)"), std::string::npos) << r.output;
   EXPECT_EQ(parse(r.output).train.size(), 3u) << r.output;
+}
+
+// Faults injected with TENAX_FAULT into real training runs.
+std::vector<std::string> short_run(int steps) {
+  return {LLAMA_TRAIN, "--data", kTrain, "--steps", std::to_string(steps), "--warmup", "2",
+          "--log-interval", "1", "--eval-interval", "0"};
+}
+
+TEST(FaultInjectionTest, AKilledRankIsNamedByTheSurvivorWithinTheStep) {
+  auto results = run_ranks(2, short_run(10), {{"TENAX_FAULT", "kill@4:rank=1"}},
+                           std::chrono::seconds(120));
+  EXPECT_EQ(results[1].exit_code, 128 + SIGKILL) << dump(results);
+  EXPECT_NE(results[1].output.find("fault injection: kill rank 1 at step 4"), std::string::npos)
+      << dump(results);
+  EXPECT_EQ(results[0].exit_code, 1) << dump(results);
+  EXPECT_NE(results[0].output.find("rank 1 of communicator"), std::string::npos) << dump(results);
+  EXPECT_NE(results[0].output.find("is gone"), std::string::npos) << dump(results);
+  EXPECT_NE(results[0].output.find("step     3/10"), std::string::npos) << dump(results);
+  EXPECT_EQ(results[0].output.find("step     4/10"), std::string::npos) << dump(results);
+}
+
+TEST(FaultInjectionTest, AHungRankTimesTheOthersOutNamingIt) {
+  auto results = run_ranks(2, short_run(10),
+                           {{"TENAX_FAULT", "hang@3:rank=1"}, {"TENAX_TIMEOUT", "3"}},
+                           std::chrono::seconds(120), /*stuck_rank=*/1);
+  EXPECT_EQ(results[0].exit_code, 1) << dump(results);
+  EXPECT_NE(results[0].output.find("timed out"), std::string::npos) << dump(results);
+  EXPECT_NE(results[0].output.find("waiting on rank(s) 1"), std::string::npos) << dump(results);
+}
+
+TEST(FaultInjectionTest, ASlowRankShowsAsCommunicationTimeOnTheOthers) {
+  auto results = run_ranks(2, short_run(6), {{"TENAX_FAULT", "slow=150:rank=1"}},
+                           std::chrono::seconds(120));
+  for (const auto& r : results) ASSERT_EQ(r.exit_code, 0) << dump(results);
+  // Rank 0 waits for rank 1 in the gradient all-reduce: at least most of 150 ms per step.
+  std::regex comm(R"(step +6/6 .*\+ comm ([0-9.]+) \+)");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(results[0].output, m, comm)) << dump(results);
+  EXPECT_GT(std::stod(m[1]), 100.0) << dump(results);
+}
+
+TEST(FaultInjectionTest, ABadFaultSpecIsOneClearMessage) {
+  auto r = run_command(short_run(3), {{"TENAX_FAULT", "explode@3"}});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("TENAX_FAULT: 'explode@3': unknown fault"), std::string::npos) << r.output;
 }
 
 // The final loss line "step 20/20 | loss X" of a run.

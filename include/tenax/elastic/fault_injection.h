@@ -1,0 +1,51 @@
+#pragma once
+
+// Built-in faults for tests and demos, off unless configured. A spec is a comma-separated list
+// of faults, each optionally limited to one rank:
+//   kill@S[:rank=R]    SIGKILL this process when step S begins (the process vanishes, as a
+//                      crashed host's would)
+//   hang@S[:rank=R]    SIGSTOP this process when step S begins (alive but silent, as a hung
+//                      host is)
+//   exit@S[:rank=R]    leave with status 1 when step S begins (a clean but unexpected exit)
+//   slow=MS[:rank=R]   sleep MS milliseconds at the start of every step (a straggler)
+//   s3_fail=N          the next N uploads (PUTs) to S3 fail as HTTP 503 SlowDown (a failing
+//                      endpoint)
+// e.g. TENAX_FAULT="kill@20:rank=2" or "slow=50:rank=1,s3_fail=5". Killing the rank that hosts
+// the store also takes the store down.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tenax {
+
+class FaultInjector {
+ public:
+  struct Fault {
+    std::string kind;  // "kill", "hang", "exit", "slow", "s3_fail"
+    int64_t value = 0; // the step, or the milliseconds, or the request count
+    int rank = -1;     // -1: every rank
+  };
+
+  // Parses `spec` for the process of rank `rank`. Throws ConfigError naming the bad item.
+  FaultInjector(const std::string& spec, int rank);
+  // From TENAX_FAULT (empty: no faults).
+  static FaultInjector from_env(int rank);
+
+  // Call at the start of every training step; does what the spec says for this rank and step
+  // (and logs it first, on stderr, so a test can see which fault fired).
+  void at_step(int64_t step) const;
+
+  bool empty() const { return faults_.empty(); }
+  const std::vector<Fault>& faults() const { return faults_; }
+
+ private:
+  int rank_;
+  std::vector<Fault> faults_;
+};
+
+// For the S3 tier: true (and one fewer left) while injected S3 failures remain. Set by a
+// FaultInjector's s3_fail, or by TENAX_FAULT in a process that builds none.
+bool take_injected_s3_failure();
+
+}  // namespace tenax
