@@ -51,6 +51,23 @@ std::string named(const NameMap& rename, const std::string& name) {
   return rename ? rename(name) : name;
 }
 
+// The AdamW state of `param`, created as AdamW's first step would (zero moments, step 0) when
+// it has none yet.
+torch::optim::AdamWParamState& adamw_state(torch::optim::AdamW& optimizer,
+                                           const torch::Tensor& param) {
+  auto& all = optimizer.state();
+  const std::string key = c10::guts::to_string(param.unsafeGetTensorImpl());
+  auto it = all.find(key);
+  if (it == all.end()) {
+    auto st = std::make_unique<torch::optim::AdamWParamState>();
+    st->step(0);
+    st->exp_avg(torch::zeros_like(param, at::MemoryFormat::Preserve));
+    st->exp_avg_sq(torch::zeros_like(param, at::MemoryFormat::Preserve));
+    it = all.emplace(key, std::move(st)).first;
+  }
+  return static_cast<torch::optim::AdamWParamState&>(*it->second);
+}
+
 }  // namespace
 
 void add_module_state(StateDict& state, const torch::nn::Module& module, const std::string& prefix,
@@ -69,23 +86,13 @@ void add_adamw_state(StateDict& state, torch::optim::AdamW& optimizer,
                      const torch::nn::Module& module, const std::string& prefix,
                      const NameMap& rename) {
   auto splits = tensor_parallel_splits(module);
-  auto& all = optimizer.state();
   for (const auto& p : module.named_parameters()) {
-    const std::string key = c10::guts::to_string(p.value().unsafeGetTensorImpl());
     bool held = false;
     for (const auto& g : optimizer.param_groups()) {
       for (const auto& q : g.params()) held |= q.is_same(p.value());
     }
     if (!held) continue;
-    auto it = all.find(key);
-    if (it == all.end()) {
-      auto st = std::make_unique<torch::optim::AdamWParamState>();
-      st->step(0);
-      st->exp_avg(torch::zeros_like(p.value(), at::MemoryFormat::Preserve));
-      st->exp_avg_sq(torch::zeros_like(p.value(), at::MemoryFormat::Preserve));
-      it = all.emplace(key, std::move(st)).first;
-    }
-    auto& st = static_cast<torch::optim::AdamWParamState&>(*it->second);
+    auto& st = adamw_state(optimizer, p.value());
     const std::string name = prefix + named(rename, p.key());
     const void* id = p.value().unsafeGetTensorImpl();
     add_part(state, name + ".exp_avg", st.exp_avg(), splits, id);
@@ -123,17 +130,7 @@ void apply_adamw_steps(const StateDict& state, torch::optim::AdamW& optimizer,
 namespace {
 
 torch::optim::AdamWParamState& zero_state(ZeroAdamW& optimizer) {
-  auto& all = optimizer.shard_optimizer().state();
-  const std::string key = c10::guts::to_string(optimizer.shard().unsafeGetTensorImpl());
-  auto it = all.find(key);
-  if (it == all.end()) {
-    auto st = std::make_unique<torch::optim::AdamWParamState>();
-    st->step(0);
-    st->exp_avg(torch::zeros_like(optimizer.shard(), at::MemoryFormat::Preserve));
-    st->exp_avg_sq(torch::zeros_like(optimizer.shard(), at::MemoryFormat::Preserve));
-    it = all.emplace(key, std::move(st)).first;
-  }
-  return static_cast<torch::optim::AdamWParamState&>(*it->second);
+  return adamw_state(optimizer.shard_optimizer(), optimizer.shard());
 }
 
 }  // namespace
