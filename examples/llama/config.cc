@@ -80,6 +80,13 @@ LayerRange stage_layers(const LlamaConfig& c, int stage, int pp) {
   return r;
 }
 
+std::string whole_model_name(const std::string& name, int64_t first_layer) {
+  if (name.rfind("layers.", 0) != 0) return name;
+  const size_t dot = name.find('.', 7);
+  return "layers." + std::to_string(first_layer + std::stoll(name.substr(7, dot - 7))) +
+         name.substr(dot);
+}
+
 MemoryEstimate estimate_memory(const LlamaConfig& c, int dp, int tp, int pp,
                                bool shard_optimizer) {
   // Everything but the norms is split across tp; norms are replicated.

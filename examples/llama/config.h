@@ -59,4 +59,8 @@ struct LayerRange {
 };
 LayerRange stage_layers(const LlamaConfig& c, int stage, int pp);
 
+// A stage's parameter name in the whole model: "layers.k.rest" of the stage whose first layer
+// is `first_layer` is "layers.(first_layer + k).rest"; other names are the same.
+std::string whole_model_name(const std::string& stage_name, int64_t first_layer);
+
 }  // namespace llama

@@ -259,10 +259,7 @@ tenax::StateDict& Trainer::state() {
     // A pipeline stage's layer k is layer first + k of the whole model.
     const int64_t first = stage_layers(i.o.model, i.mesh->pp_rank(), i.o.pp).first;
     tenax::NameMap rename = [first](const std::string& name) {
-      if (name.rfind("layers.", 0) != 0) return name;
-      const size_t dot = name.find('.', 7);
-      return "layers." + std::to_string(first + std::stoll(name.substr(7, dot - 7))) +
-             name.substr(dot);
+      return whole_model_name(name, first);
     };
     tenax::add_module_state(*i.checkpoint_state, *i.model, "model.", rename);
     tenax::add_adamw_state(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", rename);

@@ -16,14 +16,6 @@ namespace {
 
 using llama::Trainer;
 
-// "layers.i.rest" of pipeline stage s is "layers.(first + i).rest" of the whole model.
-std::string global_name(const std::string& name, int64_t first_layer) {
-  if (name.rfind("layers.", 0) != 0) return name;
-  const size_t dot = name.find('.', 7);
-  return "layers." + std::to_string(first_layer + std::stoll(name.substr(7, dot - 7))) +
-         name.substr(dot);
-}
-
 // This rank's shard of a whole tensor: the one dimension whose size differs is split by tp.
 torch::Tensor shard_of(const torch::Tensor& whole, const torch::Tensor& shard, int tp_rank) {
   for (int64_t d = 0; d < whole.dim(); ++d) {
@@ -68,7 +60,7 @@ int main(int argc, char** argv) {
             "step " << step << " grad norm " << a.grad_norm << " vs " << b.grad_norm);
       auto whole = solo.impl().model->named_parameters();
       for (const auto& item : p.model->named_parameters()) {
-        const std::string name = global_name(item.key(), first);
+        const std::string name = llama::whole_model_name(item.key(), first);
         const torch::Tensor* ref = whole.find(name);
         CHECK(ref != nullptr, "no parameter " << name << " in the one-process model");
         if (!ref) continue;
