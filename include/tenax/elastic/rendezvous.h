@@ -1,0 +1,85 @@
+#pragma once
+
+// Elastic rendezvous over the Store: numbered generations of the worker set. A generation forms
+// once at least min_workers have joined (then a last-call window lets more in, up to
+// max_workers) and is then closed: its member list is final. Members of the previous
+// generation keep their relative order in the next one; joiners go last, in arrival order. Every
+// member heartbeats; a member whose heartbeat stops for heartbeat_timeout is reported dead.
+// Generation numbers fence the past: whatever a member builds for generation N (communicator
+// names, store prefixes) carries N, and superseded() tells an older member it must rejoin.
+//
+// Store keys, under rdzv/<run>/: "current" (the newest generation number), "g<N>/joined" (JSON
+// list of member ids in arrival order), "g<N>/final" (the closed member list), "hb/<id>"
+// (heartbeat counter).
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tenax/comm/store.h"
+
+namespace tenax {
+
+struct RendezvousOptions {
+  std::string run = "tenax";
+  int min_workers = 1;
+  int max_workers = 1 << 20;
+  std::chrono::milliseconds join_timeout{60000};      // min_workers not met by then: error
+  std::chrono::milliseconds last_call{1000};          // once min is met, wait this for more
+  std::chrono::milliseconds heartbeat_interval{500};
+  std::chrono::milliseconds heartbeat_timeout{5000};  // silent this long: dead
+};
+
+struct Generation {
+  int64_t number = 0;
+  std::vector<std::string> members;  // the rank of a member is its index
+  int rank = -1;                     // this member's
+  int size() const { return static_cast<int>(members.size()); }
+};
+
+class Rendezvous {
+ public:
+  // `id` names this member (unique in the run, stable across its restarts if it should keep
+  // its place). Starts heartbeating. Throws ConfigError for bad options.
+  Rendezvous(std::shared_ptr<TcpStore> store, std::string id, RendezvousOptions options = {});
+  ~Rendezvous();
+  Rendezvous(const Rendezvous&) = delete;
+  Rendezvous& operator=(const Rendezvous&) = delete;
+
+  // Joins the next generation that is still open (opening one when the newest is closed) and
+  // returns it once closed with this member in it. Throws TimeoutError saying how many joined
+  // when fewer than min_workers join within join_timeout.
+  Generation next();
+
+  // True iff a generation newer than `gen` has been opened: its members must call next().
+  bool superseded(const Generation& gen);
+
+  // Members of `gen` (other than this one) whose heartbeat has not moved for
+  // heartbeat_timeout, as seen by this member's successive calls. Call it periodically.
+  std::vector<std::string> dead_members(const Generation& gen);
+
+  const std::string& id() const { return id_; }
+
+ private:
+  std::string key(const std::string& suffix) const { return "rdzv/" + o_.run + "/" + suffix; }
+  std::vector<std::string> joined(int64_t n);
+  void close(int64_t n, const std::vector<std::string>& previous);
+
+  std::shared_ptr<TcpStore> store_, beat_store_;
+  std::string id_;
+  RendezvousOptions o_;
+  std::vector<std::string> last_members_;  // the previous generation this member was in
+  struct Seen {
+    int64_t count = -1;
+    std::chrono::steady_clock::time_point since;
+  };
+  std::map<std::string, Seen> seen_;
+  std::thread beat_;
+  std::shared_ptr<bool> stop_;
+};
+
+}  // namespace tenax

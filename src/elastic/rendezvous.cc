@@ -1,0 +1,160 @@
+#include "tenax/elastic/rendezvous.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
+#include "tenax/core/error.h"
+#include "tenax/core/logging.h"
+
+namespace tenax {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Ms = std::chrono::milliseconds;
+
+constexpr Ms kPoll{20};
+
+std::vector<std::string> parse_list(const std::optional<std::string>& text) {
+  if (!text || text->empty()) return {};
+  return nlohmann::json::parse(*text).get<std::vector<std::string>>();
+}
+
+std::string join_ids(const std::vector<std::string>& ids) {
+  std::string s;
+  for (const auto& id : ids) s += (s.empty() ? "" : ", ") + id;
+  return s;
+}
+
+}  // namespace
+
+Rendezvous::Rendezvous(std::shared_ptr<TcpStore> store, std::string id, RendezvousOptions options)
+    : store_(std::move(store)), id_(std::move(id)), o_(std::move(options)),
+      stop_(std::make_shared<bool>(false)) {
+  if (id_.empty()) throw ConfigError("rendezvous: the member id is empty");
+  if (o_.min_workers < 1 || o_.max_workers < o_.min_workers) {
+    throw ConfigError("rendezvous: need 1 <= min_workers (" + std::to_string(o_.min_workers) +
+                      ") <= max_workers (" + std::to_string(o_.max_workers) + ")");
+  }
+  // Heartbeats on a connection of their own, so a long get() never delays them.
+  beat_store_ = store_->clone();
+  beat_store_->add(key("hb/" + id_), 1);
+  auto stop = stop_;
+  auto beat = beat_store_;
+  const std::string hb = key("hb/" + id_);
+  const Ms interval = o_.heartbeat_interval;
+  beat_ = std::thread([stop, beat, hb, interval] {
+    while (!*stop) {
+      std::this_thread::sleep_for(interval);
+      if (*stop) break;
+      try {
+        beat->add(hb, 1);
+      } catch (const std::exception& e) {
+        log(LogLevel::kWarning, "rendezvous: heartbeat failed: " + std::string(e.what()));
+        return;
+      }
+    }
+  });
+}
+
+Rendezvous::~Rendezvous() {
+  *stop_ = true;
+  beat_store_->interrupt();
+  beat_.join();
+}
+
+std::vector<std::string> Rendezvous::joined(int64_t n) {
+  return parse_list(store_->try_get(key("g" + std::to_string(n) + "/joined")));
+}
+
+void Rendezvous::close(int64_t n, const std::vector<std::string>& arrivals) {
+  // Members of the previous generation first, in their old order; then joiners by arrival.
+  const auto previous = parse_list(store_->try_get(key("g" + std::to_string(n - 1) + "/final")));
+  std::vector<std::string> order = arrivals;
+  if (static_cast<int>(order.size()) > o_.max_workers) order.resize(o_.max_workers);
+  auto place = [&](const std::string& id) {
+    auto it = std::find(previous.begin(), previous.end(), id);
+    return it == previous.end() ? previous.size() : static_cast<size_t>(it - previous.begin());
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](const std::string& a, const std::string& b) { return place(a) < place(b); });
+  store_->compare_set(key("g" + std::to_string(n) + "/final"), "", nlohmann::json(order).dump());
+}
+
+Generation Rendezvous::next() {
+  const auto deadline = Clock::now() + o_.join_timeout;
+  for (;;) {
+    int64_t n = store_->add(key("current"), 0);
+    if (n == 0) {
+      store_->compare_set(key("current"), "0", "1");
+      continue;
+    }
+    const std::string g = key("g" + std::to_string(n));
+    if (store_->try_get(g + "/final")) {
+      // Closed: open the next one (or find that someone just did).
+      store_->compare_set(key("current"), std::to_string(n), std::to_string(n + 1));
+      continue;
+    }
+    // Join generation n.
+    for (;;) {
+      const auto text = store_->try_get(g + "/joined");
+      auto ids = parse_list(text);
+      if (std::find(ids.begin(), ids.end(), id_) != ids.end()) break;
+      ids.push_back(id_);
+      const std::string next = nlohmann::json(ids).dump();
+      if (store_->compare_set(g + "/joined", text.value_or(""), next) == next) break;
+    }
+    std::optional<Clock::time_point> min_met;
+    for (;;) {
+      if (auto final = store_->try_get(g + "/final")) {
+        Generation gen;
+        gen.number = n;
+        gen.members = parse_list(final);
+        auto me = std::find(gen.members.begin(), gen.members.end(), id_);
+        if (me == gen.members.end()) break;  // closed without us (full): try the next one
+        gen.rank = static_cast<int>(me - gen.members.begin());
+        last_members_ = gen.members;
+        return gen;
+      }
+      const auto ids = joined(n);
+      const int count = static_cast<int>(ids.size());
+      const auto now = Clock::now();
+      if (count >= o_.min_workers && !min_met) min_met = now;
+      if (count >= o_.max_workers || (min_met && now - *min_met >= o_.last_call)) {
+        close(n, ids);
+        continue;
+      }
+      if (now > deadline) {
+        throw TimeoutError("rendezvous '" + o_.run + "': generation " + std::to_string(n) +
+                           " has " + std::to_string(count) + " of the " +
+                           std::to_string(o_.min_workers) + " members it needs after " +
+                           std::to_string(o_.join_timeout.count()) + " ms (joined: " +
+                           join_ids(ids) + ")");
+      }
+      std::this_thread::sleep_for(kPoll);
+    }
+  }
+}
+
+bool Rendezvous::superseded(const Generation& gen) {
+  return store_->add(key("current"), 0) > gen.number;
+}
+
+std::vector<std::string> Rendezvous::dead_members(const Generation& gen) {
+  std::vector<std::string> dead;
+  const auto now = Clock::now();
+  for (const auto& m : gen.members) {
+    if (m == id_) continue;
+    const int64_t count = store_->add(key("hb/" + m), 0);
+    Seen& s = seen_[m];
+    if (count != s.count) {
+      s.count = count;
+      s.since = now;
+    } else if (now - s.since >= o_.heartbeat_timeout) {
+      dead.push_back(m);
+    }
+  }
+  return dead;
+}
+
+}  // namespace tenax
