@@ -10,7 +10,7 @@
 #include <tenax/checkpoint/engine.h>
 #include <tenax/comm/init.h>
 #include <tenax/core/error.h>
-#include <tenax/elastic/fault_injection.h>
+#include <tenax/core/fault_injection.h>
 
 #include <chrono>
 #include <cmath>

@@ -18,7 +18,7 @@
 #include <thread>
 
 #include "checkpoint/object_store.h"
-#include "tenax/elastic/fault_injection.h"
+#include "tenax/core/fault_injection.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
 

@@ -1,4 +1,4 @@
-#include "tenax/elastic/fault_injection.h"
+#include "tenax/core/fault_injection.h"
 
 #include <signal.h>
 #include <unistd.h>
