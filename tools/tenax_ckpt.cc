@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/crc32c.h"
+#include "checkpoint/durable_layout.h"
 #include "checkpoint/memory_tier.h"
 #include "checkpoint/object_store.h"
 #include "checkpoint/snapshot.h"
@@ -27,6 +27,8 @@ namespace {
 
 using namespace tenax;
 using nlohmann::json;
+using detail::durable_steps;
+using detail::step_dir;
 
 struct Args {
   std::string command, run, durable, out, prefix;
@@ -40,24 +42,6 @@ int usage() {
                "       tenax-ckpt export --run RUN --durable URL [--step N] --out FILE "
                "[--prefix P]\n");
   return 2;
-}
-
-std::string step_dir(const std::string& run, int64_t step) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "step-%012lld", static_cast<long long>(step));
-  return run + "/" + buf;
-}
-
-std::vector<int64_t> durable_steps(detail::ObjectStore& store, const std::string& run) {
-  std::vector<int64_t> steps;
-  const std::string head = run + "/step-", tail = "/manifest.json";
-  for (const auto& k : store.list(head)) {
-    if (k.size() > head.size() + tail.size() && k.compare(k.size() - tail.size(), tail.size(), tail) == 0) {
-      steps.push_back(std::stoll(k.substr(head.size(), k.size() - head.size() - tail.size())));
-    }
-  }
-  std::sort(steps.rbegin(), steps.rend());
-  return steps;
 }
 
 int64_t count(const std::vector<int64_t>& shape) {
@@ -131,15 +115,10 @@ int verify(const Args& a) {
   for (const auto& tj : m["tensors"]) {
     auto s = detail::shard_from_json(tj);
     try {
-      std::string part = store->get_range(dir + "/" + s.file, s.offset, s.nbytes);
-      if (detail::crc32c(part.data(), part.size()) != s.crc) {
-        std::printf("BAD  shard '%s' offsets %s (%s): checksum mismatch\n", s.name.c_str(),
-                    json(s.offsets).dump().c_str(), s.file.c_str());
-        ++bad;
-      }
+      detail::read_part(*store, dir, s);
       bytes += s.nbytes;
     } catch (const Error& e) {
-      std::printf("BAD  shard '%s' offsets %s: %s\n", s.name.c_str(), json(s.offsets).dump().c_str(), e.what());
+      std::printf("BAD  %s\n", e.what());
       ++bad;
     }
     auto& c = covered[s.name];
@@ -181,10 +160,7 @@ int export_safetensors(const Args& a) {
     std::vector<int64_t> zero(first.global_shape.size(), 0);
     int64_t n = 0;
     for (const auto& s : parts) {
-      std::string part = store->get_range(dir + "/" + s.file, s.offset, s.nbytes);
-      if (detail::crc32c(part.data(), part.size()) != s.crc) {
-        throw CheckpointError("shard '" + s.name + "' (" + s.file + ") failed its checksum");
-      }
+      std::string part = detail::read_part(*store, dir, s);
       n += detail::copy_overlap(part.data(), s.offsets, s.sizes, whole.data(), zero,
                                 first.global_shape, elem);
     }

@@ -21,6 +21,8 @@
 #include <thread>
 
 #include "checkpoint/crc32c.h"
+#include "checkpoint/durable_layout.h"
+#include "checkpoint/parallel_for.h"
 #include "checkpoint/memory_tier.h"
 #include "checkpoint/object_store.h"
 #include "checkpoint/snapshot.h"
@@ -31,35 +33,11 @@
 namespace tenax {
 
 using detail::Layout;
+using detail::rank_file;
+using detail::step_dir;
 using Ms = std::chrono::milliseconds;
 
 namespace {
-
-std::string step_dir(const std::string& run, int64_t step) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "step-%012lld", static_cast<long long>(step));
-  return run + "/" + buf;
-}
-
-std::string rank_file(int rank) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "rank-%05d.bin", rank);
-  return buf;
-}
-
-// The step number of "<run>/step-000000000042/manifest.json", or -1.
-int64_t manifest_step(const std::string& run, const std::string& key) {
-  const std::string head = run + "/step-", tail = "/manifest.json";
-  if (key.rfind(head, 0) != 0 || key.size() <= head.size() + tail.size() ||
-      key.compare(key.size() - tail.size(), tail.size(), tail) != 0) {
-    return -1;
-  }
-  try {
-    return std::stoll(key.substr(head.size(), key.size() - head.size() - tail.size()));
-  } catch (...) {
-    return -1;
-  }
-}
 
 std::string part_key(const detail::ShardRecord& s) {
   std::string k = s.name + "@";
@@ -508,27 +486,11 @@ class CheckpointEngine::Impl {
     const std::string dir = step_dir(o_.run, up.step);
     TcpStore& st = *persist_store_;
     const auto& objects = up.objects;
-    std::atomic<size_t> next{0};
-    std::mutex err_mu;
-    std::exception_ptr error;
-    auto upload = [&] {
-      for (size_t k; (k = next++) < objects.size();) {
-        try {
-          durable_->put(dir + "/" + objects[k].first, objects[k].second.data(),
-                        objects[k].second.size());
-        } catch (...) {
-          std::lock_guard<std::mutex> lock(err_mu);
-          if (!error) error = std::current_exception();
-        }
-      }
-    };
-    const size_t threads =
-        std::min<size_t>(objects.size(), static_cast<size_t>(std::max(1, o_.s3.parallel_parts)));
-    std::vector<std::thread> pool;
-    for (size_t w = 1; w < threads; ++w) pool.emplace_back(upload);
-    upload();
-    for (auto& th : pool) th.join();
-    if (error) std::rethrow_exception(error);
+    detail::parallel_for(objects.size(), static_cast<size_t>(std::max(1, o_.s3.parallel_parts)),
+                         [&](size_t k) {
+                           durable_->put(dir + "/" + objects[k].first, objects[k].second.data(),
+                                         objects[k].second.size());
+                         });
     const std::string skey = prefix_ + "s" + std::to_string(up.step) + "/";
     st.set(skey + "rank/" + std::to_string(rank),
            nlohmann::json{{"rank", rank}, {"tensors", up.shards}, {"blobs", up.blobs},
@@ -552,15 +514,7 @@ class CheckpointEngine::Impl {
     apply_retention();
   }
 
-  std::vector<int64_t> durable_steps() {
-    std::vector<int64_t> steps;
-    for (const auto& key : durable_->list(o_.run + "/step-")) {
-      const int64_t s = manifest_step(o_.run, key);
-      if (s >= 0) steps.push_back(s);
-    }
-    std::sort(steps.rbegin(), steps.rend());
-    return steps;
-  }
+  std::vector<int64_t> durable_steps() { return detail::durable_steps(*durable_, o_.run); }
 
   void apply_retention() {
     auto steps = durable_steps();
@@ -611,16 +565,7 @@ class CheckpointEngine::Impl {
       }
       good[k] = crc == s.crc;
     };
-    const size_t threads = std::min<size_t>(
-        parts, std::max(1u, std::min(4u, std::thread::hardware_concurrency())));
-    std::vector<std::thread> pool;
-    for (size_t w = 1; w < threads; ++w) {
-      pool.emplace_back([&, w] {
-        for (size_t k = w; k < parts; k += threads) load_part(k);
-      });
-    }
-    for (size_t k = 0; k < parts; k += std::max<size_t>(threads, 1)) load_part(k);
-    for (auto& th : pool) th.join();
+    detail::parallel_for(parts, detail::copy_threads(), load_part);
     bool ok = true;
     for (size_t k = 0; k < parts; ++k) {
       bytes += layout.shards[k].nbytes;
@@ -828,12 +773,7 @@ class CheckpointEngine::Impl {
           const std::string ck = s.file + "@" + std::to_string(s.offset);
           auto c = cache.find(ck);
           if (c == cache.end()) {
-            std::string part = durable_->get_range(dir + "/" + s.file, s.offset, s.nbytes);
-            if (detail::crc32c(part.data(), part.size()) != s.crc) {
-              throw CheckpointError("shard '" + s.name + "' (offsets " +
-                                    nlohmann::json(s.offsets).dump() + ", " + s.file +
-                                    ") failed its checksum");
-            }
+            std::string part = detail::read_part(*durable_, dir, s);
             bytes += s.nbytes;
             c = cache.emplace(ck, std::move(part)).first;
           }

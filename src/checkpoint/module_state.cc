@@ -101,30 +101,40 @@ void add_adamw_state(StateDict& state, torch::optim::AdamW& optimizer,
   }
 }
 
-void record_adamw_steps(StateDict& state, torch::optim::AdamW& optimizer,
-                        const torch::nn::Module& module, const std::string& prefix,
-                        const NameMap& rename) {
+namespace {
+
+// Calls fn(step-count name, state) for every parameter of `module` that has AdamW state.
+void for_each_adamw_step(torch::optim::AdamW& optimizer, const torch::nn::Module& module,
+                         const std::string& prefix, const NameMap& rename,
+                         const std::function<void(const std::string&,
+                                                  torch::optim::AdamWParamState&)>& fn) {
   auto& all = optimizer.state();
   for (const auto& p : module.named_parameters()) {
     auto it = all.find(c10::guts::to_string(p.value().unsafeGetTensorImpl()));
     if (it == all.end()) continue;
-    state.set_int(prefix + named(rename, p.key()) + ".step",
-                  static_cast<torch::optim::AdamWParamState&>(*it->second).step());
+    fn(prefix + named(rename, p.key()) + ".step",
+       static_cast<torch::optim::AdamWParamState&>(*it->second));
   }
+}
+
+}  // namespace
+
+void record_adamw_steps(StateDict& state, torch::optim::AdamW& optimizer,
+                        const torch::nn::Module& module, const std::string& prefix,
+                        const NameMap& rename) {
+  for_each_adamw_step(optimizer, module, prefix, rename,
+                      [&](const std::string& name, torch::optim::AdamWParamState& st) {
+                        state.set_int(name, st.step());
+                      });
 }
 
 void apply_adamw_steps(const StateDict& state, torch::optim::AdamW& optimizer,
                        const torch::nn::Module& module, const std::string& prefix,
                        const NameMap& rename) {
-  auto& all = optimizer.state();
-  for (const auto& p : module.named_parameters()) {
-    auto it = all.find(c10::guts::to_string(p.value().unsafeGetTensorImpl()));
-    if (it == all.end()) continue;
-    const std::string name = prefix + named(rename, p.key()) + ".step";
-    if (state.ints().count(name)) {
-      static_cast<torch::optim::AdamWParamState&>(*it->second).step(state.get_int(name));
-    }
-  }
+  for_each_adamw_step(optimizer, module, prefix, rename,
+                      [&](const std::string& name, torch::optim::AdamWParamState& st) {
+                        if (state.ints().count(name)) st.step(state.get_int(name));
+                      });
 }
 
 namespace {

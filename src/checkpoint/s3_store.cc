@@ -7,7 +7,6 @@
 #include <curl/curl.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <map>
 #include <cstdlib>
@@ -18,6 +17,7 @@
 #include <thread>
 
 #include "checkpoint/object_store.h"
+#include "checkpoint/parallel_for.h"
 #include "tenax/core/fault_injection.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
@@ -252,34 +252,24 @@ class S3Store : public ObjectStore {
     const size_t part = static_cast<size_t>(o_.part_bytes);
     const int parts = static_cast<int>((n + part - 1) / part);
     std::vector<std::string> etags(parts);
-    std::atomic<int> next{0};
-    std::mutex err_mu;
-    std::string error;
-    auto worker = [&] {
-      for (int i; (i = next++) < parts;) {
-        {
-          std::lock_guard<std::mutex> lock(err_mu);
-          if (!error.empty()) return;
-        }
-        const size_t off = i * part, len = std::min(part, n - off);
-        Response r = request("PUT", key,
-                             "partNumber=" + std::to_string(i + 1) + "&uploadId=" + uri_encode(id, false),
-                             data + off, len, "");
-        if (r.status != 200 || r.etag.empty()) {
-          std::lock_guard<std::mutex> lock(err_mu);
-          error = "part " + std::to_string(i + 1) + ": " + describe_failure(r);
-          return;
-        }
-        etags[i] = r.etag;
-      }
-    };
-    std::vector<std::thread> pool;
-    for (int t = 0; t < std::min(o_.parallel_parts, parts); ++t) pool.emplace_back(worker);
-    for (auto& t : pool) t.join();
-    if (!error.empty()) {
+    try {
+      parallel_for(static_cast<size_t>(parts), static_cast<size_t>(o_.parallel_parts),
+                   [&](size_t i) {
+                     const size_t off = i * part, len = std::min(part, n - off);
+                     Response r = request("PUT", key,
+                                          "partNumber=" + std::to_string(i + 1) +
+                                              "&uploadId=" + uri_encode(id, false),
+                                          data + off, len, "");
+                     if (r.status != 200 || r.etag.empty()) {
+                       throw CheckpointError("part " + std::to_string(i + 1) + ": " +
+                                             describe_failure(r));
+                     }
+                     etags[i] = r.etag;
+                   });
+    } catch (const CheckpointError& e) {
       request("DELETE", key, "uploadId=" + uri_encode(id, false), nullptr, 0, "");
       throw CheckpointError("durable tier " + describe() + ": multipart upload of " + key +
-                            " failed: " + error);
+                            " failed: " + e.what());
     }
     std::string xml = "<CompleteMultipartUpload>";
     for (int i = 0; i < parts; ++i) {

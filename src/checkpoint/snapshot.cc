@@ -1,11 +1,10 @@
 #include "checkpoint/snapshot.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
-#include <thread>
 
 #include "checkpoint/crc32c.h"
+#include "checkpoint/parallel_for.h"
 #include "tenax/core/error.h"
 
 namespace tenax::detail {
@@ -103,18 +102,8 @@ void copy_into(const StateDict& state, const Layout& layout, char* data) {
       pieces.push_back({from + off, to + off, std::min(kPiece, n - off)});
     }
   }
-  const size_t threads = std::min<size_t>(
-      pieces.size(), std::max(1u, std::min(4u, std::thread::hardware_concurrency())));
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t k; (k = next++) < pieces.size();) {
-      std::memcpy(pieces[k].dst, pieces[k].src, pieces[k].n);
-    }
-  };
-  std::vector<std::thread> pool;
-  for (size_t w = 1; w < threads; ++w) pool.emplace_back(work);
-  work();
-  for (auto& th : pool) th.join();
+  parallel_for(pieces.size(), copy_threads(),
+               [&](size_t k) { std::memcpy(pieces[k].dst, pieces[k].src, pieces[k].n); });
   for (const auto& b : layout.blobs) {
     std::memcpy(data + b.offset, state.blobs().at(b.name).data(), b.nbytes);
   }
