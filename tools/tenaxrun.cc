@@ -1,11 +1,23 @@
 // tenaxrun: starts N ranks of a program on this host.
 //
 //   tenaxrun --nproc-per-node N [--timeout SEC] PROGRAM [ARGS...]
+//   tenaxrun --nproc-per-node N --nnodes MIN:MAX [--max-restarts K] [--node-rank R]
+//            [--rdzv-endpoint HOST:PORT [--host-store]] PROGRAM [ARGS...]
 //
-// Hosts the store, gives each rank RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
-// MASTER_ADDR, MASTER_PORT, TENAX_STORE_ADDR and a fresh TENAX_STORE_TOKEN, prefixes each
-// output line with "[rank N] ", forwards SIGINT/SIGTERM/SIGHUP to the ranks, and exits with the
-// first non-zero status (128+signal for a rank killed by a signal), stopping the others.
+// Hosts the store (or uses the one at --rdzv-endpoint, hosting it there with --host-store),
+// gives each rank RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
+// TENAX_STORE_ADDR and TENAX_STORE_TOKEN (fresh, unless the environment has one), prefixes each
+// output line with "[rank N] " and forwards SIGINT/SIGTERM/SIGHUP to the ranks.
+//
+// Static (no --nnodes, no --max-restarts): exits with the first non-zero status (128+signal for
+// a rank killed by a signal), stopping the others.
+//
+// Elastic (--nnodes MIN:MAX and/or --max-restarts): the job runs with MIN*N to MAX*N workers
+// over one rendezvous (one tenaxrun per host, all at one endpoint, each with its own
+// --node-rank); workers get TENAX_MIN_WORKERS, TENAX_MAX_WORKERS, TENAX_MEMBER_ID ("w<RANK>")
+// and TENAX_RESTART_COUNT. A worker that fails does not stop the others (they re-form without
+// it); it is restarted, up to K restarts in all, and rejoins. Every exit and restart is reported
+// on stderr. Exits 0 when a worker finished the job (status 0), else with the first failure's.
 
 #include <fcntl.h>
 #include <poll.h>
@@ -39,10 +51,21 @@ struct Rank {
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
-               "tenaxrun: %s\nusage: tenaxrun --nproc-per-node N [--timeout SEC] PROGRAM "
-               "[ARGS...]\n",
+               "tenaxrun: %s\nusage: tenaxrun --nproc-per-node N [--timeout SEC] [--nnodes "
+               "MIN:MAX] [--max-restarts K] [--node-rank R] [--rdzv-endpoint HOST:PORT "
+               "[--host-store]] PROGRAM [ARGS...]\n",
                msg);
   std::exit(2);
+}
+
+int positive(const char* flag, const std::string& text, int lowest) {
+  char* end = nullptr;
+  const long v = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || v < lowest) {
+    usage((std::string(flag) + " must be an integer >= " + std::to_string(lowest) + ", not '" +
+           text + "'").c_str());
+  }
+  return static_cast<int>(v);
 }
 
 // Writes the complete lines of `buf` to `out`, each prefixed; keeps the incomplete tail.
@@ -62,6 +85,21 @@ void emit_lines(std::string& buf, FILE* out, int rank, bool flush_all) {
   std::fflush(out);
 }
 
+// Emits what is readable from `fd` now, then closes it.
+void drain(int& fd, std::string& buf, FILE* out, int rank) {
+  if (fd < 0) return;
+  pollfd p{fd, POLLIN, 0};
+  char chunk[65536];
+  while (poll(&p, 1, 0) > 0 && (p.revents & POLLIN)) {
+    const ssize_t n = read(fd, chunk, sizeof(chunk));
+    if (n <= 0) break;
+    buf.append(chunk, static_cast<size_t>(n));
+  }
+  emit_lines(buf, out, rank, true);
+  close(fd);
+  fd = -1;
+}
+
 int exit_code(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
@@ -71,19 +109,39 @@ int exit_code(int status) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int nproc = 0;
-  std::string timeout;
+  int nproc = 0, min_nodes = 1, max_nodes = 1, max_restarts = 0, node_rank = 0;
+  bool elastic = false, host_store = false;
+  std::string timeout, endpoint;
   int i = 1;
   for (; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--nproc-per-node" || a == "--nproc_per_node") {
-      if (i + 1 >= argc) usage("--nproc-per-node needs a value");
-      char* end = nullptr;
-      nproc = static_cast<int>(std::strtol(argv[++i], &end, 10));
-      if (*end != '\0' || nproc < 1) usage("--nproc-per-node must be a positive integer");
+    for (auto& c : a) c = c == '_' ? '-' : c;
+    auto value = [&](const char* flag) -> std::string {
+      if (i + 1 >= argc) usage((std::string(flag) + " needs a value").c_str());
+      return argv[++i];
+    };
+    if (a == "--nproc-per-node") {
+      nproc = positive("--nproc-per-node", value("--nproc-per-node"), 1);
     } else if (a == "--timeout") {
-      if (i + 1 >= argc) usage("--timeout needs a value");
-      timeout = argv[++i];
+      timeout = value("--timeout");
+    } else if (a == "--nnodes") {
+      const std::string v = value("--nnodes");
+      const size_t colon = v.find(':');
+      min_nodes = positive("--nnodes MIN", v.substr(0, colon), 1);
+      max_nodes = colon == std::string::npos ? min_nodes
+                                             : positive("--nnodes MAX", v.substr(colon + 1), 1);
+      if (max_nodes < min_nodes) usage("--nnodes MIN:MAX needs MIN <= MAX");
+      elastic = true;
+    } else if (a == "--max-restarts") {
+      max_restarts = positive("--max-restarts", value("--max-restarts"), 0);
+      elastic = true;
+    } else if (a == "--node-rank") {
+      node_rank = positive("--node-rank", value("--node-rank"), 0);
+    } else if (a == "--rdzv-endpoint") {
+      endpoint = value("--rdzv-endpoint");
+      if (endpoint.find(':') == std::string::npos) usage("--rdzv-endpoint must be HOST:PORT");
+    } else if (a == "--host-store") {
+      host_store = true;
     } else if (a.rfind("--", 0) == 0) {
       usage(("unknown flag " + a).c_str());
     } else {
@@ -92,18 +150,31 @@ int main(int argc, char** argv) {
   }
   if (nproc < 1) usage("--nproc-per-node is required");
   if (i >= argc) usage("no program given");
+  if (host_store && endpoint.empty()) usage("--host-store needs --rdzv-endpoint");
 
   std::random_device rd;
-  char token[33];
-  std::snprintf(token, sizeof(token), "%08x%08x%08x%08x", rd(), rd(), rd(), rd());
+  char fresh[33];
+  std::snprintf(fresh, sizeof(fresh), "%08x%08x%08x%08x", rd(), rd(), rd(), rd());
+  // An external endpoint is shared by every host's agent: they share the environment's token.
+  const char* env_token = std::getenv("TENAX_STORE_TOKEN");
+  const std::string token = endpoint.empty() || !env_token ? fresh : env_token;
+  std::string store_host = "127.0.0.1", port;
   std::unique_ptr<tenax::StoreServer> store;
   try {
-    store = std::make_unique<tenax::StoreServer>("127.0.0.1", 0, token);
+    if (endpoint.empty()) {
+      store = std::make_unique<tenax::StoreServer>("127.0.0.1", 0, token);
+      port = std::to_string(store->port());
+    } else {
+      store_host = endpoint.substr(0, endpoint.rfind(':'));
+      port = endpoint.substr(endpoint.rfind(':') + 1);
+      if (host_store) {
+        store = std::make_unique<tenax::StoreServer>("0.0.0.0", std::atoi(port.c_str()), token);
+      }
+    }
   } catch (const tenax::Error& e) {
     std::fprintf(stderr, "tenaxrun: cannot start the store: %s\n", e.what());
     return 1;
   }
-  const std::string port = std::to_string(store->port());
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;
@@ -112,31 +183,40 @@ int main(int argc, char** argv) {
   sigaction(SIGHUP, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  const int world = elastic ? max_nodes * nproc : nproc;
   std::vector<Rank> ranks(nproc);
-  for (int r = 0; r < nproc; ++r) {
+  int restarts = 0;
+  auto spawn = [&](int local, int restart_count) -> bool {
+    const int r = node_rank * nproc + local;
     int out[2], err[2];
     if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
       std::perror("tenaxrun: pipe");
-      return 1;
+      return false;
     }
     pid_t pid = fork();
     if (pid < 0) {
       std::perror("tenaxrun: fork");
-      return 1;
+      return false;
     }
     if (pid == 0) {
       setpgid(0, 0);  // a rank and everything it starts get signals together
       dup2(out[1], 1);
       dup2(err[1], 2);
       setenv("RANK", std::to_string(r).c_str(), 1);
-      setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
-      setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+      setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+      setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
       setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
+      setenv("MASTER_ADDR", store_host.c_str(), 1);
       setenv("MASTER_PORT", port.c_str(), 1);
-      setenv("TENAX_STORE_ADDR", ("127.0.0.1:" + port).c_str(), 1);
-      setenv("TENAX_STORE_TOKEN", token, 1);
+      setenv("TENAX_STORE_ADDR", (store_host + ":" + port).c_str(), 1);
+      setenv("TENAX_STORE_TOKEN", token.c_str(), 1);
       setenv("TENAX_LAUNCHER", "tenaxrun", 1);
+      if (elastic) {
+        setenv("TENAX_MIN_WORKERS", std::to_string(min_nodes * nproc).c_str(), 1);
+        setenv("TENAX_MAX_WORKERS", std::to_string(max_nodes * nproc).c_str(), 1);
+        setenv("TENAX_MEMBER_ID", ("w" + std::to_string(r)).c_str(), 1);
+        setenv("TENAX_RESTART_COUNT", std::to_string(restart_count).c_str(), 1);
+      }
       if (!timeout.empty()) setenv("TENAX_TIMEOUT", timeout.c_str(), 1);
       execvp(argv[i], argv + i);
       std::fprintf(stderr, "tenaxrun: cannot run %s: %s\n", argv[i], std::strerror(errno));
@@ -145,12 +225,19 @@ int main(int argc, char** argv) {
     setpgid(pid, pid);
     close(out[1]);
     close(err[1]);
-    ranks[r].pid = pid;
-    ranks[r].out_fd = out[0];
-    ranks[r].err_fd = err[0];
+    Rank& rk = ranks[local];
+    rk = Rank();
+    rk.pid = pid;
+    rk.out_fd = out[0];
+    rk.err_fd = err[0];
+    return true;
+  };
+  for (int r = 0; r < nproc; ++r) {
+    if (!spawn(r, 0)) return 1;
   }
 
   int first_failure = 0;
+  bool finished = false;  // elastic: some worker completed the job
   int forwarded = 0;
   auto stop_time = std::chrono::steady_clock::time_point::max();
   bool killed = false;
@@ -158,7 +245,7 @@ int main(int argc, char** argv) {
     if (g_signal != 0 && forwarded != g_signal) {
       forwarded = g_signal;
       for (auto& rk : ranks) {
-        kill(-rk.pid, g_signal);
+        if (!rk.exited) kill(-rk.pid, g_signal);
       }
     }
     std::vector<pollfd> fds;
@@ -177,15 +264,16 @@ int main(int argc, char** argv) {
     for (size_t k = 0; k < fds.size(); ++k) {
       if (fds[k].revents == 0) continue;
       auto [r, is_err] = owners[k];
+      const int shown = node_rank * nproc + r;
       char buf[65536];
       ssize_t n = read(fds[k].fd, buf, sizeof(buf));
       std::string& acc = is_err ? ranks[r].err_buf : ranks[r].out_buf;
       FILE* out = is_err ? stderr : stdout;
       if (n > 0) {
         acc.append(buf, static_cast<size_t>(n));
-        emit_lines(acc, out, r, false);
+        emit_lines(acc, out, shown, false);
       } else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
-        emit_lines(acc, out, r, true);
+        emit_lines(acc, out, shown, true);
         close(fds[k].fd);
         (is_err ? ranks[r].err_fd : ranks[r].out_fd) = -1;
       }
@@ -194,11 +282,32 @@ int main(int argc, char** argv) {
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
       for (int r = 0; r < nproc; ++r) {
-        if (ranks[r].pid != pid) continue;
+        if (ranks[r].pid != pid || ranks[r].exited) continue;
         ranks[r].exited = true;
         ranks[r].status = status;
-        int code = exit_code(status);
-        if (code != 0 && first_failure == 0) {
+        const int code = exit_code(status);
+        const int shown = node_rank * nproc + r;
+        if (elastic) {
+          if (code == 0) {
+            finished = true;
+            std::fprintf(stderr, "tenaxrun: worker w%d finished\n", shown);
+          } else if (restarts < max_restarts && g_signal == 0 && !finished) {
+            ++restarts;
+            std::fprintf(stderr,
+                         "tenaxrun: worker w%d exited with status %d; restarting it (restart %d "
+                         "of %d)\n",
+                         shown, code, restarts, max_restarts);
+            // What the dead worker left in its pipes comes out first; the new one gets fresh.
+            drain(ranks[r].out_fd, ranks[r].out_buf, stdout, shown);
+            drain(ranks[r].err_fd, ranks[r].err_buf, stderr, shown);
+            if (!spawn(r, restarts)) return 1;
+          } else {
+            if (first_failure == 0) first_failure = code;
+            std::fprintf(stderr, "tenaxrun: worker w%d exited with status %d; not restarted "
+                         "(%d of %d restarts used); the others go on without it\n",
+                         shown, code, restarts, max_restarts);
+          }
+        } else if (code != 0 && first_failure == 0) {
           first_failure = code;
           std::fprintf(stderr, "tenaxrun: rank %d exited with status %d; stopping the others\n",
                        r, code);
@@ -215,6 +324,7 @@ int main(int argc, char** argv) {
     for (auto& rk : ranks) all_done &= rk.exited && rk.out_fd < 0 && rk.err_fd < 0;
     if (all_done) break;
   }
-  if (first_failure == 0 && g_signal != 0) return 128 + g_signal;
+  if (g_signal != 0) return 128 + g_signal;
+  if (elastic && finished) return 0;
   return first_failure;
 }

@@ -9,6 +9,7 @@
 
 #include <tenax/checkpoint/engine.h>
 #include <tenax/comm/init.h>
+#include <tenax/core/config.h>
 #include <tenax/core/error.h>
 #include <tenax/core/fault_injection.h>
 
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "config.h"
+#include "elastic.h"
 #include "trainer.h"
 
 ABSL_FLAG(std::string, preset, "tiny", "model shape: tiny, small, llama3-1b, llama3-8b, llama3-70b");
@@ -59,6 +61,18 @@ ABSL_FLAG(int64_t, exit_after, 0, "leave after N steps of this run, as a preempt
           "(0: run to --steps)");
 ABSL_FLAG(bool, report_memory, false, "print the parameter count and per-rank memory of the "
           "model on the mesh given by --dp/--tp/--pp, then exit without allocating it");
+
+ABSL_FLAG(bool, elastic, false, "survive failures: re-form without the lost ranks and go on, "
+          "regrow when workers join (tenaxrun --nnodes MIN:MAX, or mpirun --enable-recovery)");
+ABSL_FLAG(int, min_workers, 0, "--elastic: fewest workers to train with (0: TENAX_MIN_WORKERS, "
+          "else tp*pp)");
+ABSL_FLAG(int, max_workers, 0, "--elastic: most workers (0: TENAX_MAX_WORKERS, else the launch "
+          "world size)");
+ABSL_FLAG(double, heartbeat_timeout, 5.0, "--elastic: seconds of silence before a worker is "
+          "declared dead");
+ABSL_FLAG(double, join_timeout, 60.0, "--elastic: seconds to wait for --min-workers to join");
+ABSL_FLAG(double, last_call, 1.0, "--elastic: seconds the first generation waits for more "
+          "workers once --min-workers have joined");
 
 namespace {
 
@@ -148,11 +162,52 @@ int main(int argc, char** argv) {
       llama::validate(o.model);
       return launch.rank == 0 ? report_memory(o) : 0;
     }
-    o = llama::resolve_options(o, launch.size);
+    if (absl::GetFlag(FLAGS_elastic)) {
+      // Checked at the launch size here; each generation resolves dp and the micro-batch anew.
+      const int replica = std::max(1, o.tp * o.pp);
+      llama::TrainOptions v = o;
+      v.dp = std::max(1, launch.size / replica);
+      v.micro_batch = llama::elastic_micro_batch(v.global_batch, v.dp, v.micro_batch);
+      llama::resolve_options(v, v.dp * replica);
+    } else {
+      o = llama::resolve_options(o, launch.size);
+    }
     o.device_index = launch.local_rank;
   } catch (const tenax::Error& e) {
     if (launch.rank == 0) std::cerr << "llama_train: " << e.what() << std::endl;
     return 2;
+  }
+
+  if (absl::GetFlag(FLAGS_elastic)) {
+    try {
+      tenax::World world = tenax::connect();
+      llama::ElasticRunOptions eo;
+      eo.train = o;
+      eo.log_interval = std::max<int64_t>(1, absl::GetFlag(FLAGS_log_interval));
+      eo.faults = &*faults;
+      auto& r = eo.elastic.rendezvous;
+      r.run = absl::GetFlag(FLAGS_ckpt_run);
+      const int min_flag = absl::GetFlag(FLAGS_min_workers), max_flag = absl::GetFlag(FLAGS_max_workers);
+      r.min_workers = min_flag > 0 ? min_flag
+                                   : static_cast<int>(tenax::env_int("TENAX_MIN_WORKERS", o.tp * o.pp));
+      r.max_workers = max_flag > 0 ? max_flag
+                                   : static_cast<int>(tenax::env_int("TENAX_MAX_WORKERS", launch.size));
+      auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
+      r.heartbeat_timeout = ms(absl::GetFlag(FLAGS_heartbeat_timeout));
+      r.heartbeat_interval = std::max(std::chrono::milliseconds(20), r.heartbeat_timeout / 10);
+      r.join_timeout = ms(absl::GetFlag(FLAGS_join_timeout));
+      r.last_call = ms(absl::GetFlag(FLAGS_last_call));
+      eo.elastic.checkpoint.run = r.run;
+      eo.elastic.checkpoint.durable = absl::GetFlag(FLAGS_ckpt_durable);
+      eo.elastic.checkpoint.persist_every = absl::GetFlag(FLAGS_ckpt_persist_every);
+      eo.elastic.checkpoint.keep_durable = absl::GetFlag(FLAGS_ckpt_keep);
+      eo.elastic.snapshot_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_ckpt_every));
+      llama::run_elastic(eo, world.store);
+    } catch (const tenax::Error& e) {
+      std::cerr << "llama_train: " << e.what() << std::endl;
+      return 1;
+    }
+    return 0;
   }
 
   try {

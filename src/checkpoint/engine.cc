@@ -32,6 +32,7 @@
 
 namespace tenax {
 
+using detail::fill_tensor;
 using detail::Layout;
 using detail::rank_file;
 using detail::step_dir;
@@ -43,13 +44,6 @@ std::string part_key(const detail::ShardRecord& s) {
   std::string k = s.name + "@";
   for (int64_t o : s.offsets) k += std::to_string(o) + ",";
   return k;
-}
-
-// Writes `bytes` into `t` (any device, any layout) as a contiguous host buffer of its dtype.
-void fill_tensor(const at::Tensor& t, const char* bytes) {
-  at::Tensor host = at::from_blob(const_cast<char*>(bytes), t.sizes(),
-                                  t.options().device(at::kCPU));
-  t.detach().copy_(host);
 }
 
 // Checksums and uploads yield the CPU to training: this thread runs at nice 10.
@@ -70,7 +64,8 @@ class CheckpointEngine::Impl {
 
   Impl(CheckpointOptions o, std::shared_ptr<Communicator> comm, std::shared_ptr<TcpStore> store)
       : o_(std::move(o)), comm_(std::move(comm)), store_(std::move(store)),
-        memory_(o_.run, comm_->rank(), o_.memory_slots, o_.memory_budget_bytes),
+        member_(o_.member.empty() ? "r" + std::to_string(comm_->rank()) : o_.member),
+        memory_(o_.run, member_, o_.memory_slots, o_.memory_budget_bytes),
         pinned_(o_.memory_slots, 0), busy_(o_.memory_slots, false) {
     if (o_.run.empty() || o_.run.find('/') != std::string::npos) {
       throw ConfigError("checkpoint: run name '" + o_.run + "' must be non-empty without '/'");
@@ -102,7 +97,7 @@ class CheckpointEngine::Impl {
       peer_src_ = (comm_->rank() - peer_offset_ + world) % world;
       // A communicator of its own: replication never queues behind training's collectives.
       peer_comm_ = comm_->split(0, comm_->rank());
-      replicas_ = std::make_unique<detail::MemoryTier>(o_.run, peer_src_, o_.memory_slots,
+      replicas_ = std::make_unique<detail::MemoryTier>(o_.run, member_, o_.memory_slots,
                                                        o_.memory_budget_bytes, 'p');
       replicator_ = std::thread([this] {
         background_priority();
@@ -151,6 +146,8 @@ class CheckpointEngine::Impl {
     layout.step = step;
     layout.rank = comm_->rank();
     layout.world = comm_->size();
+    layout.member = member_;
+    layout.generation = o_.generation;
     int slot = -1;
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -585,7 +582,8 @@ class CheckpointEngine::Impl {
   }
 
   // Committed snapshots of a memory tier (own or replica) usable for this restore, by step.
-  std::map<int64_t, std::pair<int, Layout>> usable_snapshots(detail::MemoryTier& tier,
+  // `rank`: the rank that saved them (this one, or the peer source for replicas).
+  std::map<int64_t, std::pair<int, Layout>> usable_snapshots(detail::MemoryTier& tier, int rank,
                                                              const StateDict* state,
                                                              std::string& errors) {
     std::map<int64_t, std::pair<int, Layout>> usable;
@@ -594,7 +592,7 @@ class CheckpointEngine::Impl {
       try {
         Layout l = detail::layout_from_json(
             nlohmann::json::parse(std::string(r.json(), r.header()->json_bytes)), r.name());
-        if (l.run == o_.run && l.world == comm_->size() &&
+        if (l.run == o_.run && l.world == comm_->size() && l.rank == rank &&
             (state == nullptr || detail::same_parts(l, *state))) {
           usable.emplace(step, std::make_pair(slot, std::move(l)));
         }
@@ -609,9 +607,9 @@ class CheckpointEngine::Impl {
   // holds a replica of. Ranks without their own copy receive the replica from the peer.
   std::optional<RestoreResult> restore_memory(StateDict& state, std::string& errors) {
     const int slots = o_.memory_slots, rank = comm_->rank(), world = comm_->size();
-    auto own = usable_snapshots(memory_, &state, errors);
+    auto own = usable_snapshots(memory_, rank, &state, errors);
     std::map<int64_t, std::pair<int, Layout>> held;  // replicas of peer_src_
-    if (replicas_) held = usable_snapshots(*replicas_, nullptr, errors);
+    if (replicas_) held = usable_snapshots(*replicas_, peer_src_, nullptr, errors);
     at::Tensor mine = at::full({2 * slots}, -1, at::kLong);
     int i = 0;
     for (auto it = own.rbegin(); it != own.rend() && i < slots; ++it) mine[i++] = it->first;
@@ -838,6 +836,7 @@ class CheckpointEngine::Impl {
   CheckpointOptions o_;
   std::shared_ptr<Communicator> comm_;
   std::shared_ptr<TcpStore> store_, persist_store_;
+  std::string member_;
   detail::MemoryTier memory_;
   std::unique_ptr<detail::ObjectStore> durable_;
   // Peer tier.

@@ -95,17 +95,22 @@ std::optional<Region> Region::open(const std::string& name) {
 
 void Region::unlink(const std::string& name) { ::shm_unlink(name.c_str()); }
 
-MemoryTier::MemoryTier(std::string run, int rank, int slots, uint64_t budget_bytes, char kind)
-    : run_(std::move(run)), rank_(rank), budget_(budget_bytes), kind_(kind) {
+MemoryTier::MemoryTier(std::string run, std::string member, int slots, uint64_t budget_bytes,
+                       char kind)
+    : run_(std::move(run)), member_(std::move(member)), budget_(budget_bytes), kind_(kind) {
   if (slots < 1) throw ConfigError("checkpoint: memory_slots must be at least 1");
+  if (member_.empty() || member_.find('/') != std::string::npos) {
+    throw ConfigError("checkpoint: member name '" + member_ + "' must be non-empty without '/'");
+  }
   regions_.resize(slots);
   for (int s = 0; s < slots; ++s) {
-    if (auto r = Region::open(region_name(run_, rank_, s, kind_))) regions_[s] = std::move(*r);
+    if (auto r = Region::open(region_name(run_, member_, s, kind_))) regions_[s] = std::move(*r);
   }
 }
 
-std::string MemoryTier::region_name(const std::string& run, int rank, int slot, char kind) {
-  return "/tenax-" + run + "-r" + std::to_string(rank) + "-" + kind + std::to_string(slot);
+std::string MemoryTier::region_name(const std::string& run, const std::string& member, int slot,
+                                    char kind) {
+  return "/tenax-" + run + "-" + member + "-" + kind + std::to_string(slot);
 }
 
 void MemoryTier::prepare(int slot, int64_t step, uint64_t data_bytes, uint64_t json_bytes) {
@@ -120,14 +125,14 @@ void MemoryTier::prepare(int slot, int64_t step, uint64_t data_bytes, uint64_t j
     }
     if (budget_ > 0 && others + want > budget_) {
       throw CheckpointError(
-          "memory tier: rank " + std::to_string(rank_) + " needs " + std::to_string(want) +
+          "memory tier: " + member_ + " needs " + std::to_string(want) +
           " bytes for slot " + std::to_string(slot) + " (snapshot of " +
           std::to_string(data_bytes) + " bytes) but its budget of " + std::to_string(budget_) +
           " bytes has " + std::to_string(budget_ > others ? budget_ - others : 0) +
           " left; raise memory_budget_bytes or lower memory_slots");
     }
     r = Region();  // unmap before re-creating
-    r = Region::create(region_name(run_, rank_, slot, kind_), want);
+    r = Region::create(region_name(run_, member_, slot, kind_), want);
   }
   auto* h = r.header();
   h->state.store(Region::kWriting, std::memory_order_release);
@@ -164,7 +169,7 @@ std::vector<std::pair<int, int64_t>> MemoryTier::committed() const {
 }
 
 void MemoryTier::remove_all(const std::string& run) {
-  const std::string prefix = "tenax-" + run + "-r";
+  const std::string prefix = "tenax-" + run + "-";
   if (DIR* d = ::opendir("/dev/shm")) {
     while (dirent* e = ::readdir(d)) {
       std::string n = e->d_name;

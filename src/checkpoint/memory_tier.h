@@ -1,6 +1,6 @@
 #pragma once
 
-// The memory tier: POSIX shared-memory regions, one per (run, rank, slot), so a snapshot
+// The memory tier: POSIX shared-memory regions, one per (run, member, slot), so a snapshot
 // outlives the process that wrote it and a restarted process on the same host maps it again.
 //
 // Region layout: a 4 KiB header page, then the snapshot's data (4 KiB aligned), then its layout
@@ -52,14 +52,18 @@ class Region {
   uint64_t size_ = 0;
 };
 
-// The slots of one rank of one run.
+// The slots of one member of one run (a member is a rank's stable name: "r<rank>" by default,
+// the rendezvous id under elastic training, so its regions stay its own when ranks renumber).
 class MemoryTier {
  public:
-  // `budget_bytes` bounds the sum of the slot sizes (0: no bound). `kind` 's': the rank's own
-  // snapshots; 'p': the replicas of rank `rank`'s snapshots that its peer holds.
-  MemoryTier(std::string run, int rank, int slots, uint64_t budget_bytes, char kind = 's');
+  // Maps the member's existing regions of this kind (a restarted process finds its snapshots).
+  // `budget_bytes` bounds the sum of the slot sizes (0: no bound). `kind` 's': the member's own
+  // snapshots; 'p': the replicas it holds of its source's snapshots.
+  MemoryTier(std::string run, std::string member, int slots, uint64_t budget_bytes,
+             char kind = 's');
 
-  static std::string region_name(const std::string& run, int rank, int slot, char kind = 's');
+  static std::string region_name(const std::string& run, const std::string& member, int slot,
+                                 char kind = 's');
 
   int slots() const { return static_cast<int>(regions_.size()); }
   Region& region(int slot) { return regions_[slot]; }
@@ -74,12 +78,11 @@ class MemoryTier {
   // Committed regions of `rank` of this run on this host: (slot, step), newest first.
   std::vector<std::pair<int, int64_t>> committed() const;
 
-  // Removes every region of `run` on this host (all ranks, all slots).
+  // Removes every region of `run` on this host (all members, all slots).
   static void remove_all(const std::string& run);
 
  private:
-  std::string run_;
-  int rank_;
+  std::string run_, member_;
   uint64_t budget_;
   char kind_;
   std::vector<Region> regions_;

@@ -1,5 +1,7 @@
 #include "checkpoint/snapshot.h"
 
+#include <ATen/ops/from_blob.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -134,7 +136,8 @@ nlohmann::json to_json(const Layout& l) {
   for (const auto& b : l.blobs) blobs.push_back(to_json(b));
   return {{"format", "tenax-snapshot-1"}, {"run", l.run},       {"step", l.step},
           {"rank", l.rank},               {"world", l.world},   {"ints", l.ints},
-          {"data_bytes", l.data_bytes},   {"tensors", shards},  {"blobs", blobs}};
+          {"data_bytes", l.data_bytes},   {"tensors", shards},  {"blobs", blobs},
+          {"member", l.member},           {"generation", l.generation}};
 }
 
 ShardRecord shard_from_json(const nlohmann::json& j) {
@@ -168,6 +171,8 @@ Layout layout_from_json(const nlohmann::json& j, const std::string& what) {
     l.step = j.at("step").get<int64_t>();
     l.rank = j.at("rank").get<int>();
     l.world = j.at("world").get<int>();
+    l.member = j.value("member", "r" + std::to_string(l.rank));
+    l.generation = j.value("generation", int64_t(0));
     l.ints = j.at("ints").get<std::map<std::string, int64_t>>();
     l.data_bytes = j.at("data_bytes").get<int64_t>();
     for (const auto& s : j.at("tensors")) l.shards.push_back(shard_from_json(s));
@@ -216,6 +221,12 @@ int64_t copy_overlap(const char* src, const std::vector<int64_t>& so,
     }
   }
   return rows * row;
+}
+
+void fill_tensor(const at::Tensor& t, const char* bytes) {
+  at::Tensor host = at::from_blob(const_cast<char*>(bytes), t.sizes(),
+                                  t.options().device(at::kCPU));
+  t.detach().copy_(host);
 }
 
 }  // namespace tenax::detail

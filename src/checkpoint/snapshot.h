@@ -32,6 +32,8 @@ struct Layout {
   std::string run;
   int64_t step = -1;
   int rank = 0, world = 1;
+  std::string member;      // the saving member's stable name (memory tier)
+  int64_t generation = 0;  // the worker-set generation that saved it (elastic training)
   std::vector<ShardRecord> shards;
   std::vector<BlobRecord> blobs;
   std::map<std::string, int64_t> ints;
@@ -55,6 +57,9 @@ ShardRecord shard_from_json(const nlohmann::json& j);
 BlobRecord blob_from_json(const nlohmann::json& j);
 // Throws CheckpointError naming `what` when the JSON is malformed.
 Layout layout_from_json(const nlohmann::json& j, const std::string& what);
+
+// Writes `bytes` into `t` (any device, any layout) as a contiguous host buffer of its dtype.
+void fill_tensor(const at::Tensor& t, const char* bytes);
 
 std::string dtype_name(const at::Tensor& t);
 size_t dtype_size(const std::string& name);

@@ -154,7 +154,7 @@ void mpi_exchange_store(LaunchInfo& info, std::shared_ptr<StoreServer>* server) 
 
 }  // namespace
 
-World init(InitOptions options) {
+World connect(InitOptions options) {
   World w;
   w.info = detect_launch();
   LaunchInfo& info = w.info;
@@ -179,6 +179,13 @@ World init(InitOptions options) {
   w.rank = info.rank;
   w.size = info.size;
   w.local_rank = info.local_rank;
+  return w;
+}
+
+World init(InitOptions options) {
+  World w = connect(options);
+  const LaunchInfo& info = w.info;
+  const auto timeout = options.timeout.count() > 0 ? options.timeout : default_timeout();
   CommOptions copts;
   copts.timeout = timeout;
   copts.name = "world";

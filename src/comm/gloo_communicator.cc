@@ -165,6 +165,7 @@ struct GlooState {
   uint64_t next_seq = 0;
   std::vector<gloo::transport::UnboundBuffer*> active;  // cancelled by abort()
   int split_count = 0;
+  std::vector<std::weak_ptr<Communicator>> children;  // split from this one; aborted with it
   AllreduceCache allreduce_cache;  // used by the worker thread only
   struct SignatureCheck {
     std::array<int64_t, 4> mine{};
@@ -755,14 +756,25 @@ class GlooCommunicator : public Communicator {
     opts.timeout = st_->timeout;
     opts.name = st_->name + ".split" + std::to_string(n) + ".color" + std::to_string(color);
     opts.hostname = st_->hostname;
-    return std::make_shared<GlooCommunicator>(st_->store, new_rank,
-                                              static_cast<int>(members.size()), opts);
+    auto child = std::make_shared<GlooCommunicator>(st_->store, new_rank,
+                                                    static_cast<int>(members.size()), opts);
+    std::lock_guard<std::mutex> lock(st_->mu);
+    st_->children.push_back(child);
+    return child;
   }
 
   void abort(const std::string& reason) override {
     Fault f = Fault::aborted(rank(), name(), reason);
     Fault winner = st_->faults->publish(f);
     st_->set_fault(winner.kind == Fault::kAbort ? f.to_exception() : winner.to_exception());
+    std::vector<std::weak_ptr<Communicator>> children;
+    {
+      std::lock_guard<std::mutex> lock(st_->mu);
+      children = st_->children;
+    }
+    for (auto& weak : children) {
+      if (auto c = weak.lock()) c->abort(reason);
+    }
   }
 
  private:

@@ -337,13 +337,24 @@ class NcclCommunicator : public Communicator {
     CommOptions opts;
     opts.timeout = st_->timeout;
     opts.name = st_->name + ".split" + std::to_string(++splits_) + ".color" + std::to_string(color);
-    return std::make_shared<NcclCommunicator>(st_->store, child_rank, child_size, opts, child);
+    auto made = std::make_shared<NcclCommunicator>(st_->store, child_rank, child_size, opts, child);
+    std::lock_guard<std::mutex> lock(children_mu_);
+    children_.push_back(made);
+    return made;
   }
 
   void abort(const std::string& reason) override {
     Fault f = Fault::aborted(rank(), name(), reason);
     st_->faults->publish(f);
     st_->set_fault(f.to_exception());
+    std::vector<std::weak_ptr<Communicator>> children;
+    {
+      std::lock_guard<std::mutex> lock(children_mu_);
+      children = children_;
+    }
+    for (auto& weak : children) {
+      if (auto c = weak.lock()) c->abort(reason);
+    }
   }
 
  private:
@@ -390,6 +401,8 @@ class NcclCommunicator : public Communicator {
   std::shared_ptr<NcclState> st_;
   void* barrier_buf_ = nullptr;
   int splits_ = 0;
+  std::mutex children_mu_;
+  std::vector<std::weak_ptr<Communicator>> children_;  // split from this one; aborted with it
 };
 
 }  // namespace

@@ -52,11 +52,12 @@ FaultInjector::FaultInjector(const std::string& spec, int rank) : rank_(rank) {
     }
     const size_t sep = head.find_first_of("@=");
     if (sep == std::string::npos) {
-      throw ConfigError("TENAX_FAULT: '" + item + "': expected kill@S, hang@S, exit@S, slow=MS "
-                        "or s3_fail=N");
+      throw ConfigError("TENAX_FAULT: '" + item + "': expected kill@S, hang@S, exit@S (S: a step "
+                        "or 'recovery'), slow=MS or s3_fail=N");
     }
     f.kind = head.substr(0, sep);
-    f.value = parse_number(item, head.substr(sep + 1));
+    const std::string when = head.substr(sep + 1);
+    f.value = head[sep] == '@' && when == "recovery" ? kAtRecovery : parse_number(item, when);
     const bool at_step = head[sep] == '@';
     const bool ok = at_step ? (f.kind == "kill" || f.kind == "hang" || f.kind == "exit")
                             : (f.kind == "slow" || f.kind == "s3_fail");
@@ -73,6 +74,8 @@ FaultInjector::FaultInjector(const std::string& spec, int rank) : rank_(rank) {
 }
 
 FaultInjector FaultInjector::from_env(int rank) {
+  // A worker restarted by its agent does not repeat the fault that took its predecessor down.
+  if (env_int("TENAX_RESTART_COUNT", 0) > 0) return FaultInjector("", rank);
   return FaultInjector(env_string("TENAX_FAULT").value_or(""), rank);
 }
 
@@ -83,12 +86,24 @@ void FaultInjector::at_step(int64_t step) const {
       continue;
     }
     if (f.kind == "s3_fail" || f.value != step) continue;
-    log(LogLevel::kWarning, "fault injection: " + f.kind + " rank " + std::to_string(rank_) +
-                                " at step " + std::to_string(step));
-    if (f.kind == "kill") ::kill(::getpid(), SIGKILL);
-    if (f.kind == "hang") ::kill(::getpid(), SIGSTOP);
-    if (f.kind == "exit") std::_Exit(1);
+    fire(f, "at step " + std::to_string(step));
   }
+}
+
+void FaultInjector::at_recovery() const {
+  for (const auto& f : faults_) {
+    if (f.value == kAtRecovery && f.kind != "slow" && f.kind != "s3_fail") {
+      fire(f, "during a recovery");
+    }
+  }
+}
+
+void FaultInjector::fire(const Fault& f, const std::string& when) const {
+  log(LogLevel::kWarning, "fault injection: " + f.kind + " rank " + std::to_string(rank_) + " " +
+                              when);
+  if (f.kind == "kill") ::kill(::getpid(), SIGKILL);
+  if (f.kind == "hang") ::kill(::getpid(), SIGSTOP);
+  if (f.kind == "exit") std::_Exit(1);
 }
 
 bool take_injected_s3_failure() {

@@ -36,8 +36,13 @@ Rendezvous::Rendezvous(std::shared_ptr<TcpStore> store, std::string id, Rendezvo
     throw ConfigError("rendezvous: need 1 <= min_workers (" + std::to_string(o_.min_workers) +
                       ") <= max_workers (" + std::to_string(o_.max_workers) + ")");
   }
-  // Heartbeats on a connection of their own, so a long get() never delays them.
+  // A connection of our own: callers may use theirs from other threads.
+  store_ = store_->clone();
+  // Heartbeats on a connection of their own, so a long get() never delays them. When this
+  // process dies the store sees that connection drop and marks the member gone.
   beat_store_ = store_->clone();
+  beat_store_->delete_key(key("gone/" + id_));
+  beat_store_->set_on_disconnect(key("gone/" + id_), "1");
   beat_store_->add(key("hb/" + id_), 1);
   auto stop = stop_;
   auto beat = beat_store_;
@@ -58,6 +63,10 @@ Rendezvous::Rendezvous(std::shared_ptr<TcpStore> store, std::string id, Rendezvo
 }
 
 Rendezvous::~Rendezvous() {
+  try {
+    store_->set(key("gone/" + id_), "1");  // leaving: nobody should wait for us
+  } catch (const std::exception&) {
+  }
   *stop_ = true;
   beat_store_->interrupt();
   beat_.join();
@@ -81,7 +90,33 @@ void Rendezvous::close(int64_t n, const std::vector<std::string>& arrivals) {
   store_->compare_set(key("g" + std::to_string(n) + "/final"), "", nlohmann::json(order).dump());
 }
 
-Generation Rendezvous::next() {
+bool Rendezvous::previous_all_in(int64_t n, const std::vector<std::string>& ids) {
+  const auto previous = parse_list(store_->try_get(key("g" + std::to_string(n - 1) + "/final")));
+  if (previous.empty()) return false;
+  std::vector<std::string> gone;
+  for (const auto& k : store_->list(key("gone/"))) gone.push_back(k.substr(key("gone/").size()));
+  for (const auto& m : previous) {
+    if (std::find(ids.begin(), ids.end(), m) == ids.end() &&
+        std::find(gone.begin(), gone.end(), m) == gone.end()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::vector<std::string> Rendezvous::waiting(const Generation& gen) {
+  return joined(gen.number + 1);
+}
+
+void Rendezvous::mark_gone(const std::string& id) { store_->set(key("gone/" + id), "1"); }
+
+void Rendezvous::finish() { store_->set(key("done"), "1"); }
+
+bool Rendezvous::finished() { return store_->try_get(key("done")).has_value(); }
+
+Generation Rendezvous::next(const std::function<void()>& on_joined) {
+  store_->delete_key(key("gone/" + id_));  // back, if someone had given up on us
+  bool announced = false;
   const auto deadline = Clock::now() + o_.join_timeout;
   for (;;) {
     int64_t n = store_->add(key("current"), 0);
@@ -104,6 +139,10 @@ Generation Rendezvous::next() {
       const std::string next = nlohmann::json(ids).dump();
       if (store_->compare_set(g + "/joined", text.value_or(""), next) == next) break;
     }
+    if (on_joined && !announced) {
+      announced = true;
+      on_joined();
+    }
     std::optional<Clock::time_point> min_met;
     for (;;) {
       if (auto final = store_->try_get(g + "/final")) {
@@ -120,7 +159,8 @@ Generation Rendezvous::next() {
       const int count = static_cast<int>(ids.size());
       const auto now = Clock::now();
       if (count >= o_.min_workers && !min_met) min_met = now;
-      if (count >= o_.max_workers || (min_met && now - *min_met >= o_.last_call)) {
+      if (count >= o_.max_workers || (min_met && now - *min_met >= o_.last_call) ||
+          (min_met && previous_all_in(n, ids))) {
         close(n, ids);
         continue;
       }

@@ -116,13 +116,14 @@ TEST_F(CheckpointTest, ARestartedJobRestoresTheNewestStepFromSharedMemory) {
 
 TEST_F(CheckpointTest, ARankWhoseHostMemoryIsLostRestoresFromItsPeersReplica) {
   expect_pass(3, "save", env({{"CKPT_STEP", "4"}}));
-  // Rank 1's host is gone with its memory; rank 2 holds the replica of rank 1's snapshots.
+  // Rank 1's host is gone with its memory; rank 2 holds the replica of rank 1's snapshots
+  // (regions are named by their holder).
   int removed = 0;
   for (int slot = 0; slot < 2; ++slot) {
     removed += fs::remove("/dev/shm/tenax-" + run_ + "-r1-s" + std::to_string(slot));
   }
   ASSERT_EQ(removed, 2);
-  ASSERT_TRUE(fs::exists("/dev/shm/tenax-" + run_ + "-r1-p0"));
+  ASSERT_TRUE(fs::exists("/dev/shm/tenax-" + run_ + "-r2-p0"));
   expect_pass(3, "restore", env({{"CKPT_EXPECT_TIER", "memory,peer,memory"},
                                  {"CKPT_EXPECT_STEP", "4"}}));
 }
@@ -188,19 +189,19 @@ INSTANTIATE_TEST_SUITE_P(Worlds, ReshardTest,
 TEST_F(CheckpointTest, ACorruptByteInMemoryIsCaughtAndThePeerThenTheDurableTierIsUsed) {
   expect_pass(2, "save", env({{"CKPT_DURABLE", dir_.string()}, {"CKPT_STEP", "3"}, {"CKPT_PACED", "1"}}));
   // Flip the first data byte (shard "w") of rank 1's own regions: its peer's replica serves.
-  auto flip_all = [&](const std::string& kind) {
+  auto flip_all = [&](const std::string& regions) {
     for (int slot = 0; slot < 2; ++slot) {
-      const std::string path = "/dev/shm/tenax-" + run_ + "-r1-" + kind + std::to_string(slot);
+      const std::string path = "/dev/shm/tenax-" + run_ + "-" + regions + std::to_string(slot);
       if (fs::exists(path)) flip_byte(path, 4096);
     }
   };
-  flip_all("s");
+  flip_all("r1-s");
   auto results = expect_pass(2, "restore", env({{"CKPT_DURABLE", dir_.string()},
                                                 {"CKPT_EXPECT_TIER", "memory,peer"},
                                                 {"CKPT_EXPECT_STEP", "3"}}));
   EXPECT_TRUE(any_output_has(results, "shard 'w' failed its checksum")) << dump(results);
-  // The replica too: the durable tier serves.
-  flip_all("p");
+  // The replica too (rank 0 holds it): the durable tier serves.
+  flip_all("r0-p");
   results = expect_pass(2, "restore", env({{"CKPT_DURABLE", dir_.string()},
                                            {"CKPT_EXPECT_TIER", "durable"},
                                            {"CKPT_EXPECT_STEP", "3"}}));

@@ -45,6 +45,12 @@ struct S3Options {
 
 struct CheckpointOptions {
   std::string run = "tenax";   // names the shared-memory regions and the durable prefix
+  // This rank's stable name in the memory tier ("" : "r<rank>"). Elastic training passes the
+  // rendezvous id, so a member keeps its regions when a re-formation renumbers the ranks.
+  std::string member;
+  // Tags every snapshot; restore_from_group never mixes parts saved by different generations
+  // of the worker set at one step.
+  int64_t generation = 0;
   int memory_slots = 2;         // snapshots kept in memory per rank (older slots are reused)
   // Peer tier: every snapshot is also copied into the memory of rank (rank + peer_offset) % world,
   // so a rank whose host (and memory) is lost restores from its peer. peer_offset 0: the local
@@ -101,6 +107,17 @@ class CheckpointEngine {
   std::optional<RestoreResult> restore(StateDict& state);
 
   CheckpointStatus status() const;
+
+  // Collective over `comm`, whose members may be any mix of the ranks that saved (under
+  // `options.member` names, in any earlier world or mesh) and newcomers. Every member offers
+  // the committed snapshots in its memory (its own and the replicas it holds); `state` says
+  // what this member needs (empty for one that needs nothing). Picks the newest step (and
+  // generation) whose every requested part some member holds, copies local parts in place and
+  // sends the others point to point, verifies every checksum and reshards by part offsets.
+  // nullopt when no such step exists, or when a part fails its checksum on some member (the
+  // error is logged, naming the part); the caller then falls back to the durable tier.
+  static std::optional<RestoreResult> restore_from_group(const CheckpointOptions& options,
+                                                         Communicator& comm, StateDict& state);
 
   // Removes this run's shared-memory regions on this host.
   static void remove_memory(const std::string& run);

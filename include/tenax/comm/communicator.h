@@ -138,7 +138,8 @@ class Communicator {
   virtual std::shared_ptr<Communicator> split(int color, int key) = 0;
 
   // Tears the communicator down from any thread: pending and later operations throw
-  // AbortedError (naming `reason`), and peers' operations fail instead of waiting.
+  // AbortedError (naming `reason`), and peers' operations fail instead of waiting. Every
+  // communicator split from this one (and theirs) is aborted too.
   virtual void abort(const std::string& reason = "abort() called") = 0;
 };
 

@@ -59,4 +59,8 @@ struct World {
 // calls it). Throws ConfigError for bad input, StoreError/TimeoutError when peers do not arrive.
 World init(InitOptions options = {});
 
+// The first half of init(): identity and the store (hosted here when this rank must), no
+// communicator. Elastic training (ElasticRunner) builds its communicators per generation.
+World connect(InitOptions options = {});
+
 }  // namespace tenax

@@ -7,6 +7,8 @@
 //   hang@S[:rank=R]    SIGSTOP this process when step S begins (alive but silent, as a hung
 //                      host is)
 //   exit@S[:rank=R]    leave with status 1 when step S begins (a clean but unexpected exit)
+//   kill@recovery[:rank=R] (also hang@, exit@) the same when this rank takes part in an elastic
+//                      re-formation (after the rendezvous, before its state is restored)
 //   slow=MS[:rank=R]   sleep MS milliseconds at the start of every step (a straggler)
 //   s3_fail=N          the next N uploads (PUTs) to S3 fail as HTTP 503 SlowDown (a failing
 //                      endpoint)
@@ -23,23 +25,29 @@ class FaultInjector {
  public:
   struct Fault {
     std::string kind;  // "kill", "hang", "exit", "slow", "s3_fail"
-    int64_t value = 0; // the step, or the milliseconds, or the request count
+    int64_t value = 0; // the step (-1: at recovery), or the milliseconds, or the request count
     int rank = -1;     // -1: every rank
   };
 
   // Parses `spec` for the process of rank `rank`. Throws ConfigError naming the bad item.
   FaultInjector(const std::string& spec, int rank);
-  // From TENAX_FAULT (empty: no faults).
+  // From TENAX_FAULT (empty: no faults; also empty in a worker its agent restarted, i.e. with
+  // TENAX_RESTART_COUNT > 0, so the restarted worker does not repeat its predecessor's fault).
   static FaultInjector from_env(int rank);
 
   // Call at the start of every training step; does what the spec says for this rank and step
   // (and logs it first, on stderr, so a test can see which fault fired).
   void at_step(int64_t step) const;
+  // Call when a re-formation begins (ElasticRunner does): fires the @recovery faults.
+  void at_recovery() const;
 
   bool empty() const { return faults_.empty(); }
   const std::vector<Fault>& faults() const { return faults_; }
 
  private:
+  static constexpr int64_t kAtRecovery = -1;  // Fault::value of the @recovery faults
+  void fire(const Fault& f, const std::string& when) const;
+
   int rank_;
   std::vector<Fault> faults_;
 };

@@ -1,19 +1,24 @@
 #pragma once
 
 // Elastic rendezvous over the Store: numbered generations of the worker set. A generation forms
-// once at least min_workers have joined (then a last-call window lets more in, up to
-// max_workers) and is then closed: its member list is final. Members of the previous
-// generation keep their relative order in the next one; joiners go last, in arrival order. Every
-// member heartbeats; a member whose heartbeat stops for heartbeat_timeout is reported dead.
-// Generation numbers fence the past: whatever a member builds for generation N (communicator
-// names, store prefixes) carries N, and superseded() tells an older member it must rejoin.
+// once at least min_workers have joined and is then closed: its member list is final. It closes
+// at once when every member of the previous generation has joined or is gone; otherwise (the
+// first generation, or a member that is neither) a last-call window after min_workers lets more
+// in, up to max_workers. Members of the previous generation keep their relative order in the
+// next one; joiners go last, in arrival order. Every member heartbeats; a member whose
+// heartbeat stops for heartbeat_timeout is reported dead. A member is gone when its process
+// died (the store sees its connection drop), when it left (destructor), or when another member
+// marked it (mark_gone, after its heartbeat stopped). Generation numbers fence the past:
+// whatever a member builds for generation N (communicator names, store prefixes) carries N, and
+// superseded() tells an older member it must rejoin.
 //
 // Store keys, under rdzv/<run>/: "current" (the newest generation number), "g<N>/joined" (JSON
 // list of member ids in arrival order), "g<N>/final" (the closed member list), "hb/<id>"
-// (heartbeat counter).
+// (heartbeat counter), "gone/<id>" (present while the member is gone), "done" (the job ended).
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -51,9 +56,11 @@ class Rendezvous {
   Rendezvous& operator=(const Rendezvous&) = delete;
 
   // Joins the next generation that is still open (opening one when the newest is closed) and
-  // returns it once closed with this member in it. Throws TimeoutError saying how many joined
-  // when fewer than min_workers join within join_timeout.
-  Generation next();
+  // returns it once closed with this member in it. `joined`, when given, runs once this
+  // member's id is in the generation's list (e.g. to abort the old communicator, so members
+  // still blocked in it come to the rendezvous too). Throws TimeoutError saying how many
+  // joined when fewer than min_workers join within join_timeout.
+  Generation next(const std::function<void()>& joined = {});
 
   // True iff a generation newer than `gen` has been opened: its members must call next().
   bool superseded(const Generation& gen);
@@ -62,11 +69,24 @@ class Rendezvous {
   // heartbeat_timeout, as seen by this member's successive calls. Call it periodically.
   std::vector<std::string> dead_members(const Generation& gen);
 
+  // Ids that joined the generation after `gen` so far (empty when none is open).
+  std::vector<std::string> waiting(const Generation& gen);
+
+  // Records that `id` is gone (its heartbeat stopped): generations close without waiting for
+  // it. It comes back by joining again.
+  void mark_gone(const std::string& id);
+
+  // The end of the job: finish() marks it, finished() tells members (standby ones, late joiners).
+  void finish();
+  bool finished();
+
   const std::string& id() const { return id_; }
 
  private:
   std::string key(const std::string& suffix) const { return "rdzv/" + o_.run + "/" + suffix; }
   std::vector<std::string> joined(int64_t n);
+  // True iff every member of generation n-1 is in `ids` or gone.
+  bool previous_all_in(int64_t n, const std::vector<std::string>& ids);
   void close(int64_t n, const std::vector<std::string>& previous);
 
   std::shared_ptr<TcpStore> store_, beat_store_;

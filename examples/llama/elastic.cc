@@ -1,0 +1,112 @@
+#include "elastic.h"
+
+#include <tenax/core/error.h>
+
+#include <algorithm>
+#include <cstdio>
+
+namespace llama {
+namespace {
+
+class LlamaJob : public tenax::ElasticJob {
+ public:
+  explicit LlamaJob(const ElasticRunOptions& o) : o_(o) {}
+
+  void setup(const tenax::ElasticWorld& world) override {
+    TrainOptions t = o_.train;
+    const int replica = t.tp * t.pp;
+    t.dp = world.size / replica;
+    t.micro_batch = elastic_micro_batch(t.global_batch, t.dp, o_.train.micro_batch);
+    t = resolve_options(t, world.size);
+    trainer_.reset();
+    trainer_ = std::make_unique<Trainer>(t, world.comm);
+    leader_ = world.rank == 0;
+    if (leader_) {
+      std::printf("llama_train: generation %lld: %d ranks dp=%d tp=%d pp=%d, micro-batch %lld x "
+                  "%lld accumulation steps (global batch %lld)\n",
+                  (long long)world.generation, world.size, t.dp, t.tp, t.pp,
+                  (long long)t.micro_batch, (long long)(t.global_batch / (t.micro_batch * t.dp)),
+                  (long long)t.global_batch);
+      std::fflush(stdout);
+    }
+  }
+
+  tenax::StateDict& state() override { return trainer_->state(); }
+
+  void restored(int64_t steps_done) override {
+    trainer_->resume_from_state();
+    if (leader_) {
+      std::printf("llama_train: resuming after step %lld\n", (long long)steps_done);
+      std::fflush(stdout);
+    }
+    if (trainer_->step() != steps_done) {
+      throw tenax::CheckpointError("elastic: restored state is at step " +
+                                   std::to_string(trainer_->step()) + ", the snapshot's at " +
+                                   std::to_string(steps_done));
+    }
+  }
+
+  void train_step(int64_t step) override {
+    if (o_.faults) o_.faults->at_step(step + 1);  // steps count from 1, as the log does
+    StepStats s = trainer_->train_step();
+    const int64_t steps = o_.train.steps;
+    if (leader_ && ((step + 1) % o_.log_interval == 0 || step + 1 == steps)) {
+      std::printf("step %5lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | step %.1f ms\n",
+                  (long long)(step + 1), (long long)steps, s.loss, s.lr, s.grad_norm,
+                  s.seconds * 1000.0);
+      std::fflush(stdout);
+    }
+  }
+
+  void before_reform(const tenax::RecoveryEvent& e) override {
+    if (leader_) {
+      std::printf("llama_train: re-forming (%s: %s)\n", e.cause.c_str(), e.detected_by.c_str());
+      std::fflush(stdout);
+    }
+  }
+
+  bool leader() const { return leader_; }
+
+ private:
+  const ElasticRunOptions& o_;
+  std::unique_ptr<Trainer> trainer_;
+  bool leader_ = false;
+};
+
+}  // namespace
+
+int64_t elastic_micro_batch(int64_t global_batch, int dp, int64_t wanted) {
+  if (dp < 1 || global_batch % dp != 0) {
+    throw tenax::ConfigError("elastic: --global-batch " + std::to_string(global_batch) +
+                             " cannot be split over dp " + std::to_string(dp) +
+                             " ranks; choose one divisible by every dp the job may run at");
+  }
+  const int64_t per_rank = global_batch / dp;
+  for (int64_t m = std::min(wanted, per_rank); m > 1; --m) {
+    if (per_rank % m == 0) return m;
+  }
+  return 1;
+}
+
+void run_elastic(const ElasticRunOptions& options, std::shared_ptr<tenax::TcpStore> store) {
+  tenax::ElasticOptions eo = options.elastic;
+  eo.group = options.train.tp * options.train.pp;
+  eo.faults = options.faults;
+  if (options.train.device == "cuda") eo.backend = tenax::Backend::kNccl;
+  tenax::ElasticRunner runner(eo, std::move(store));
+  LlamaJob job(options);
+  runner.on_event = [&](const tenax::RecoveryEvent& e) {
+    if (job.leader()) {
+      std::printf("llama_train: recovery %s\n", e.to_json().c_str());
+      std::fflush(stdout);
+    }
+  };
+  runner.run(job, options.train.steps);
+  if (job.leader()) {
+    std::printf("llama_train: done, %lld steps, %zu re-formations\n",
+                (long long)options.train.steps, runner.events().size());
+    std::fflush(stdout);
+  }
+}
+
+}  // namespace llama

@@ -1,0 +1,32 @@
+#pragma once
+
+// llama_train --elastic: the trainer under tenax's ElasticRunner. Each generation rebuilds the
+// trainer on the active world (dp = active ranks / (tp·pp)), keeps the global batch (the
+// micro-batch shrinks to the largest divisor of global_batch / dp not above --micro-batch, so
+// gradient accumulation absorbs the change) and resumes from the members' memory.
+
+#include <tenax/core/fault_injection.h>
+#include <tenax/elastic/elastic.h>
+
+#include <memory>
+
+#include "trainer.h"
+
+namespace llama {
+
+struct ElasticRunOptions {
+  TrainOptions train;           // dp is decided per generation
+  tenax::ElasticOptions elastic;
+  int64_t log_interval = 10;
+  const tenax::FaultInjector* faults = nullptr;  // applied at the start of every step
+};
+
+// Trains to train.steps through re-formations. Prints the log lines and one line per recovery
+// event on the first active rank. Returns on every member once the job is done.
+void run_elastic(const ElasticRunOptions& options, std::shared_ptr<tenax::TcpStore> store);
+
+// The micro-batch for `dp` ranks: the largest divisor of global_batch / dp not above `wanted`.
+// Throws ConfigError when dp does not divide global_batch.
+int64_t elastic_micro_batch(int64_t global_batch, int dp, int64_t wanted);
+
+}  // namespace llama

@@ -1,0 +1,133 @@
+#pragma once
+
+// In-process recovery: ElasticRunner runs a training job's steps and, when a member of the
+// worker set fails or a new one arrives, re-forms the set without restarting the survivors.
+//
+// Per generation: rendezvous (rendezvous.h) → a communicator over the generation's members →
+// the active world (the largest multiple of `group` ranks, in rendezvous order; the rest wait
+// as standby) → the job's setup() on the active world → the state of the newest step the
+// members hold in memory, gathered from their own snapshots and peers' replicas
+// (CheckpointEngine::restore_from_group), else from the durable tier → steps, each followed by
+// a memory snapshot. A step that throws a communication error (a peer died or hung), or during
+// which a member's heartbeat stopped (its communicator is then aborted), is discarded; the
+// survivors form the next generation and resume from the last completed snapshot. A joiner
+// opens a new generation; the active members enter it at the next step boundary (they agree on
+// which with one all-reduce per step) and the joiner receives its state from their memory.
+//
+// Each re-formation is reported as a RecoveryEvent with its phases and their durations.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tenax/checkpoint/engine.h"
+#include "tenax/checkpoint/state.h"
+#include "tenax/comm/communicator.h"
+#include "tenax/comm/store.h"
+#include "tenax/core/fault_injection.h"
+#include "tenax/elastic/rendezvous.h"
+
+namespace tenax {
+
+struct ElasticOptions {
+  RendezvousOptions rendezvous;  // run name, min/max workers, join timeout, heartbeats
+  // This worker's id: stable across its restarts so it finds its own memory snapshots. "":
+  // TENAX_MEMBER_ID, else "w<RANK>" from the launcher's environment.
+  std::string member;
+  // Ranks per model replica (tp·pp): the active world is the largest multiple of it.
+  int group = 1;
+  Backend backend = Backend::kGloo;
+  std::chrono::milliseconds comm_timeout{0};  // bound on every collective (0: TENAX_TIMEOUT)
+  // Memory (and peer, and durable) tiers. run "" : the rendezvous run. member and generation
+  // are set by the runner.
+  CheckpointOptions checkpoint;
+  int64_t snapshot_every = 1;  // memory snapshot every N steps: a failure redoes < N steps
+  int max_reformations = 100;  // then the next failure is thrown
+  const FaultInjector* faults = nullptr;  // its @recovery faults fire as re-formations begin
+};
+
+// The active world of one generation, as the job sees it.
+struct ElasticWorld {
+  int64_t generation = 0;
+  std::vector<std::string> members;  // the active members; a member's rank is its index
+  int rank = 0, size = 1;
+  std::shared_ptr<Communicator> comm;  // over the active members
+  std::shared_ptr<TcpStore> store;
+};
+
+// One re-formation, from the failure (or the joiner's arrival) to the first completed step.
+struct RecoveryEvent {
+  int64_t generation = 0;          // the generation formed
+  std::string cause;               // "failure" or "join"
+  std::string detected_by;         // the error, or "heartbeat of <id> stopped", or "<id> joined"
+  std::vector<std::string> lost;   // members of the previous generation not in this one
+  std::vector<std::string> joined; // members new in this one
+  std::vector<std::string> members;
+  int64_t failed_step = -1;        // the step that was discarded (-1: none)
+  int64_t resumed_step = -1;       // steps completed at the restart point
+  std::string tier;                // where this member's state came from ("memory", "peer",
+                                   // "durable", "live": kept in place)
+  int64_t bytes = 0;               // state bytes this member read or received
+  // Phases, in milliseconds. detect: from the start of the failed step (or the last heartbeat
+  // seen from the dead member) to the moment the failure was known here; rendezvous: to the
+  // generation's close; restore: communicators, setup and state; first_step: the first step
+  // after it; total: from the failure's detection to the end of that step.
+  double detect_ms = 0, rendezvous_ms = 0, restore_ms = 0, first_step_ms = 0, total_ms = 0;
+
+  // One line of JSON with every field.
+  std::string to_json() const;
+};
+
+// What the runner drives. All methods run on active members only, collectively.
+class ElasticJob {
+ public:
+  virtual ~ElasticJob() = default;
+  // Builds what depends on the world (mesh, model wrappers, optimizer, data loader) after each
+  // formation; initial values are those of step 0.
+  virtual void setup(const ElasticWorld& world) = 0;
+  // The state to snapshot and restore, referring to live tensors (restore fills them in place).
+  virtual StateDict& state() = 0;
+  // After state() was restored: continue from `steps_done` completed steps.
+  virtual void restored(int64_t steps_done) = 0;
+  // Step `step` (0-based). A communication error it throws triggers recovery; whatever the
+  // step changed is overwritten by the restore.
+  virtual void train_step(int64_t step) = 0;
+  // Around a re-formation (e.g. to flush a data loader, or log).
+  virtual void before_reform(const RecoveryEvent& event) { (void)event; }
+  virtual void after_reform(const RecoveryEvent& event) { (void)event; }
+};
+
+class ElasticRunner {
+ public:
+  // Connects the rendezvous (starts heartbeating). Throws ConfigError for bad options (e.g.
+  // min_workers smaller than group).
+  ElasticRunner(ElasticOptions options, std::shared_ptr<TcpStore> store);
+  ~ElasticRunner();
+  ElasticRunner(const ElasticRunner&) = delete;
+  ElasticRunner& operator=(const ElasticRunner&) = delete;
+
+  // Runs until `steps` steps are done, through any number of re-formations (up to
+  // max_reformations). Returns on every member (standby ones too) once the job is done.
+  // Throws TimeoutError when a generation cannot gather min_workers within the join timeout
+  // (after a durable persist of the newest state when a durable tier is configured), and
+  // rethrows errors that are not communication failures.
+  void run(ElasticJob& job, int64_t steps);
+
+  // Events so far, oldest first; `on_event` (optional) is called with each as it completes.
+  const std::vector<RecoveryEvent>& events() const { return events_; }
+  std::function<void(const RecoveryEvent&)> on_event;
+
+  const std::string& member() const { return member_; }
+
+ private:
+  ElasticOptions o_;
+  std::shared_ptr<TcpStore> store_;
+  std::string member_;
+  std::unique_ptr<Rendezvous> rdzv_;
+  std::vector<RecoveryEvent> events_;
+};
+
+}  // namespace tenax

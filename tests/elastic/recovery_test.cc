@@ -1,0 +1,309 @@
+// In-process recovery, end to end: llama_train --elastic (the tiny preset on the prepared
+// corpus) in real processes against a real store, with ranks killed, hung, restarted and
+// resumed. Every run is checked against the loss of an uninterrupted run.
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <regex>
+#include <thread>
+
+#include "support/process.h"
+#include "tenax/checkpoint/engine.h"
+#include "tenax/comm/store_server.h"
+
+using tenax::testing::dump;
+using tenax::testing::Process;
+using tenax::testing::RankResult;
+using tenax::testing::run_command;
+using tenax::testing::run_ranks;
+
+namespace {
+
+constexpr int kSteps = 24;
+
+class RecoveryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    run_ = "rec" + std::to_string(getpid()) + "-" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    run_ = std::regex_replace(run_, std::regex("[^A-Za-z0-9-]"), "");
+    run_ = run_.substr(0, 60);
+    tenax::CheckpointEngine::remove_memory(run_);
+  }
+  void TearDown() override { tenax::CheckpointEngine::remove_memory(run_); }
+
+  std::vector<std::string> args(std::vector<std::string> extra = {}) const {
+    return train_args(run_, std::move(extra));
+  }
+
+  static std::vector<std::string> train_args(const std::string& run,
+                                             std::vector<std::string> extra) {
+    std::vector<std::string> a = {LLAMA_TRAIN, "--elastic", "--preset", "tiny",
+                                  "--global-batch", "12", "--micro-batch", "4",
+                                  "--steps", std::to_string(kSteps), "--log-interval", "1",
+                                  "--data", std::string(LLAMA_CORPUS) + "/train.bin",
+                                  "--ckpt-run", run, "--last-call", "0.5"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  }
+
+  // The final loss of an uninterrupted 4-rank run (computed once).
+  static double baseline() {
+    static double loss = [] {
+      const std::string run = "rec" + std::to_string(getpid()) + "-baseline";
+      tenax::CheckpointEngine::remove_memory(run);
+      auto results = run_ranks(4, train_args(run, {}), {}, std::chrono::seconds(180));
+      tenax::CheckpointEngine::remove_memory(run);
+      for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << dump(results);
+      return final_loss(all_output(results));
+    }();
+    return loss;
+  }
+
+  static std::string all_output(const std::vector<RankResult>& results) {
+    std::string s;
+    for (const auto& r : results) s += r.output;
+    return s;
+  }
+
+  // The loss logged for the last step (NaN when absent).
+  static double final_loss(const std::string& out) {
+    std::smatch m;
+    std::regex re("step +" + std::to_string(kSteps) + "/" + std::to_string(kSteps) +
+                  " \\| loss ([0-9.]+)");
+    return std::regex_search(out, m, re) ? std::stod(m[1]) : NAN;
+  }
+
+  // Recovery events printed by the leading rank ("llama_train: recovery {json}").
+  static std::vector<nlohmann::json> events(const std::string& out) {
+    std::vector<nlohmann::json> evs;
+    std::regex re("llama_train: recovery (\\{[^\\n]*\\})");
+    for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) {
+      evs.push_back(nlohmann::json::parse((*it)[1].str()));
+    }
+    return evs;
+  }
+
+  static void expect_every_step_logged(const std::string& out) {
+    for (int s = 1; s <= kSteps; ++s) {
+      EXPECT_NE(out.find("step " + std::string(s < 10 ? "    " : "   ") + std::to_string(s) + "/"),
+                std::string::npos)
+          << "step " << s << " never completed\n" << out;
+    }
+  }
+
+  // Same data, same global batch, same initial weights: the same loss up to float rounding.
+  static void expect_baseline_loss(const std::string& out) {
+    const double loss = final_loss(out);
+    ASSERT_FALSE(std::isnan(loss)) << out;
+    EXPECT_NEAR(loss, baseline(), 2e-3) << out;
+  }
+
+  std::string run_;
+};
+
+TEST_F(RecoveryTest, ARankKilledAtStep12OfFourIsLeftBehindAndNoCompletedStepIsLost) {
+  auto results = run_ranks(4, args(), {{"TENAX_FAULT", "kill@12:rank=2"}},
+                           std::chrono::seconds(180));
+  EXPECT_EQ(results[2].exit_code, 128 + SIGKILL) << dump(results);
+  for (int r : {0, 1, 3}) EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+  const std::string out = all_output(results);
+  auto evs = events(out);
+  ASSERT_EQ(evs.size(), 1u) << out;
+  EXPECT_EQ(evs[0]["cause"], "failure");
+  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w2"}));
+  EXPECT_EQ(evs[0]["members"].size(), 3u);
+  // Step 12 (index 11) failed; the restart point is the 11 steps completed before it.
+  EXPECT_EQ(evs[0]["failed_step"], 11);
+  EXPECT_EQ(evs[0]["resumed_step"], 11);
+  EXPECT_EQ(evs[0]["tier"], "memory");
+  EXPECT_GT(evs[0]["bytes"].get<int64_t>(), 0);
+  EXPECT_LT(evs[0]["detect_ms"].get<double>(), 3000.0) << out;
+  EXPECT_NE(out.find("generation 2: 3 ranks dp=3"), std::string::npos) << out;
+  expect_every_step_logged(out);
+  expect_baseline_loss(out);
+}
+
+TEST_F(RecoveryTest, KillingRankZeroLeavesTheOthersTraining) {
+  auto results = run_ranks(4, args(), {{"TENAX_FAULT", "kill@12:rank=0"}},
+                           std::chrono::seconds(180));
+  for (int r : {1, 2, 3}) EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+  const std::string out = all_output(results);
+  auto evs = events(out);
+  ASSERT_EQ(evs.size(), 1u) << out;
+  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w0"}));
+  expect_baseline_loss(out);
+}
+
+TEST_F(RecoveryTest, AHungRankIsEvictedAfterTheHeartbeatTimeout) {
+  auto results = run_ranks(4, args({"--heartbeat-timeout", "3"}),
+                           {{"TENAX_FAULT", "hang@12:rank=1"}}, std::chrono::seconds(180),
+                           /*stuck_rank=*/1);
+  for (int r : {0, 2, 3}) EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+  const std::string out = all_output(results);
+  auto evs = events(out);
+  ASSERT_EQ(evs.size(), 1u) << out;
+  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w1"}));
+  EXPECT_NE(evs[0]["detected_by"].get<std::string>().find("heartbeat of w1 stopped"),
+            std::string::npos) << out;
+  // Detected by the heartbeat (3 s), long before the collective timeout (30 s).
+  EXPECT_GT(evs[0]["detect_ms"].get<double>(), 2500.0) << out;
+  EXPECT_LT(evs[0]["detect_ms"].get<double>(), 15000.0) << out;
+  expect_baseline_loss(out);
+}
+
+TEST_F(RecoveryTest, TwoFailuresInARowShrinkTheJobTwice) {
+  auto results = run_ranks(4, args(), {{"TENAX_FAULT", "kill@8:rank=3,kill@16:rank=1"}},
+                           std::chrono::seconds(180));
+  for (int r : {0, 2}) EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+  const std::string out = all_output(results);
+  auto evs = events(out);
+  ASSERT_EQ(evs.size(), 2u) << out;
+  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w3"}));
+  EXPECT_EQ(evs[1]["lost"], nlohmann::json({"w1"}));
+  EXPECT_EQ(evs[1]["members"].size(), 2u);
+  expect_every_step_logged(out);
+  expect_baseline_loss(out);
+}
+
+TEST_F(RecoveryTest, AFailureDuringRecoveryIsRecoveredFromToo) {
+  // Rank 3 dies at step 10; rank 1 dies while the survivors re-form.
+  auto results = run_ranks(4, args(), {{"TENAX_FAULT", "kill@10:rank=3,kill@recovery:rank=1"}},
+                           std::chrono::seconds(180));
+  EXPECT_EQ(results[1].exit_code, 128 + SIGKILL) << dump(results);
+  for (int r : {0, 2}) EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+  const std::string out = all_output(results);
+  EXPECT_NE(out.find("fault injection: kill rank 1 during a recovery"), std::string::npos) << out;
+  auto evs = events(out);
+  ASSERT_GE(evs.size(), 1u) << out;
+  EXPECT_EQ(evs.back()["members"].size(), 2u) << out;
+  expect_every_step_logged(out);
+  expect_baseline_loss(out);
+}
+
+TEST_F(RecoveryTest, DpTwoByTpTwoLosingARankGoesOnWithOneReplicaAndAStandby) {
+  auto results = run_ranks(4, args({"--tp", "2"}), {{"TENAX_FAULT", "kill@12:rank=1"}},
+                           std::chrono::seconds(180));
+  for (int r : {0, 2, 3}) EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+  const std::string out = all_output(results);
+  EXPECT_NE(out.find("generation 1: 4 ranks dp=2 tp=2"), std::string::npos) << out;
+  EXPECT_NE(out.find("generation 2: 2 ranks dp=1 tp=2"), std::string::npos) << out;
+  EXPECT_NE(out.find("is standby in generation 2"), std::string::npos) << out;
+  auto evs = events(out);
+  ASSERT_EQ(evs.size(), 1u) << out;
+  EXPECT_EQ(evs[0]["resumed_step"], 11);
+  expect_every_step_logged(out);
+  expect_baseline_loss(out);
+}
+
+TEST_F(RecoveryTest, TooFewWorkersIsAClearErrorAndTheStateStaysInMemoryForARelaunch) {
+  auto results = run_ranks(2, args({"--min-workers", "2", "--join-timeout", "2"}),
+                           {{"TENAX_FAULT", "kill@8:rank=1"}}, std::chrono::seconds(120));
+  EXPECT_EQ(results[0].exit_code, 1) << dump(results);
+  EXPECT_NE(results[0].output.find("has 1 of the 2 members it needs after 2000 ms"),
+            std::string::npos) << dump(results);
+  // A relaunch with enough workers resumes after the last completed step, from memory.
+  results = run_ranks(2, args(), {}, std::chrono::seconds(120));
+  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << dump(results);
+  const std::string out = all_output(results);
+  EXPECT_NE(out.find("resuming after step 7"), std::string::npos) << out;
+  EXPECT_EQ(out.find("step     1/"), std::string::npos) << out;
+  expect_every_step_logged(out + "step     1/step     2/step     3/step     4/step     5/"
+                                 "step     6/step     7/");
+  expect_baseline_loss(out);
+}
+
+TEST_F(RecoveryTest, AWorkerOfAnOldGenerationIsFencedOutAndRejoinsAsANewMember) {
+  // Rank 1 hangs at step 8 and is evicted; resumed later, it finds its generation gone: it
+  // cannot act in it, so it joins the job again and the job regrows to 4.
+  const std::string token = "fence-token";
+  tenax::StoreServer store("127.0.0.1", 0, token);
+  std::map<std::string, std::string> env = {
+      {"TENAX_STORE_ADDR", "127.0.0.1:" + std::to_string(store.port())},
+      {"TENAX_STORE_TOKEN", token}, {"WORLD_SIZE", "4"}, {"LOCAL_WORLD_SIZE", "4"},
+      {"TENAX_FAULT", "hang@8:rank=1"}};
+  std::vector<Process> procs;
+  for (int r = 0; r < 4; ++r) {
+    env["RANK"] = env["LOCAL_RANK"] = std::to_string(r);
+    procs.emplace_back(args({"--heartbeat-timeout", "2", "--steps", "40"}), env);
+  }
+  // Wait for the survivors' generation 2, then wake rank 1.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+  auto anyone_says = [&](const std::string& text) {
+    for (auto& p : procs) {
+      if (p.output().find(text) != std::string::npos) return true;
+    }
+    return false;
+  };
+  while (!anyone_says("generation 2: 3 ranks") && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(anyone_says("generation 2: 3 ranks")) << procs[0].output();
+  procs[1].kill(SIGCONT);
+  std::vector<RankResult> results;
+  for (auto& p : procs) {
+    const int code = p.wait(std::chrono::seconds(120));
+    if (code < 0) p.kill(SIGKILL);
+    results.push_back({code, p.output()});
+  }
+  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << dump(results);
+  // Its old generation's communicators refuse it; it rejoins, and the job regrows to 4.
+  EXPECT_NE(results[1].output.find("w1: generation 1 failed"), std::string::npos)
+      << dump(results);
+  const std::string out = all_output(results);
+  auto evs = events(out);
+  ASSERT_EQ(evs.size(), 2u) << out;
+  EXPECT_EQ(evs[1]["cause"], "join");
+  EXPECT_EQ(evs[1]["joined"], nlohmann::json({"w1"}));
+  EXPECT_EQ(evs[1]["members"].size(), 4u);
+}
+
+TEST_F(RecoveryTest, TenaxrunRestartsAKilledWorkerWhichRejoinsWithItsStateFromPeers) {
+  std::vector<std::string> cmd = {TENAXRUN, "--nproc-per-node", "4", "--nnodes", "1:1",
+                                  "--max-restarts", "1", "env", "TENAX_FAULT=kill@10:rank=2"};
+  for (const auto& a : args({"--min-workers", "2", "--steps", "40"})) cmd.push_back(a);
+  auto r = run_command(cmd, {}, std::chrono::seconds(180));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("tenaxrun: worker w2 exited with status 137; restarting it (restart 1 "
+                          "of 1)"),
+            std::string::npos) << r.output;
+  auto evs = events(r.output);
+  ASSERT_EQ(evs.size(), 2u) << r.output;
+  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w2"}));
+  EXPECT_EQ(evs[1]["cause"], "join");
+  EXPECT_EQ(evs[1]["joined"], nlohmann::json({"w2"}));
+  EXPECT_EQ(evs[1]["members"].size(), 4u);
+  // The restarted worker's own event: its state came from the others' memory.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.output, m,
+                                std::regex("\\[rank 2\\] tenax INFO elastic: recovery (\\{[^\\n]*\\})")))
+      << r.output;
+  auto joiner = nlohmann::json::parse(m[1].str());
+  EXPECT_EQ(joiner["tier"], "peer");
+  EXPECT_GT(joiner["bytes"].get<int64_t>(), 0);
+  EXPECT_EQ(r.output.find("[rank 2] step "), std::string::npos);  // rank 0 leads the log
+}
+
+TEST_F(RecoveryTest, MpirunWithEnableRecoveryShrinksWhenARankDies) {
+  std::vector<std::string> cmd = {"mpirun", "--oversubscribe", "--bind-to", "none",
+                                  "--enable-recovery", "-np", "4", "-x",
+                                  "TENAX_FAULT=kill@12:rank=2"};
+  for (const auto& a : args()) cmd.push_back(a);
+  auto r = run_command(cmd, {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
+                             {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}},
+                       std::chrono::seconds(180));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  auto evs = events(r.output);
+  ASSERT_EQ(evs.size(), 1u) << r.output;
+  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w2"}));
+  EXPECT_NE(r.output.find("llama_train: done, 24 steps, 1 re-formations"), std::string::npos)
+      << r.output;
+  expect_baseline_loss(r.output);
+}
+
+}  // namespace
