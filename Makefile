@@ -1,6 +1,7 @@
 # The two commands of the README, and the steps they are made of.
 #   make demo   set up, build, and run the main job: the Llama example trainer on 4 ranks
-#               under mpirun (dp=2 x tp=2) on the fortunes corpus
+#               under mpirun (dp=2 x tp=2) on the fortunes corpus; at step 150 one rank is
+#               killed and the other three re-form without it and finish the run
 #   make test   set up, build, and run the whole test suite through ctest
 
 BUILD ?= build
@@ -36,8 +37,10 @@ $(CORPUS)/train.bin: | build
 	$(BUILD)/examples/llama/llama_prepare --out $(CORPUS) /usr/share/games/fortunes
 
 demo: build $(CORPUS)/train.bin
-	mpirun --oversubscribe -np 4 $(BUILD)/examples/llama/llama_train --preset tiny \
-	  --dp 2 --tp 2 --steps 300 --log-interval 20 --eval-interval 100 --data $(CORPUS)/train.bin
+	mpirun --oversubscribe --bind-to none --enable-recovery -np 4 -x TENAX_FAULT=kill@150:rank=3 \
+	  $(BUILD)/examples/llama/llama_train --elastic --preset tiny --tp 2 --global-batch 16 \
+	  --steps 300 --log-interval 20 --eval-interval 100 --data $(CORPUS)/train.bin \
+	  --ckpt-run demo-$$$$
 
 collective-demo: build
 	mpirun --oversubscribe -np 4 $(BUILD)/bench/tenax-collective-perf -b 1M -e 64M -f 4 -c 1

@@ -3,6 +3,7 @@
 #include <tenax/core/error.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 namespace llama {
@@ -51,10 +52,19 @@ class LlamaJob : public tenax::ElasticJob {
     StepStats s = trainer_->train_step();
     const int64_t steps = o_.train.steps;
     if (leader_ && ((step + 1) % o_.log_interval == 0 || step + 1 == steps)) {
-      std::printf("step %5lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | step %.1f ms\n",
+      std::printf("step %5lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %8.0f tok/s | "
+                  "step %.1f ms\n",
                   (long long)(step + 1), (long long)steps, s.loss, s.lr, s.grad_norm,
-                  s.seconds * 1000.0);
+                  double(s.tokens) / s.seconds, s.seconds * 1000.0);
       std::fflush(stdout);
+    }
+    if (o_.eval_interval > 0 && ((step + 1) % o_.eval_interval == 0 || step + 1 == steps)) {
+      const double v = trainer_->evaluate(o_.eval_batches);
+      if (leader_ && !std::isnan(v)) {
+        std::printf("step %5lld/%lld | validation loss %.4f\n", (long long)(step + 1),
+                    (long long)steps, v);
+        std::fflush(stdout);
+      }
     }
   }
 

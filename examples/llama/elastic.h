@@ -18,6 +18,8 @@ struct ElasticRunOptions {
   TrainOptions train;           // dp is decided per generation
   tenax::ElasticOptions elastic;
   int64_t log_interval = 10;
+  int64_t eval_interval = 0;  // validation loss every N steps (0: never)
+  int eval_batches = 4;
   const tenax::FaultInjector* faults = nullptr;  // applied at the start of every step
 };
 

@@ -55,6 +55,7 @@ ABSL_FLAG(int64_t, ckpt_every, 0, "save a checkpoint every N steps into host mem
 ABSL_FLAG(std::string, ckpt_durable, "", "durable tier: a directory, file:///dir or s3://bucket/prefix");
 ABSL_FLAG(int, ckpt_persist_every, 10, "persist every Nth checkpoint to the durable tier");
 ABSL_FLAG(int, ckpt_keep, 3, "checkpoints kept in the durable tier");
+ABSL_FLAG(int, ckpt_replicate_every, 1, "copy every Nth checkpoint into a peer rank's memory");
 ABSL_FLAG(std::string, ckpt_run, "llama", "run name: shared-memory regions and durable prefix");
 ABSL_FLAG(bool, resume, true, "with --ckpt-every, start from the newest checkpoint if any");
 ABSL_FLAG(int64_t, exit_after, 0, "leave after N steps of this run, as a preempted job would "
@@ -184,6 +185,8 @@ int main(int argc, char** argv) {
       llama::ElasticRunOptions eo;
       eo.train = o;
       eo.log_interval = std::max<int64_t>(1, absl::GetFlag(FLAGS_log_interval));
+      eo.eval_interval = absl::GetFlag(FLAGS_eval_interval);
+      eo.eval_batches = absl::GetFlag(FLAGS_eval_batches);
       eo.faults = &*faults;
       auto& r = eo.elastic.rendezvous;
       r.run = absl::GetFlag(FLAGS_ckpt_run);
@@ -201,6 +204,7 @@ int main(int argc, char** argv) {
       eo.elastic.checkpoint.durable = absl::GetFlag(FLAGS_ckpt_durable);
       eo.elastic.checkpoint.persist_every = absl::GetFlag(FLAGS_ckpt_persist_every);
       eo.elastic.checkpoint.keep_durable = absl::GetFlag(FLAGS_ckpt_keep);
+      eo.elastic.checkpoint.replicate_every = absl::GetFlag(FLAGS_ckpt_replicate_every);
       eo.elastic.snapshot_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_ckpt_every));
       llama::run_elastic(eo, world.store);
     } catch (const tenax::Error& e) {
@@ -239,6 +243,7 @@ int main(int argc, char** argv) {
       co.durable = absl::GetFlag(FLAGS_ckpt_durable);
       co.persist_every = absl::GetFlag(FLAGS_ckpt_persist_every);
       co.keep_durable = absl::GetFlag(FLAGS_ckpt_keep);
+      co.replicate_every = absl::GetFlag(FLAGS_ckpt_replicate_every);
       ckpt = std::make_unique<tenax::CheckpointEngine>(co, world.comm, world.store);
       if (absl::GetFlag(FLAGS_resume)) {
         const auto start = std::chrono::steady_clock::now();

@@ -60,6 +60,7 @@ class CheckpointEngine::Impl {
     int64_t step;
     Layout layout;
     bool persist;
+    bool replicate = true;
   };
 
   Impl(CheckpointOptions o, std::shared_ptr<Communicator> comm, std::shared_ptr<TcpStore> store)
@@ -70,8 +71,9 @@ class CheckpointEngine::Impl {
     if (o_.run.empty() || o_.run.find('/') != std::string::npos) {
       throw ConfigError("checkpoint: run name '" + o_.run + "' must be non-empty without '/'");
     }
-    if (o_.persist_every < 1 || o_.keep_durable < 1) {
-      throw ConfigError("checkpoint: persist_every and keep_durable must be at least 1");
+    if (o_.persist_every < 1 || o_.keep_durable < 1 || o_.replicate_every < 1) {
+      throw ConfigError("checkpoint: persist_every, replicate_every and keep_durable must be "
+                        "at least 1");
     }
     if (o_.timeout.count() <= 0) o_.timeout = default_timeout();
     if (!o_.durable.empty()) {
@@ -181,8 +183,11 @@ class CheckpointEngine::Impl {
     std::lock_guard<std::mutex> lock(mu_);
     last_saved_ = step;
     ++saves_;
+    // Every rank saves the same steps, so every rank replicates the same ones: the exchanges
+    // pair up.
     commits_.push_back({slot, step, std::move(layout),
-                        durable_ != nullptr && saves_ % o_.persist_every == 0});
+                        durable_ != nullptr && saves_ % o_.persist_every == 0,
+                        (saves_ - 1) % o_.replicate_every == 0});
     cv_.notify_all();
   }
 
@@ -276,7 +281,7 @@ class CheckpointEngine::Impl {
       committing_ = false;
       busy_[job.slot] = false;
       last_committed_ = job.step;
-      if (replicas_) {
+      if (replicas_ && job.replicate) {
         ++pinned_[job.slot];
         replications_.push_back({job.slot, job.step});
       }

@@ -3,8 +3,15 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
 #include <random>
+#include <thread>
 
 #include "comm/net.h"
 #include "tenax/comm/init.h"
@@ -125,21 +132,79 @@ LaunchInfo detect_launch() {
 
 namespace {
 
-// Rank 0 hosts the store; its address and a fresh token travel to the others over MPI, once.
-void mpi_exchange_store(LaunchInfo& info, std::shared_ptr<StoreServer>* server) {
-  int initialized = 0;
-  MPI_Initialized(&initialized);
-  if (!initialized) MPI_Init(nullptr, nullptr);
+// Serves the store from a process of its own — forked twice, in its own session, stdio on
+// /dev/null — so it outlives the rank that started it: under mpirun --enable-recovery the job
+// survives rank 0's death. It leaves once it has had clients and none for 5 s (the job is
+// over), or when nobody came within `idle` of its start. Returns the bound port.
+int spawn_store_process(const std::string& bind_host, int port, const std::string& token,
+                        std::chrono::milliseconds idle) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw StoreError("mpirun bootstrap: pipe failed");
+  const pid_t child = ::fork();
+  if (child < 0) throw StoreError("mpirun bootstrap: fork failed for the store process");
+  if (child == 0) {
+    ::setsid();
+    if (::fork() != 0) ::_exit(0);  // the store is the grandchild: init reaps it
+    const int null = ::open("/dev/null", O_RDWR);
+    for (int fd = 0; fd < 3; ++fd) ::dup2(null, fd);
+    int bound = -1;
+    try {
+      StoreServer server(bind_host, port, token);
+      bound = server.port();
+      (void)!::write(fds[1], &bound, sizeof bound);
+      ::close(fds[1]);
+      using Clock = std::chrono::steady_clock;
+      const auto start = Clock::now();
+      auto busy = start;
+      bool had = false;
+      for (;;) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        const auto now = Clock::now();
+        if (server.clients() > 0) {
+          had = true;
+          busy = now;
+        } else if ((had && now - busy > std::chrono::seconds(5)) ||
+                   (!had && now - start > idle)) {
+          break;
+        }
+      }
+    } catch (...) {
+      if (bound < 0) (void)!::write(fds[1], &bound, sizeof bound);
+      ::_exit(1);
+    }
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  ::waitpid(child, nullptr, 0);
+  int bound = -1;
+  pollfd p{fds[0], POLLIN, 0};
+  if (::poll(&p, 1, 10000) <= 0 || ::read(fds[0], &bound, sizeof bound) != sizeof bound) {
+    bound = -1;
+  }
+  ::close(fds[0]);
+  if (bound <= 0) {
+    throw StoreError("mpirun bootstrap: the store process could not listen on " + bind_host +
+                     ":" + std::to_string(port));
+  }
+  return bound;
+}
+
+// Rank 0 starts the store (a process of its own, before MPI starts its threads); its address
+// and a fresh token travel to the others over MPI, once.
+void mpi_exchange_store(LaunchInfo& info) {
   const bool local_job = info.local_size == info.size;
   char buf[512] = {0};
   if (info.rank == 0) {
     std::string host = local_job ? "127.0.0.1" : net::reachable_host_address();
     std::string token = info.token.empty() ? random_token() : info.token;
-    *server = std::make_shared<StoreServer>(local_job ? "127.0.0.1" : "0.0.0.0",
-                                            static_cast<int>(env_int("TENAX_STORE_PORT", 0)),
-                                            token);
-    std::snprintf(buf, sizeof(buf), "%s %d %s", host.c_str(), (*server)->port(), token.c_str());
+    const int port = spawn_store_process(local_job ? "127.0.0.1" : "0.0.0.0",
+                                         static_cast<int>(env_int("TENAX_STORE_PORT", 0)),
+                                         token, default_timeout() + std::chrono::seconds(60));
+    std::snprintf(buf, sizeof(buf), "%s %d %s", host.c_str(), port, token.c_str());
   }
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) MPI_Init(nullptr, nullptr);
   MPI_Bcast(buf, sizeof(buf), MPI_CHAR, 0, MPI_COMM_WORLD);
   if (!initialized) MPI_Finalize();
   char host[256] = {0}, token[128] = {0};
@@ -160,7 +225,7 @@ World connect(InitOptions options) {
   LaunchInfo& info = w.info;
   const auto timeout = options.timeout.count() > 0 ? options.timeout : default_timeout();
   if (info.launcher == "mpirun") {
-    mpi_exchange_store(info, &w.store_server);
+    mpi_exchange_store(info);
   } else if (info.launcher == "single") {
     info.token = random_token();
     w.store_server = std::make_shared<StoreServer>("127.0.0.1", 0, info.token);

@@ -35,6 +35,8 @@ class StoreServer::Impl {
 
   ~Impl() { stop(); }
 
+  int clients() const { return clients_.load(); }
+
   void stop() {
     if (stopping_.exchange(true)) return;
     char c = 1;
@@ -101,6 +103,7 @@ class StoreServer::Impl {
       int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) return;
       conns_.emplace(fd, Conn{});
+      clients_.store(static_cast<int>(conns_.size()));
     }
   }
 
@@ -361,6 +364,7 @@ class StoreServer::Impl {
     parked_.remove_if([fd](const Parked& p) { return p.fd == fd; });
     ::close(fd);
     conns_.erase(it);
+    clients_.store(static_cast<int>(conns_.size()));
     for (auto& [key, value] : on_disc) {
       if (data_.count(key) == 0) {
         log(LogLevel::kDebug, "store: client vanished, setting " + key);
@@ -373,6 +377,7 @@ class StoreServer::Impl {
   std::string token_;
   int wake_[2] = {-1, -1};
   std::atomic<bool> stopping_{false};
+  std::atomic<int> clients_{0};
   std::thread thread_;
   std::unordered_map<int, Conn> conns_;
   std::map<std::string, std::string> data_;
@@ -386,6 +391,8 @@ StoreServer::StoreServer(const std::string& host, int port, std::string token) {
 }
 
 StoreServer::~StoreServer() { stop(); }
+
+int StoreServer::clients() const { return impl_->clients(); }
 
 void StoreServer::stop() {
   if (impl_) impl_->stop();

@@ -172,13 +172,18 @@ void ElasticRunner::run(ElasticJob& job, int64_t steps) {
     if (gcomm) gcomm->abort(why);
   };
 
+  auto done = [&] {
+    if (!rdzv_->finished()) return false;
+    if (started) CheckpointEngine::remove_memory(o_.checkpoint.run);
+    return true;
+  };
   for (;;) {
-    if (rdzv_->finished()) return;
+    if (done()) return;
     const auto rdzv_start = Clock::now();
     Generation gen = rdzv_->next(abort_old);
     acomm.reset();
     gcomm.reset();
-    if (rdzv_->finished()) return;
+    if (done()) return;
     const auto formed = Clock::now();
     if (pending) {
       pending->generation = gen.number;
@@ -291,6 +296,9 @@ void ElasticRunner::run(ElasticJob& job, int64_t steps) {
         acomm->barrier();
         if (gen.rank == 0) rdzv_->finish();
         engine.reset();
+        // Done: the snapshots are no longer needed for recovery (the durable tier keeps what
+        // it persisted), and a new job of the same name must not resume from them.
+        CheckpointEngine::remove_memory(o_.checkpoint.run);
         return;
       }
       // A joiner waits: re-form at this boundary, from a snapshot of this very step.

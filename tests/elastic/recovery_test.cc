@@ -89,6 +89,24 @@ class RecoveryTest : public ::testing::Test {
     return evs;
   }
 
+  // A killed worker restarted by its agent: either the survivors re-formed without it and it
+  // joined later (two events), or it was back in time for the re-formation itself (one event,
+  // nothing lost). Either way the job ends with all four.
+  static void expect_back_to_four(const std::vector<nlohmann::json>& evs, const std::string& id,
+                                  const std::string& out) {
+    ASSERT_GE(evs.size(), 1u) << out;
+    ASSERT_LE(evs.size(), 2u) << out;
+    EXPECT_EQ(evs[0]["cause"], "failure") << out;
+    if (evs.size() == 2) {
+      EXPECT_EQ(evs[0]["lost"], nlohmann::json({id})) << out;
+      EXPECT_EQ(evs[1]["cause"], "join") << out;
+      EXPECT_EQ(evs[1]["joined"], nlohmann::json({id})) << out;
+    } else {
+      EXPECT_EQ(evs[0]["lost"], nlohmann::json::array()) << out;
+    }
+    EXPECT_EQ(evs.back()["members"].size(), 4u) << out;
+  }
+
   static void expect_every_step_logged(const std::string& out) {
     for (int s = 1; s <= kSteps; ++s) {
       EXPECT_NE(out.find("step " + std::string(s < 10 ? "    " : "   ") + std::to_string(s) + "/"),
@@ -272,12 +290,7 @@ TEST_F(RecoveryTest, TenaxrunRestartsAKilledWorkerWhichRejoinsWithItsStateFromPe
   EXPECT_NE(r.output.find("tenaxrun: worker w2 exited with status 137; restarting it (restart 1 "
                           "of 1)"),
             std::string::npos) << r.output;
-  auto evs = events(r.output);
-  ASSERT_EQ(evs.size(), 2u) << r.output;
-  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w2"}));
-  EXPECT_EQ(evs[1]["cause"], "join");
-  EXPECT_EQ(evs[1]["joined"], nlohmann::json({"w2"}));
-  EXPECT_EQ(evs[1]["members"].size(), 4u);
+  expect_back_to_four(events(r.output), "w2", r.output);
   // The restarted worker's own event: its state came from the others' memory.
   std::smatch m;
   ASSERT_TRUE(std::regex_search(r.output, m,
@@ -289,20 +302,63 @@ TEST_F(RecoveryTest, TenaxrunRestartsAKilledWorkerWhichRejoinsWithItsStateFromPe
   EXPECT_EQ(r.output.find("[rank 2] step "), std::string::npos);  // rank 0 leads the log
 }
 
-TEST_F(RecoveryTest, MpirunWithEnableRecoveryShrinksWhenARankDies) {
+TEST_F(RecoveryTest, TwoAgentsOnOneEndpointRunOneJobAndRegrowAfterARestart) {
+  // As on two hosts: agent 0 hosts the store at the endpoint, agent 1 joins it; worker w3
+  // (agent 1's second) dies at step 10, its agent restarts it, and it rejoins.
+  const std::string endpoint = "127.0.0.1:" + std::to_string(tenax::testing::free_port());
+  auto agent = [&](int node, bool host) {
+    std::vector<std::string> cmd = {TENAXRUN, "--nproc-per-node", "2", "--nnodes", "1:2",
+                                    "--node-rank", std::to_string(node), "--max-restarts", "1",
+                                    "--rdzv-endpoint", endpoint};
+    if (host) cmd.push_back("--host-store");
+    cmd.insert(cmd.end(), {"env", "TENAX_FAULT=kill@10:rank=3"});
+    // The first generation waits for all four (a long last call; it closes at max_workers).
+    for (const auto& a : args({"--steps", "40", "--last-call", "20"})) cmd.push_back(a);
+    return cmd;
+  };
+  const std::map<std::string, std::string> env = {{"TENAX_STORE_TOKEN", "two-agents"}};
+  Process first(agent(0, true), env);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  Process second(agent(1, false), env);
+  const int code0 = first.wait(std::chrono::seconds(180));
+  const int code1 = second.wait(std::chrono::seconds(60));
+  const std::string out = first.output() + second.output();
+  EXPECT_EQ(code0, 0) << out;
+  EXPECT_EQ(code1, 0) << out;
+  EXPECT_NE(second.output().find("tenaxrun: worker w3 exited with status 137; restarting it"),
+            std::string::npos) << out;
+  expect_back_to_four(events(out), "w3", out);
+}
+
+// mpirun --enable-recovery with rank `victim` killed at step 12.
+RankResult run_mpirun_with_a_kill(const std::vector<std::string>& train, int victim) {
   std::vector<std::string> cmd = {"mpirun", "--oversubscribe", "--bind-to", "none",
                                   "--enable-recovery", "-np", "4", "-x",
-                                  "TENAX_FAULT=kill@12:rank=2"};
-  for (const auto& a : args()) cmd.push_back(a);
-  auto r = run_command(cmd, {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
-                             {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}},
-                       std::chrono::seconds(180));
+                                  "TENAX_FAULT=kill@12:rank=" + std::to_string(victim)};
+  cmd.insert(cmd.end(), train.begin(), train.end());
+  return run_command(cmd, {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
+                           {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}},
+                     std::chrono::seconds(180));
+}
+
+TEST_F(RecoveryTest, MpirunWithEnableRecoveryShrinksWhenARankDies) {
+  auto r = run_mpirun_with_a_kill(args(), 2);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   auto evs = events(r.output);
   ASSERT_EQ(evs.size(), 1u) << r.output;
   EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w2"}));
   EXPECT_NE(r.output.find("llama_train: done, 24 steps, 1 re-formations"), std::string::npos)
       << r.output;
+  expect_baseline_loss(r.output);
+}
+
+TEST_F(RecoveryTest, MpirunSurvivesTheDeathOfRankZeroWhichStartedTheStore) {
+  // Rank 0 started the store as a process of its own: it outlives rank 0.
+  auto r = run_mpirun_with_a_kill(args(), 0);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  auto evs = events(r.output);
+  ASSERT_EQ(evs.size(), 1u) << r.output;
+  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w0"}));
   expect_baseline_loss(r.output);
 }
 

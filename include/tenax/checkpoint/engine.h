@@ -57,6 +57,9 @@ struct CheckpointOptions {
   // world size from the launcher's environment (the same local rank on the next host), or 1.
   bool peer = true;
   int peer_offset = 0;
+  // Replicate every Nth save (the first always): fewer bytes on the network, but a rank whose
+  // memory is lost comes back from an older step.
+  int replicate_every = 1;
   int64_t memory_budget_bytes = 0;  // bound on one rank's slots (0: none)
   std::string durable;          // "" (none), a directory, file:///dir or s3://bucket/prefix
   int persist_every = 10;       // persist every Nth save to the durable tier

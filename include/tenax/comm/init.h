@@ -4,8 +4,10 @@
 // the world communicator. Supported launchers, tried in this order:
 //   tenaxrun / torchrun  RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
 //                        (TENAX_STORE_ADDR=host:port when the launcher hosts the store)
-//   mpirun (Open MPI)    OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE; the store address is
-//                        exchanged through MPI once, then MPI is finalized
+//   mpirun (Open MPI)    OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE; rank 0 starts the
+//                        store as a process of its own (it outlives rank 0 and leaves 5 s
+//                        after its last client), its address is exchanged through MPI once,
+//                        then MPI is finalized
 //   Slurm (srun)         SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR/MASTER_PORT, or
 //                        the first host of SLURM_STEP_NODELIST and a port derived from the job id
 //   nothing              a single process: world size 1
@@ -44,7 +46,9 @@ struct InitOptions {
 };
 
 // What init() returns: identity, the store, and the world communicator. Keep it alive for the
-// duration of the job: on the rank that hosts the store, `store_server` serves the others.
+// duration of the job: on the rank that hosts the store in-process (rank 0 of a torchrun-style
+// or Slurm launch, a single process), `store_server` serves the others; it is null where the
+// store lives elsewhere (tenaxrun, TENAX_STORE_ADDR, mpirun's store process).
 struct World {
   LaunchInfo info;
   int rank = 0;

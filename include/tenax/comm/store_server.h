@@ -23,6 +23,9 @@ class StoreServer {
   // The port actually bound.
   int port() const { return port_; }
 
+  // Connections open now.
+  int clients() const;
+
   // Stops serving; idempotent.
   void stop();
 

@@ -110,7 +110,8 @@ class ElasticRunner {
   ElasticRunner& operator=(const ElasticRunner&) = delete;
 
   // Runs until `steps` steps are done, through any number of re-formations (up to
-  // max_reformations). Returns on every member (standby ones too) once the job is done.
+  // max_reformations). Returns on every member (standby ones too) once the job is done, after
+  // removing the run's memory regions on its host (a new job of the same name starts fresh).
   // Throws TimeoutError when a generation cannot gather min_workers within the join timeout
   // (after a durable persist of the newest state when a durable tier is configured), and
   // rethrows errors that are not communication failures.

@@ -1,0 +1,193 @@
+"""Recovery from a killed rank: tenax (llama_train --elastic under tenaxrun) against torchelastic
+(bench/recovery_reference.py: the same model with DDP, torch.save every 10 steps), same
+machine, same model, same ranks, the same kill -9 sent by this script to the second worker.
+
+  kill     REPS runs per system, alternating: the worker dies right after step S is logged;
+           reports the medians of (a) seconds from the kill to the next completed step, (b)
+           seconds from the kill until step S+1 (the first step not done before) completes,
+           (c) completed steps lost (redone).
+  goodput  per system, one run with a worker killed every PERIOD seconds (each restarted by
+           its agent): goodput = the time the counted steps take at the run's own median step
+           time / the wall time from the first step to the last: the fraction of wall time
+           spent on steps that count (detection, restarts, re-formation and redone steps are
+           the rest).
+
+Usage: python3 bench/recovery_bench.py kill [--reps 5] [--step 30]
+       python3 bench/recovery_bench.py goodput [--steps 900] [--period 60]
+"""
+import argparse, os, re, shutil, signal, statistics, subprocess, sys, threading, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "build/examples/llama/llama_train")
+TENAXRUN = os.path.join(ROOT, "build/tools/tenaxrun")
+DATA = os.path.join(ROOT, "build/data/fortunes/train.bin")
+REFERENCE = os.path.join(ROOT, "bench/recovery_reference.py")
+STEP = {"tenax": re.compile(r"step +(\d+)/\d+ \|"), "torch": re.compile(r"^step (\d+) loss")}
+
+
+def command(system, steps, nproc, tag):
+    if system == "tenax":
+        return [TENAXRUN, "--nproc-per-node", str(nproc), "--nnodes", "1:1", "--max-restarts",
+                "100", TRAIN, "--elastic", "--preset", "tiny", "--global-batch", "12",
+                "--micro-batch", "4", "--steps", str(steps), "--log-interval", "1", "--data",
+                DATA, "--ckpt-run", tag, "--min-workers", str(nproc - 1)], "llama_train"
+    interval = "5" if system == "torchrun" else "0.5"
+    return ["/usr/bin/python3", REFERENCE, "--launch", "--nproc", str(nproc), "--data", DATA,
+            "--global-batch", "12", "--steps", str(steps), "--ckpt-dir", "/tmp/" + tag,
+            "--monitor-interval", interval], "recovery_reference.py"
+
+
+def workers(root_pid, marker):
+    """Live descendants of root_pid running `marker` (not the torchelastic agent), by pid."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(d))
+        except (OSError, IndexError, ValueError):
+            pass
+    found, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        for c in children.get(pid, []):
+            todo.append(c)
+            try:
+                with open(f"/proc/{c}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmd and "--launch" not in cmd:
+                found.append(c)
+    return sorted(found)
+
+
+class Run:
+    """A launched job whose step lines are timestamped as they arrive."""
+
+    def __init__(self, system, steps, nproc, tag):
+        self.kind = "tenax" if system == "tenax" else "torch"
+        argv, self.marker = command(system, steps, nproc, tag)
+        self.start = time.monotonic()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+        self.steps = []  # (time, step)
+        self.lines = []
+        self.cv = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            now = time.monotonic()
+            m = STEP[self.kind].search(line)
+            with self.cv:
+                self.lines.append(line)
+                if m:
+                    self.steps.append((now, int(m.group(1))))
+                self.cv.notify_all()
+
+    def wait_step(self, step, timeout=600):
+        with self.cv:
+            self.cv.wait_for(lambda: any(s >= step for _, s in self.steps) or
+                             self.proc.poll() is not None, timeout)
+
+    def kill_worker(self):
+        pids = workers(self.proc.pid, self.marker)
+        if len(pids) < 2:
+            return None
+        os.kill(pids[1], signal.SIGKILL)
+        return time.monotonic()
+
+    def finish(self, timeout=900):
+        self.proc.wait(timeout)
+        time.sleep(0.2)
+        return self.proc.returncode
+
+
+def cleanup(tag):
+    shutil.rmtree("/tmp/" + tag, ignore_errors=True)
+    for f in os.listdir("/dev/shm"):
+        if f.startswith(f"tenax-{tag}-"):
+            os.unlink("/dev/shm/" + f)
+
+
+def kill_once(system, step, nproc, tag):
+    cleanup(tag)
+    run = Run(system, step + 10, nproc, tag)
+    run.wait_step(step)
+    with run.cv:
+        done = max(s for _, s in run.steps)
+    killed = run.kill_worker()
+    code = run.finish()
+    cleanup(tag)
+    after = [(t, s) for t, s in run.steps if t > killed]
+    if code != 0 or not after:
+        sys.exit(f"{system}: run failed (status {code}):\n" + "".join(run.lines[-30:]))
+    first_t, first_s = after[0]
+    back_t = next(t for t, s in after if s == done + 1)
+    return first_t - killed, back_t - killed, done - (first_s - 1)
+
+
+def kill_mode(a):
+    systems = ["tenax", "torchrun", "torchrun-0.5s"]
+    rows = {s: [] for s in systems}
+    for rep in range(a.reps):
+        for s in systems:
+            r = kill_once(s, a.step, a.nproc, f"recbench-{os.getpid()}-{rep}")
+            rows[s].append(r)
+            print(f"{s:14s} rep {rep}: next step after {r[0]:.2f} s, back at step "
+                  f"{a.step + 1} after {r[1]:.2f} s, {r[2]} steps lost", flush=True)
+    med = {s: [statistics.median(x[k] for x in rows[s]) for k in range(3)] for s in systems}
+    print("\n| system | kill → next completed step (s) | kill → step S+1 done (s) | steps lost |"
+          " ratio (torchrun / tenax, S+1) |")
+    print("|---|---|---|---|---|")
+    for s in systems:
+        ratio = med[s][1] / med["tenax"][1]
+        print(f"| {s} | {med[s][0]:.2f} | {med[s][1]:.2f} | {med[s][2]:.0f} | {ratio:.1f} |")
+
+
+def goodput_mode(a):
+    print("| system | steps | wall (s) | kills | median step (s) | goodput |")
+    print("|---|---|---|---|---|---|")
+    for system in ["tenax", "torchrun"]:
+        tag = f"goodput-{os.getpid()}-{system}"
+        cleanup(tag)
+        run = Run(system, a.steps, a.nproc, tag)
+        run.wait_step(1)
+        kills = 0
+        while run.proc.poll() is None:
+            with run.cv:
+                run.cv.wait_for(lambda: run.proc.poll() is not None, a.period)
+            if run.proc.poll() is None and run.kill_worker():
+                kills += 1
+        code = run.finish()
+        cleanup(tag)
+        if code != 0:
+            sys.exit(f"{system}: run failed (status {code}):\n" + "".join(run.lines[-30:]))
+        times = [t for t, _ in run.steps]
+        first = next(t for t, s in run.steps if s == 1)
+        last = max(t for t, s in run.steps if s == a.steps)
+        step = statistics.median(b - a_ for a_, b in zip(times, times[1:]))
+        print(f"| {system} | {a.steps} | {last - first:.1f} | {kills} | {step:.3f} | "
+              f"{(a.steps - 1) * step / (last - first):.3f} |", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["kill", "goodput"])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--step", type=int, default=30)
+    p.add_argument("--nproc", type=int, default=3)
+    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--period", type=float, default=60.0)
+    a = p.parse_args()
+    for f in (TRAIN, TENAXRUN, DATA):
+        if not os.path.exists(f):
+            sys.exit(f"missing {f}: run make build (and make demo once for the corpus)")
+    kill_mode(a) if a.mode == "kill" else goodput_mode(a)
+
+
+if __name__ == "__main__":
+    main()
