@@ -12,8 +12,13 @@ machine, same model, same ranks, the same kill -9 sent by this script to the sec
            spent on steps that count (detection, restarts, re-formation and redone steps are
            the rest).
 
+  overhead REPS runs of each variant without failures, alternating: llama_train static, with
+           --elastic (snapshot and peer copy every step), with a peer copy every 10th snapshot,
+           with a snapshot every 10th step, and the DDP reference; medians of the wall time.
+
 Usage: python3 bench/recovery_bench.py kill [--reps 5] [--step 30]
        python3 bench/recovery_bench.py goodput [--steps 900] [--period 60]
+       python3 bench/recovery_bench.py overhead [--reps 5] [--steps 150]
 """
 import argparse, os, re, shutil, signal, statistics, subprocess, sys, threading, time
 
@@ -25,12 +30,16 @@ REFERENCE = os.path.join(ROOT, "bench/recovery_reference.py")
 STEP = {"tenax": re.compile(r"step +(\d+)/\d+ \|"), "torch": re.compile(r"^step (\d+) loss")}
 
 
-def command(system, steps, nproc, tag):
+def command(system, steps, nproc, tag, extra=()):
+    if system == "tenax-static":
+        return [TENAXRUN, "--nproc-per-node", str(nproc), TRAIN, "--preset", "tiny",
+                "--global-batch", "12", "--micro-batch", "4", "--steps", str(steps),
+                "--log-interval", "1", "--eval-interval", "0", "--data", DATA], "llama_train"
     if system == "tenax":
         return [TENAXRUN, "--nproc-per-node", str(nproc), "--nnodes", "1:1", "--max-restarts",
                 "100", TRAIN, "--elastic", "--preset", "tiny", "--global-batch", "12",
                 "--micro-batch", "4", "--steps", str(steps), "--log-interval", "1", "--data",
-                DATA, "--ckpt-run", tag, "--min-workers", str(nproc - 1)], "llama_train"
+                DATA, "--ckpt-run", tag, "--min-workers", str(nproc - 1), *extra], "llama_train"
     interval = "5" if system == "torchrun" else "0.5"
     return ["/usr/bin/python3", REFERENCE, "--launch", "--nproc", str(nproc), "--data", DATA,
             "--global-batch", "12", "--steps", str(steps), "--ckpt-dir", "/tmp/" + tag,
@@ -67,9 +76,9 @@ def workers(root_pid, marker):
 class Run:
     """A launched job whose step lines are timestamped as they arrive."""
 
-    def __init__(self, system, steps, nproc, tag):
-        self.kind = "tenax" if system == "tenax" else "torch"
-        argv, self.marker = command(system, steps, nproc, tag)
+    def __init__(self, system, steps, nproc, tag, extra=()):
+        self.kind = "tenax" if system.startswith("tenax") else "torch"
+        argv, self.marker = command(system, steps, nproc, tag, extra)
         self.start = time.monotonic()
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, bufsize=1)
@@ -174,9 +183,37 @@ def goodput_mode(a):
               f"{(a.steps - 1) * step / (last - first):.3f} |", flush=True)
 
 
+def overhead_mode(a):
+    """Failure-free wall time of the same steps: elastic (snapshots every step, replicated),
+    elastic with fewer snapshots or replicas, static llama_train, and the DDP reference."""
+    variants = [("tenax-static", ()), ("tenax", ()), ("tenax", ("--ckpt-replicate-every", "10")),
+                ("tenax", ("--ckpt-every", "10")), ("torchrun", ())]
+    rows = {}
+    for rep in range(a.reps):
+        for system, extra in variants:
+            tag = f"overhead-{os.getpid()}-{rep}"
+            cleanup(tag)
+            run = Run(system, a.steps, a.nproc, tag, extra)
+            code = run.finish()
+            cleanup(tag)
+            if code != 0:
+                sys.exit(f"{system}: run failed (status {code}):\n" + "".join(run.lines[-30:]))
+            first = next(t for t, s in run.steps if s == 1)
+            last = max(t for t, s in run.steps if s == a.steps)
+            name = " ".join((system,) + extra)
+            rows.setdefault(name, []).append(last - first)
+            print(f"{name}: {a.steps} steps in {last - first:.1f} s", flush=True)
+    base = statistics.median(rows["tenax-static"])
+    print("\n| variant | wall, steps 1 to N (s) | vs static llama_train |")
+    print("|---|---|---|")
+    for name, walls in rows.items():
+        m = statistics.median(walls)
+        print(f"| {name} | {m:.1f} | {m / base:.2f} |")
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["kill", "goodput"])
+    p.add_argument("mode", choices=["kill", "goodput", "overhead"])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--step", type=int, default=30)
     p.add_argument("--nproc", type=int, default=3)
@@ -186,7 +223,7 @@ def main():
     for f in (TRAIN, TENAXRUN, DATA):
         if not os.path.exists(f):
             sys.exit(f"missing {f}: run make build (and make demo once for the corpus)")
-    kill_mode(a) if a.mode == "kill" else goodput_mode(a)
+    {"kill": kill_mode, "goodput": goodput_mode, "overhead": overhead_mode}[a.mode](a)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ int positive(const char* flag, const std::string& text, int lowest) {
   char* end = nullptr;
   const long v = std::strtol(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0' || v < lowest) {
-    usage((std::string(flag) + " must be an integer >= " + std::to_string(lowest) + ", not '" +
-           text + "'").c_str());
+    usage((std::string(flag) + " must be a " + (lowest > 0 ? "positive" : "non-negative") +
+           " integer, not '" + text + "'").c_str());
   }
   return static_cast<int>(v);
 }
@@ -324,7 +324,7 @@ int main(int argc, char** argv) {
     for (auto& rk : ranks) all_done &= rk.exited && rk.out_fd < 0 && rk.err_fd < 0;
     if (all_done) break;
   }
-  if (g_signal != 0) return 128 + g_signal;
-  if (elastic && finished) return 0;
+  if (elastic && finished && g_signal == 0) return 0;
+  if (first_failure == 0 && g_signal != 0) return 128 + g_signal;
   return first_failure;
 }

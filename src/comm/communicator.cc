@@ -1,5 +1,9 @@
 #include "tenax/comm/communicator.h"
 
+#include <signal.h>
+
+#include <mutex>
+
 #include "comm/gloo_communicator.h"
 #include "comm/wait_clock.h"
 #include "tenax/core/error.h"
@@ -61,6 +65,23 @@ bool nccl_available() {
 #endif
 }
 
+namespace {
+
+// A write to a socket whose peer is gone raises SIGPIPE, whose default action kills the process:
+// a rank that wakes up after its peers moved on (a resumed SIGSTOP, a slow host) would die
+// instead of seeing the error. Ignored once, unless the program installed its own handler.
+void ignore_sigpipe() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction current {};
+    if (::sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
+      ::signal(SIGPIPE, SIG_IGN);
+    }
+  });
+}
+
+}  // namespace
+
 std::shared_ptr<Communicator> create_communicator(Backend backend,
                                                   std::shared_ptr<TcpStore> store, int rank,
                                                   int size, CommOptions options) {
@@ -72,6 +93,7 @@ std::shared_ptr<Communicator> create_communicator(Backend backend,
                       std::to_string(size));
   }
   if (!store) throw ConfigError("create_communicator needs a store");
+  ignore_sigpipe();
   switch (backend) {
     case Backend::kGloo:
       return create_gloo_communicator(std::move(store), rank, size, options);

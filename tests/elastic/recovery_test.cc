@@ -299,7 +299,48 @@ TEST_F(RecoveryTest, TenaxrunRestartsAKilledWorkerWhichRejoinsWithItsStateFromPe
   auto joiner = nlohmann::json::parse(m[1].str());
   EXPECT_EQ(joiner["tier"], "peer");
   EXPECT_GT(joiner["bytes"].get<int64_t>(), 0);
-  EXPECT_EQ(r.output.find("[rank 2] step "), std::string::npos);  // rank 0 leads the log
+}
+
+TEST_F(RecoveryTest, ARestartedWorkerMakesTheMeshWholeAndTheStandbyActiveAgain) {
+  // dp=2 x tp=2 loses w1: dp=1 x tp=2 and a standby; w1 restarted rejoins: dp=2 x tp=2 again.
+  std::vector<std::string> cmd = {TENAXRUN, "--nproc-per-node", "4", "--nnodes", "1:1",
+                                  "--max-restarts", "1", "env", "TENAX_FAULT=kill@10:rank=1"};
+  for (const auto& a : args({"--tp", "2", "--min-workers", "2", "--steps", "40"})) {
+    cmd.push_back(a);
+  }
+  auto r = run_command(cmd, {}, std::chrono::seconds(180));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const auto evs = events(r.output);
+  expect_back_to_four(evs, "w1", r.output);
+  if (evs.size() == 2) {  // re-formed without w1 first: one replica and a standby
+    EXPECT_NE(r.output.find("ranks dp=1 tp=2"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("is standby in generation"), std::string::npos) << r.output;
+  }
+  const size_t last_mesh = r.output.rfind("ranks dp=");
+  ASSERT_NE(last_mesh, std::string::npos) << r.output;
+  EXPECT_EQ(r.output.substr(last_mesh, 18), "ranks dp=2 tp=2 pp") << r.output;
+  EXPECT_NE(r.output.find("llama_train: done, 40 steps"), std::string::npos) << r.output;
+}
+
+TEST_F(RecoveryTest, WithNothingInMemoryTheJobResumesFromTheDurableTier) {
+  const std::string dir = ::testing::TempDir() + "/" + run_ + "-durable";
+  std::filesystem::remove_all(dir);
+  const std::vector<std::string> durable = {"--ckpt-durable", dir, "--ckpt-persist-every", "4"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), durable.begin(), durable.end());
+    return args(extra);
+  };
+  // A finished job removes its memory regions; what it persisted stays.
+  auto results = run_ranks(2, with({"--steps", "12"}), {}, std::chrono::seconds(120));
+  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << dump(results);
+  EXPECT_TRUE(std::filesystem::exists(dir + "/" + run_ + "/step-000000000012/manifest.json"));
+  // Run longer, on 3 ranks: resumes from the durable step 12, resharded.
+  results = run_ranks(3, with({}), {}, std::chrono::seconds(120));
+  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << dump(results);
+  const std::string out = all_output(results);
+  EXPECT_NE(out.find("resuming after step 12"), std::string::npos) << out;
+  EXPECT_EQ(out.find("step    12/"), std::string::npos) << out;
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(RecoveryTest, TwoAgentsOnOneEndpointRunOneJobAndRegrowAfterARestart) {

@@ -149,7 +149,8 @@ class Communicator {
 std::chrono::nanoseconds communication_wait_time();
 
 // Builds a communicator of `size` ranks; every rank calls this with the same options.name and
-// a store reachable by all. Throws ConfigError for a bad rank/size/backend, StoreError or
+// a store reachable by all. The first call sets SIGPIPE to ignored (when it is at its default),
+// so writing to a socket whose peer is gone is an error, not the death of the process. Throws ConfigError for a bad rank/size/backend, StoreError or
 // TimeoutError when the others do not show up within the timeout.
 std::shared_ptr<Communicator> create_communicator(Backend backend,
                                                   std::shared_ptr<TcpStore> store, int rank,
