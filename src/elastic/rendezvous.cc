@@ -144,6 +144,14 @@ Generation Rendezvous::next(const std::function<void()>& on_joined) {
       on_joined();
     }
     std::optional<Clock::time_point> min_met;
+    // After the first generation, a generation closes only with every live member of the one
+    // before (or at max_workers): a joiner alone must never form a second, split world while
+    // the others train. Members whose heartbeat stopped are counted out here too.
+    Generation previous;
+    previous.number = n - 1;
+    previous.members = parse_list(store_->try_get(key("g" + std::to_string(n - 1) + "/final")));
+    const bool first = previous.members.empty();
+    auto next_liveness_check = Clock::now();
     for (;;) {
       if (auto final = store_->try_get(g + "/final")) {
         Generation gen;
@@ -159,8 +167,12 @@ Generation Rendezvous::next(const std::function<void()>& on_joined) {
       const int count = static_cast<int>(ids.size());
       const auto now = Clock::now();
       if (count >= o_.min_workers && !min_met) min_met = now;
-      if (count >= o_.max_workers || (min_met && now - *min_met >= o_.last_call) ||
-          (min_met && previous_all_in(n, ids))) {
+      if (!first && now >= next_liveness_check) {
+        next_liveness_check = now + o_.heartbeat_interval;
+        for (const auto& id : dead_members(previous)) mark_gone(id);
+      }
+      if (count >= o_.max_workers ||
+          (min_met && (first ? now - *min_met >= o_.last_call : previous_all_in(n, ids)))) {
         close(n, ids);
         continue;
       }

@@ -5,6 +5,7 @@
 //   dead        call dead_members until one is reported (up to 20 s); prints "dead a,b"
 //   superseded  prints "superseded 0|1" for the last generation
 //   hang        SIGSTOP itself (heartbeats stop)
+//   leave       leave the rendezvous (the member is gone); `back` joins it again
 // Options: RDZV_MIN, RDZV_MAX, RDZV_LAST_CALL_MS, RDZV_JOIN_TIMEOUT_MS, RDZV_HB_TIMEOUT_MS.
 // Prints "ERROR: ..." and exits 1 on an exception.
 
@@ -12,6 +13,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <sstream>
 #include <thread>
 
@@ -46,12 +48,13 @@ int main() {
     o.join_timeout = std::chrono::milliseconds(std::stoi(env("RDZV_JOIN_TIMEOUT_MS", "20000")));
     o.heartbeat_interval = std::chrono::milliseconds(100);
     o.heartbeat_timeout = std::chrono::milliseconds(std::stoi(env("RDZV_HB_TIMEOUT_MS", "1500")));
-    tenax::Rendezvous rdzv(store, "w" + std::to_string(info.rank), o);
+    const std::string id = "w" + std::to_string(info.rank);
+    auto member = std::make_unique<tenax::Rendezvous>(store, id, o);
     std::istringstream actions(env("RDZV_ACTIONS_" + std::to_string(info.rank), env("RDZV_ACTIONS")));
     tenax::Generation gen;
     for (std::string a; actions >> a;) {
       if (a == "next") {
-        gen = rdzv.next();
+        gen = member->next();
         std::cout << "gen " << gen.number << " rank " << gen.rank << " members "
                   << joined(gen.members) << std::endl;
       } else if (a == "sleep") {
@@ -61,12 +64,16 @@ int main() {
       } else if (a == "dead") {
         std::vector<std::string> dead;
         for (int i = 0; i < 200 && dead.empty(); ++i) {
-          dead = rdzv.dead_members(gen);
+          dead = member->dead_members(gen);
           if (dead.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }
         std::cout << "dead " << joined(dead) << std::endl;
       } else if (a == "superseded") {
-        std::cout << "superseded " << rdzv.superseded(gen) << std::endl;
+        std::cout << "superseded " << member->superseded(gen) << std::endl;
+      } else if (a == "leave") {
+        member.reset();
+      } else if (a == "back") {
+        member = std::make_unique<tenax::Rendezvous>(store, id, o);
       } else if (a == "hang") {
         ::raise(SIGSTOP);
       } else {

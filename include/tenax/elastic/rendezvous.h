@@ -1,10 +1,10 @@
 #pragma once
 
 // Elastic rendezvous over the Store: numbered generations of the worker set. A generation forms
-// once at least min_workers have joined and is then closed: its member list is final. It closes
-// at once when every member of the previous generation has joined or is gone; otherwise (the
-// first generation, or a member that is neither) a last-call window after min_workers lets more
-// in, up to max_workers. Members of the previous generation keep their relative order in the
+// once at least min_workers have joined and is then closed: its member list is final. The first
+// generation closes a last-call window after min_workers joined (or at max_workers); a later one
+// closes once every member of the previous generation has joined or is gone (or at
+// max_workers), so a joiner never forms a world of its own beside the one training. Members of the previous generation keep their relative order in the
 // next one; joiners go last, in arrival order. Every member heartbeats; a member whose
 // heartbeat stops for heartbeat_timeout is reported dead. A member is gone when its process
 // died (the store sees its connection drop), when it left (destructor), or when another member
