@@ -4,7 +4,6 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <ATen/ops/from_blob.h>
 #include <ATen/ops/full.h>
 
 #include <algorithm>
@@ -32,6 +31,7 @@
 
 namespace tenax {
 
+using detail::byte_view;
 using detail::fill_tensor;
 using detail::Layout;
 using detail::rank_file;
@@ -355,21 +355,18 @@ class CheckpointEngine::Impl {
     }
     replicas_->prepare(rslot, step, static_cast<uint64_t>(data_bytes),
                        static_cast<uint64_t>(json_bytes) + 4096);
-    auto bytes = [](char* p, int64_t n) {
-      return at::from_blob(p, {n}, at::TensorOptions().dtype(at::kByte));
-    };
     std::string json(static_cast<size_t>(json_bytes), '\0');
     std::vector<WorkHandle> sends;
     if (h->data_bytes > 0) {
-      sends.push_back(peer_comm_->send_async(bytes(mine.data(), h->data_bytes), peer_dst_, kPeerData));
+      sends.push_back(peer_comm_->send_async(byte_view(mine.data(), h->data_bytes), peer_dst_, kPeerData));
     }
     if (h->json_bytes > 0) {
-      sends.push_back(peer_comm_->send_async(bytes(mine.json(), h->json_bytes), peer_dst_, kPeerJson));
+      sends.push_back(peer_comm_->send_async(byte_view(mine.json(), h->json_bytes), peer_dst_, kPeerJson));
     }
     if (data_bytes > 0) {
-      peer_comm_->recv(bytes(replicas_->region(rslot).data(), data_bytes), peer_src_, kPeerData);
+      peer_comm_->recv(byte_view(replicas_->region(rslot).data(), data_bytes), peer_src_, kPeerData);
     }
-    if (json_bytes > 0) peer_comm_->recv(bytes(json.data(), json_bytes), peer_src_, kPeerJson);
+    if (json_bytes > 0) peer_comm_->recv(byte_view(json.data(), json_bytes), peer_src_, kPeerJson);
     for (auto& w : sends) w->wait();
     replicas_->commit(rslot, json);
   }
@@ -655,10 +652,10 @@ class CheckpointEngine::Impl {
           hdr[1] = static_cast<int64_t>(r.header()->json_bytes);
           sends.push_back(comm_->send_async(hdr, peer_src_, kRestoreHeader));
           sends.push_back(comm_->send_async(
-              at::from_blob(r.data(), {hdr[0].item<int64_t>()}, at::TensorOptions().dtype(at::kByte)),
+              byte_view(r.data(), hdr[0].item<int64_t>()),
               peer_src_, kRestoreData));
           sends.push_back(comm_->send_async(
-              at::from_blob(r.json(), {hdr[1].item<int64_t>()}, at::TensorOptions().dtype(at::kByte)),
+              byte_view(r.json(), hdr[1].item<int64_t>()),
               peer_src_, kRestoreJson));
         }
         bool ok = true;
@@ -672,9 +669,9 @@ class CheckpointEngine::Impl {
           comm_->recv(hdr, peer_dst_, kRestoreHeader);
           std::vector<char> data(static_cast<size_t>(hdr[0].item<int64_t>()));
           std::string json(static_cast<size_t>(hdr[1].item<int64_t>()), '\0');
-          comm_->recv(at::from_blob(data.data(), {int64_t(data.size())}, at::TensorOptions().dtype(at::kByte)),
+          comm_->recv(byte_view(data.data(), int64_t(data.size())),
                       peer_dst_, kRestoreData);
-          comm_->recv(at::from_blob(json.data(), {int64_t(json.size())}, at::TensorOptions().dtype(at::kByte)),
+          comm_->recv(byte_view(json.data(), int64_t(json.size())),
                       peer_dst_, kRestoreJson);
           const std::string where = "peer tier: step " + std::to_string(step) + ", rank " +
                                     std::to_string(rank) + "'s replica on rank " +

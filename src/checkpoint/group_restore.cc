@@ -3,7 +3,6 @@
 // re-formation".
 
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 
@@ -24,14 +23,11 @@ namespace tenax {
 namespace {
 
 using detail::Layout;
+using detail::byte_view;
 using detail::fill_tensor;
 using detail::ShardRecord;
 
 constexpr uint32_t kGroupRestoreTag = 0x7e10;
-
-at::Tensor byte_view(const char* p, int64_t n) {
-  return at::from_blob(const_cast<char*>(p), {n}, at::TensorOptions().dtype(at::kByte));
-}
 
 // Every member's string, in rank order.
 std::vector<std::string> all_gather_strings(Communicator& comm, const std::string& mine) {

@@ -223,6 +223,10 @@ int64_t copy_overlap(const char* src, const std::vector<int64_t>& so,
   return rows * row;
 }
 
+at::Tensor byte_view(const char* p, int64_t n) {
+  return at::from_blob(const_cast<char*>(p), {n}, at::TensorOptions().dtype(at::kByte));
+}
+
 void fill_tensor(const at::Tensor& t, const char* bytes) {
   at::Tensor host = at::from_blob(const_cast<char*>(bytes), t.sizes(),
                                   t.options().device(at::kCPU));

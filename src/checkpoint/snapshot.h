@@ -58,6 +58,9 @@ BlobRecord blob_from_json(const nlohmann::json& j);
 // Throws CheckpointError naming `what` when the JSON is malformed.
 Layout layout_from_json(const nlohmann::json& j, const std::string& what);
 
+// `n` bytes at `p` as a uint8 tensor (no copy), for point-to-point transfers.
+at::Tensor byte_view(const char* p, int64_t n);
+
 // Writes `bytes` into `t` (any device, any layout) as a contiguous host buffer of its dtype.
 void fill_tensor(const at::Tensor& t, const char* bytes);
 

@@ -65,10 +65,6 @@ class Watchdog {
     std::lock_guard<std::mutex> lock(mu_);
     return reason_;
   }
-  std::vector<std::string> dead() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return dead_;
-  }
 
  private:
   void loop() {
@@ -102,7 +98,6 @@ class Watchdog {
       if (!why.empty()) comm_->abort(why);
       lock.lock();
       reason_ = why;
-      dead_ = dead;
     }
   }
 
@@ -114,7 +109,6 @@ class Watchdog {
   std::condition_variable cv_;
   bool stop_ = false;
   std::string reason_;
-  std::vector<std::string> dead_;
   std::atomic<bool> join_waiting_{false};
   std::thread thread_;
 };

@@ -76,9 +76,9 @@ std::vector<std::string> Rendezvous::joined(int64_t n) {
   return parse_list(store_->try_get(key("g" + std::to_string(n) + "/joined")));
 }
 
-void Rendezvous::close(int64_t n, const std::vector<std::string>& arrivals) {
+void Rendezvous::close(int64_t n, const std::vector<std::string>& arrivals,
+                       const std::vector<std::string>& previous) {
   // Members of the previous generation first, in their old order; then joiners by arrival.
-  const auto previous = parse_list(store_->try_get(key("g" + std::to_string(n - 1) + "/final")));
   std::vector<std::string> order = arrivals;
   if (static_cast<int>(order.size()) > o_.max_workers) order.resize(o_.max_workers);
   auto place = [&](const std::string& id) {
@@ -90,8 +90,8 @@ void Rendezvous::close(int64_t n, const std::vector<std::string>& arrivals) {
   store_->compare_set(key("g" + std::to_string(n) + "/final"), "", nlohmann::json(order).dump());
 }
 
-bool Rendezvous::previous_all_in(int64_t n, const std::vector<std::string>& ids) {
-  const auto previous = parse_list(store_->try_get(key("g" + std::to_string(n - 1) + "/final")));
+bool Rendezvous::previous_all_in(const std::vector<std::string>& previous,
+                                 const std::vector<std::string>& ids) {
   if (previous.empty()) return false;
   std::vector<std::string> gone;
   for (const auto& k : store_->list(key("gone/"))) gone.push_back(k.substr(key("gone/").size()));
@@ -172,8 +172,8 @@ Generation Rendezvous::next(const std::function<void()>& on_joined) {
         for (const auto& id : dead_members(previous)) mark_gone(id);
       }
       if (count >= o_.max_workers ||
-          (min_met && (first ? now - *min_met >= o_.last_call : previous_all_in(n, ids)))) {
-        close(n, ids);
+          (min_met && (first ? now - *min_met >= o_.last_call : previous_all_in(previous.members, ids)))) {
+        close(n, ids, previous.members);
         continue;
       }
       if (now > deadline) {

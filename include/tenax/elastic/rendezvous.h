@@ -85,9 +85,12 @@ class Rendezvous {
  private:
   std::string key(const std::string& suffix) const { return "rdzv/" + o_.run + "/" + suffix; }
   std::vector<std::string> joined(int64_t n);
-  // True iff every member of generation n-1 is in `ids` or gone.
-  bool previous_all_in(int64_t n, const std::vector<std::string>& ids);
-  void close(int64_t n, const std::vector<std::string>& previous);
+  // True iff every member of the previous generation is in `ids` or gone.
+  bool previous_all_in(const std::vector<std::string>& previous,
+                       const std::vector<std::string>& ids);
+  // Writes generation n's final list: `previous`'s members first, in order, then joiners.
+  void close(int64_t n, const std::vector<std::string>& arrivals,
+             const std::vector<std::string>& previous);
 
   std::shared_ptr<TcpStore> store_, beat_store_;
   std::string id_;
