@@ -28,6 +28,7 @@
 #include "comm/gloo_store.h"
 #include "comm/net.h"
 #include "comm/reduce_kernels.h"
+#include "comm/shm_allreduce.h"
 #include "comm/wait_clock.h"
 #include "comm/tensor_checks.h"
 #include "tenax/core/config.h"
@@ -164,6 +165,9 @@ struct GlooState {
   std::deque<std::shared_ptr<Task>> queue;
   bool stopping = false;
   std::exception_ptr fault;  // set once, when the communicator breaks
+  std::atomic<bool> broken{false};  // fault != nullptr, readable without the lock
+  // All-reduce through shared memory when every rank is on this host (null otherwise).
+  std::unique_ptr<detail::ShmAllReduce> shm;
   uint64_t next_seq = 0;
   std::vector<gloo::transport::UnboundBuffer*> active;  // cancelled by abort()
   int split_count = 0;
@@ -184,6 +188,7 @@ struct GlooState {
   void set_fault(std::exception_ptr e) {
     std::lock_guard<std::mutex> lock(mu);
     if (!fault) fault = e;
+    broken = true;
     for (auto* b : active) {
       b->abortWaitRecv();
       b->abortWaitSend();
@@ -457,6 +462,8 @@ class GlooCommunicator : public Communicator {
                       st_->ctx->getPair(j)->address().str());
     }
 
+    st_->shm = detail::ShmAllReduce::create(*st_->store, st_->prefix, rank, size, st_->timeout);
+
     Fault gone = Fault::gone(rank, opts.name, attr.hostname);
     GlooState* raw = st_.get();
     st_->faults = std::make_unique<FaultChannel>(
@@ -500,12 +507,14 @@ class GlooCommunicator : public Communicator {
       return done();
     }
     return enqueue(c, describe(input), {1, input.scalar_type(), input.numel(), -1},
-                   [=](GlooState& st, Task&) {
+                   [=](GlooState& st, Task& t) {
       Staged out(output);
       const bool in_place = input.is_same(output);
       at::Tensor in = in_place ? out.work : input.contiguous();
       if (st.size == 1) {
         if (!in_place) out.work.copy_(in);
+      } else if (st.shm) {
+        shm_all_reduce(st, t, in, out.work, fn, op);
       } else {
         gloo::AllreduceOptions* o = st.allreduce_cache.find(in, out.work, fn);
         if (o == nullptr) {
@@ -860,6 +869,55 @@ class GlooCommunicator : public Communicator {
                         std::to_string(x[2]) + " x " + dt(x[1]) + " (root " +
                         std::to_string(x[3]) + "); this rank passed " + std::to_string(sig.numel) +
                         " x " + dt(static_cast<int64_t>(sig.dtype)) + " (root " + std::to_string(sig.root) + ")");
+    }
+  }
+
+  // The shared-memory all-reduce; its early ends become the communicator's faults.
+  static void shm_all_reduce(GlooState& st, Task& t, const at::Tensor& in, at::Tensor& out,
+                             ReduceFn fn, ReduceOp op) {
+    const uint64_t signature =
+        (static_cast<uint64_t>(in.scalar_type()) << 8) | static_cast<uint64_t>(op);
+    using Failure = detail::ShmAllReduce::WaitFailure;
+    try {
+      st.shm->all_reduce(out.data_ptr(), in.data_ptr(), static_cast<size_t>(in.numel()),
+                         in.element_size(), fn, signature, st.broken);
+      return;
+    } catch (const Failure& w) {
+      const std::string where = t.desc + " on communicator '" + st.name + "'";
+      Fault f;
+      switch (w.kind) {
+        case Failure::kCancelled: {
+          std::lock_guard<std::mutex> lock(st.mu);
+          if (st.fault) std::rethrow_exception(st.fault);
+          throw AbortedError(where + " was cancelled");
+        }
+        case Failure::kMismatch: {
+          auto dt = [](uint64_t sig) {
+            return std::string(c10::toString(static_cast<c10::ScalarType>(sig >> 8)));
+          };
+          throw ConfigError(where + " (rank " + std::to_string(st.rank) + ") does not match rank " +
+                            std::to_string(w.ranks[0]) + ", which passed " +
+                            std::to_string(w.count) + " x " + dt(w.signature) + " (op " +
+                            std::to_string(w.signature & 0xff) + "); this rank passed " +
+                            std::to_string(in.numel()) + " x " + dt(signature) + " (op " +
+                            std::to_string(signature & 0xff) + ")");
+        }
+        case Failure::kTimedOut:
+          f.kind = Fault::kTimeout;
+          f.rank = st.rank;
+          f.peers = w.ranks;
+          f.message = where + " timed out after " + std::to_string(st.timeout.count()) +
+                      " ms waiting on rank(s) " + join_ranks(w.ranks) + " (reported by rank " +
+                      std::to_string(st.rank) + ")";
+          break;
+        case Failure::kPeerGone:
+          f.kind = Fault::kLost;
+          f.rank = w.ranks[0];
+          f.message = where + ": lost rank " + std::to_string(w.ranks[0]) +
+                      " (its process is gone; seen by rank " + std::to_string(st.rank) + ")";
+          break;
+      }
+      std::rethrow_exception(st.faults->publish(f).to_exception());
     }
   }
 

@@ -351,6 +351,18 @@ void scenario_bad_input(World& w) {
   at::Tensor big = at::ones({(c.rank() == 2 ? 1 : 0) + (4 << 20)});
   expect_error<ConfigError>([&] { c.all_reduce(big); }, {"rank 2", "4194305 x Float"},
                             "mismatched large counts");
+  // Ranks of one host all-reduce through shared memory, which compares counts and dtypes at
+  // no cost: small mismatches are caught there without the debug flag, never reduced.
+  {
+    CommOptions shm_opts;
+    shm_opts.name = "world.shm";
+    auto shm = create_communicator(Backend::kGloo, w.store, c.rank(), c.size(), shm_opts);
+    at::Tensor small = at::ones({c.rank() == 1 ? 5 : 4});
+    expect_error<ConfigError>([&] { shm->all_reduce(small); },
+                              {"does not match rank " + std::string(c.rank() == 1 ? "0" : "1"),
+                               c.rank() == 1 ? "4 x Float" : "5 x Float"},
+                              "mismatched small counts over shared memory");
+  }
   // Small ones are caught when TENAX_DEBUG_COLLECTIVES is set.
   CommOptions opts;
   opts.name = "world.debug";

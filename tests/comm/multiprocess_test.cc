@@ -35,30 +35,50 @@ TEST_P(CollectivesTest, EveryCollectiveAndDtypeMatchesTheSingleProcessReference)
 INSTANTIATE_TEST_SUITE_P(WorldSizes, CollectivesTest, ::testing::Values(1, 2, 3, 4),
                          [](const auto& info) { return "world" + std::to_string(info.param); });
 
+// Ranks of one host all-reduce through shared memory; TENAX_SHM=0 keeps them on Gloo's ring
+// over sockets, the path between hosts.
+class SocketCollectivesTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(SocketCollectivesTest, EveryCollectiveAndDtypeMatchesTheReferenceWithoutSharedMemory) {
+  expect_all_pass(run_ranks(GetParam(), {COMM_WORKER, "collectives"}, {{"TENAX_SHM", "0"}}),
+                  "collectives");
+}
+
+INSTANTIATE_TEST_SUITE_P(WorldSizes, SocketCollectivesTest, ::testing::Values(2, 3),
+                         [](const auto& info) { return "world" + std::to_string(info.param); });
+
 TEST(SplitTest, SplitFormsOrderedSubgroupsAndNegativeColorJoinsNone) {
   expect_all_pass(run_ranks(4, {COMM_WORKER, "split"}), "split");
   expect_all_pass(run_ranks(3, {COMM_WORKER, "split"}), "split");
 }
 
 TEST(FailureTest, KilledPeerIsReportedWithinOneSecondAndSurvivorsRebuild) {
-  auto results = run_ranks(4, {COMM_WORKER, "kill"}, {{"VICTIM", "2"}, {"TENAX_TIMEOUT", "20"}});
-  EXPECT_EQ(results[2].exit_code, 128 + SIGKILL) << dump(results);
-  for (int r : {0, 1, 3}) {
-    EXPECT_EQ(results[r].exit_code, 0) << dump(results);
-    EXPECT_NE(results[r].output.find("RECOVERED"), std::string::npos) << dump(results);
+  for (const char* shm : {"1", "0"}) {  // shared memory, then sockets
+    SCOPED_TRACE(std::string("TENAX_SHM=") + shm);
+    auto results = run_ranks(
+        4, {COMM_WORKER, "kill"}, {{"VICTIM", "2"}, {"TENAX_TIMEOUT", "20"}, {"TENAX_SHM", shm}});
+    EXPECT_EQ(results[2].exit_code, 128 + SIGKILL) << dump(results);
+    for (int r : {0, 1, 3}) {
+      EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+      EXPECT_NE(results[r].output.find("RECOVERED"), std::string::npos) << dump(results);
+    }
   }
 }
 
 TEST(FailureTest, StoppedPeerTimesOutNamingIt) {
   const int n = 3, victim = 1;
-  std::map<std::string, std::string> env = {{"VICTIM", std::to_string(victim)},
-                                            {"TENAX_TIMEOUT", "2"}};
-  // The stopped rank never exits by itself: it is killed once the others are done.
-  auto results = run_ranks(n, {COMM_WORKER, "hang"}, env, 30s, victim);
-  for (int r = 0; r < n; ++r) {
-    if (r == victim) continue;
-    EXPECT_EQ(results[r].exit_code, 0) << dump(results);
-    EXPECT_NE(results[r].output.find("caught TimeoutError"), std::string::npos) << dump(results);
+  for (const char* shm : {"1", "0"}) {  // shared memory, then sockets
+    SCOPED_TRACE(std::string("TENAX_SHM=") + shm);
+    std::map<std::string, std::string> env = {
+        {"VICTIM", std::to_string(victim)}, {"TENAX_TIMEOUT", "2"}, {"TENAX_SHM", shm}};
+    // The stopped rank never exits by itself: it is killed once the others are done.
+    auto results = run_ranks(n, {COMM_WORKER, "hang"}, env, 30s, victim);
+    for (int r = 0; r < n; ++r) {
+      if (r == victim) continue;
+      EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+      EXPECT_NE(results[r].output.find("caught TimeoutError"), std::string::npos)
+          << dump(results);
+    }
   }
 }
 

@@ -1,0 +1,83 @@
+#pragma once
+
+// All-reduce through one shared-memory segment, for a communicator whose ranks are all
+// processes of one host (the Gloo backend uses it for all_reduce there). Internal.
+//
+// The segment holds two sets of n slots of B bytes, and per rank two counters, "arrived" and
+// "reduced". The buffer is processed in chunks of at most B bytes; chunk e uses set e % 2:
+//  1. rank r copies its chunk into slot r, then publishes arrived[r] = e;
+//  2. when every rank has arrived, rank r reduces slice r of the chunk (1/n of it) over the n
+//     slots, writes the result into slice r of its own slot and of its output, and publishes
+//     reduced[r] = e;
+//  3. as each rank j publishes reduced[j] = e, rank r copies slice j of slot j to its output.
+// A rank reuses set e % 2 only after every rank arrived at chunk e + 1, by which time every
+// rank has finished reading chunk e. No byte crosses a socket: each rank copies its buffer in
+// once, reads n slices of 1/n to reduce, and copies n-1 slices out.
+//
+// Waits sleep on the counters (futex) in short slices; between slices they check the
+// communicator's fault flag (abort(), a peer reported gone by the store), whether a waited-on
+// process still exists, and the timeout.
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/reduce_kernels.h"
+
+namespace tenax {
+
+class TcpStore;
+
+namespace detail {
+
+class ShmAllReduce {
+ public:
+  // Why an operation ended early: cancelled (the communicator broke), timed out or a peer
+  // process gone while waiting (`ranks`: those that had not arrived), or rank ranks[0] called
+  // it with another count or signature (given).
+  struct WaitFailure {
+    enum Kind { kCancelled, kTimedOut, kPeerGone, kMismatch } kind;
+    std::vector<int> ranks;
+    uint64_t count = 0, signature = 0;
+  };
+
+  // A collective over `store` (keys under `prefix`): every rank publishes its host identity;
+  // when all match, rank 0 creates the segment, the others map it, and rank 0 unlinks its name
+  // once all have (so nothing outlives the processes). Returns null when the ranks are not all
+  // on this host or TENAX_SHM=0.
+  static std::unique_ptr<ShmAllReduce> create(TcpStore& store, const std::string& prefix,
+                                              int rank, int size,
+                                              std::chrono::milliseconds timeout);
+  ~ShmAllReduce();
+
+  // out = reduction over ranks of `in` (count > 0 elements of elem_size bytes; in may equal
+  // out). Every rank calls it in the same order; `signature` (dtype and op) and count are
+  // compared across ranks. `cancelled` is polled while waiting. Throws WaitFailure.
+  void all_reduce(void* out, const void* in, size_t count, size_t elem_size, ReduceFn fn,
+                  uint64_t signature, const std::atomic<bool>& cancelled);
+
+ private:
+  struct Control;
+  ShmAllReduce(int rank, int size, size_t slot_bytes, void* base, size_t mapped,
+               std::chrono::milliseconds timeout);
+  void wait_all(const std::atomic<uint32_t>* counters, uint32_t epoch, int skip,
+                const std::atomic<bool>& cancelled,
+                const std::chrono::steady_clock::time_point& deadline);
+  char* slot(uint32_t epoch, int r) const;
+
+  int rank_, size_;
+  size_t slot_bytes_;
+  void* base_;
+  size_t mapped_;
+  std::chrono::milliseconds timeout_;
+  Control* ctl_;
+  char* data_;
+  uint32_t epoch_ = 0;  // chunks done so far; the same on every rank
+};
+
+}  // namespace detail
+}  // namespace tenax
