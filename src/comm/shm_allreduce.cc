@@ -102,7 +102,10 @@ std::unique_ptr<ShmAllReduce> ShmAllReduce::create(TcpStore& store, const std::s
     static std::atomic<int> serial{0};
     name = "/tenax-shm-" + std::to_string(::getpid()) + "-" + std::to_string(serial++);
     fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-    if (fd >= 0 && ::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+    // Reserve the pages now: on a small /dev/shm (containers) touching a page past its limit
+    // would be a SIGBUS mid-operation; here it is a fall-back to sockets.
+    if (fd >= 0 && (::ftruncate(fd, static_cast<off_t>(bytes)) != 0 ||
+                    ::posix_fallocate(fd, 0, static_cast<off_t>(bytes)) != 0)) {
       ::close(fd);
       ::shm_unlink(name.c_str());
       fd = -1;
