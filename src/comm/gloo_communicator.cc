@@ -84,6 +84,17 @@ struct Staged {
   size_t nbytes() const { return work.numel() * work.element_size(); }
 };
 
+// One rank's side of a collective called differently across ranks: "5 x Float (detail)".
+std::string call_text(int64_t count, int64_t dtype, const std::string& detail) {
+  return std::to_string(count) + " x " + c10::toString(static_cast<c10::ScalarType>(dtype)) +
+         " (" + detail + ")";
+}
+
+std::string mismatch_text(int other, const std::string& theirs, const std::string& mine) {
+  return " does not match rank " + std::to_string(other) + ", which passed " + theirs +
+         "; this rank passed " + mine;
+}
+
 void divide_for_avg(at::Tensor& t, int size) {
   if (at::isFloatingType(t.scalar_type())) {
     t.div_(size);
@@ -166,13 +177,15 @@ struct GlooState {
   bool stopping = false;
   std::exception_ptr fault;  // set once, when the communicator breaks
   std::atomic<bool> broken{false};  // fault != nullptr, readable without the lock
-  // All-reduce through shared memory when every rank is on this host (null otherwise).
-  std::unique_ptr<detail::ShmAllReduce> shm;
   uint64_t next_seq = 0;
   std::vector<gloo::transport::UnboundBuffer*> active;  // cancelled by abort()
   int split_count = 0;
   std::vector<std::weak_ptr<Communicator>> children;  // split from this one; aborted with it
   AllreduceCache allreduce_cache;  // used by the worker thread only
+  // All-reduce through shared memory when every rank is on this host (null otherwise), set up
+  // by the first all_reduce; used by the worker thread only.
+  std::unique_ptr<detail::ShmAllReduce> shm;
+  bool shm_tried = false;
   struct SignatureCheck {
     std::array<int64_t, 4> mine{};
     std::vector<int64_t> all;
@@ -462,8 +475,6 @@ class GlooCommunicator : public Communicator {
                       st_->ctx->getPair(j)->address().str());
     }
 
-    st_->shm = detail::ShmAllReduce::create(*st_->store, st_->prefix, rank, size, st_->timeout);
-
     Fault gone = Fault::gone(rank, opts.name, attr.hostname);
     GlooState* raw = st_.get();
     st_->faults = std::make_unique<FaultChannel>(
@@ -513,7 +524,7 @@ class GlooCommunicator : public Communicator {
       at::Tensor in = in_place ? out.work : input.contiguous();
       if (st.size == 1) {
         if (!in_place) out.work.copy_(in);
-      } else if (st.shm) {
+      } else if (shared_memory(st)) {
         shm_all_reduce(st, t, in, out.work, fn, op);
       } else {
         gloo::AllreduceOptions* o = st.allreduce_cache.find(in, out.work, fn);
@@ -860,16 +871,25 @@ class GlooCommunicator : public Communicator {
     }
     const auto& mine = chk.mine;
     const auto& all = chk.all;
+    auto text = [](const int64_t* x) {
+      return call_text(x[2], x[1], "op #" + std::to_string(x[0]) + ", root " + std::to_string(x[3]));
+    };
     for (int r = 0; r < st.size; ++r) {
       const int64_t* x = &all[r * mine.size()];
       if (std::equal(mine.begin(), mine.end(), x)) continue;
-      auto dt = [](int64_t d) { return std::string(c10::toString(static_cast<c10::ScalarType>(d))); };
-      throw ConfigError(c.where() + ": " + t.desc + " does not match rank " + std::to_string(r) +
-                        ", which called op #" + std::to_string(x[0]) + " with " +
-                        std::to_string(x[2]) + " x " + dt(x[1]) + " (root " +
-                        std::to_string(x[3]) + "); this rank passed " + std::to_string(sig.numel) +
-                        " x " + dt(static_cast<int64_t>(sig.dtype)) + " (root " + std::to_string(sig.root) + ")");
+      throw ConfigError(c.where() + ": " + t.desc + mismatch_text(r, text(x), text(mine.data())));
     }
+  }
+
+  // The shared-memory all-reduce, set up by the first all_reduce (a collective over the store
+  // that every rank reaches at the same point), so communicators that never all-reduce reserve
+  // no shared memory. Null when the ranks are not all on this host.
+  static detail::ShmAllReduce* shared_memory(GlooState& st) {
+    if (!st.shm_tried) {
+      st.shm_tried = true;
+      st.shm = detail::ShmAllReduce::create(*st.store, st.prefix, st.rank, st.size, st.timeout);
+    }
+    return st.shm.get();
   }
 
   // The shared-memory all-reduce; its early ends become the communicator's faults.
@@ -892,15 +912,13 @@ class GlooCommunicator : public Communicator {
           throw AbortedError(where + " was cancelled");
         }
         case Failure::kMismatch: {
-          auto dt = [](uint64_t sig) {
-            return std::string(c10::toString(static_cast<c10::ScalarType>(sig >> 8)));
+          auto text = [](uint64_t count, uint64_t sig) {
+            return call_text(static_cast<int64_t>(count), static_cast<int64_t>(sig >> 8),
+                             "reduce op " + std::to_string(sig & 0xff));
           };
-          throw ConfigError(where + " (rank " + std::to_string(st.rank) + ") does not match rank " +
-                            std::to_string(w.ranks[0]) + ", which passed " +
-                            std::to_string(w.count) + " x " + dt(w.signature) + " (op " +
-                            std::to_string(w.signature & 0xff) + "); this rank passed " +
-                            std::to_string(in.numel()) + " x " + dt(signature) + " (op " +
-                            std::to_string(signature & 0xff) + ")");
+          throw ConfigError(where + " (rank " + std::to_string(st.rank) + ")" +
+                            mismatch_text(w.ranks[0], text(w.count, w.signature),
+                                          text(in.numel(), signature)));
         }
         case Failure::kTimedOut:
           f.kind = Fault::kTimeout;

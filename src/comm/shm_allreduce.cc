@@ -15,7 +15,6 @@
 
 #include "tenax/comm/store.h"
 #include "tenax/core/config.h"
-#include "tenax/core/error.h"
 
 namespace tenax {
 namespace detail {
@@ -27,13 +26,10 @@ using Ms = std::chrono::milliseconds;
 struct alignas(64) Line {
   std::atomic<uint32_t> value{0};
 };
-struct RankControl {
+struct ShmAllReduce::RankControl {
   Line arrived, reduced;
   alignas(64) int32_t pid = 0;
   uint64_t count = 0, signature = 0;  // of the operation in progress, checked across ranks
-};
-struct ShmAllReduce::Control {
-  RankControl ranks[1];  // `size` of them
 };
 
 namespace {
@@ -71,11 +67,6 @@ std::string host_identity() {
 size_t slot_bytes_for(int size) {
   const size_t kMax = 4 << 20, kMin = 256 << 10;
   return std::max(kMin, std::min(kMax, (size_t{16} << 20) / static_cast<size_t>(size)));
-}
-
-size_t control_bytes(int size) {
-  const size_t b = sizeof(RankControl) * static_cast<size_t>(size);
-  return (b + 4095) / 4096 * 4096;
 }
 
 }  // namespace
@@ -131,16 +122,20 @@ std::unique_ptr<ShmAllReduce> ShmAllReduce::create(TcpStore& store, const std::s
     if (p != MAP_FAILED) ::munmap(p, bytes);
     return nullptr;
   }
-  auto* ctl = static_cast<Control*>(p);
-  ctl->ranks[rank].pid = static_cast<int32_t>(::getpid());
+  static_cast<RankControl*>(p)[rank].pid = static_cast<int32_t>(::getpid());
   return std::unique_ptr<ShmAllReduce>(new ShmAllReduce(rank, size, slot, p, bytes, timeout));
 }
 
 ShmAllReduce::ShmAllReduce(int rank, int size, size_t slot_bytes, void* base, size_t mapped,
                            Ms timeout)
     : rank_(rank), size_(size), slot_bytes_(slot_bytes), base_(base), mapped_(mapped),
-      timeout_(timeout), ctl_(static_cast<Control*>(base)),
+      timeout_(timeout), ctl_(static_cast<RankControl*>(base)),
       data_(static_cast<char*>(base) + control_bytes(size)) {}
+
+size_t ShmAllReduce::control_bytes(int size) {
+  const size_t b = sizeof(RankControl) * static_cast<size_t>(size);
+  return (b + 4095) / 4096 * 4096;
+}
 
 ShmAllReduce::~ShmAllReduce() { ::munmap(base_, mapped_); }
 
@@ -148,20 +143,18 @@ char* ShmAllReduce::slot(uint32_t epoch, int r) const {
   return data_ + ((epoch % 2) * static_cast<size_t>(size_) + static_cast<size_t>(r)) * slot_bytes_;
 }
 
-// Waits until every rank but `skip` has published `epoch` in its counter (the counter at the
-// same offset in each rank's control record as `counters` in rank 0's).
-void ShmAllReduce::wait_all(const std::atomic<uint32_t>* counters, uint32_t epoch, int skip,
-                            const std::atomic<bool>& cancelled, const Clock::time_point& deadline) {
-  const size_t offset = reinterpret_cast<const char*>(counters) -
-                        reinterpret_cast<const char*>(&ctl_->ranks[0]);
-  auto counter = [&](int j) {
-    return reinterpret_cast<std::atomic<uint32_t>*>(reinterpret_cast<char*>(&ctl_->ranks[j]) +
-                                                   offset);
-  };
+std::atomic<uint32_t>& ShmAllReduce::counter(int rank, Counter which) const {
+  RankControl& r = ctl_[rank];
+  return which == Counter::kArrived ? r.arrived.value : r.reduced.value;
+}
+
+// Waits until every other rank has published `epoch` in its counter `which`.
+void ShmAllReduce::wait_all(Counter which, uint32_t epoch, const std::atomic<bool>& cancelled,
+                            const Clock::time_point& deadline) {
   auto next_liveness = Clock::now() + kLivenessEvery;
   for (int j = 0; j < size_; ++j) {
-    if (j == skip) continue;
-    std::atomic<uint32_t>* c = counter(j);
+    if (j == rank_) continue;
+    std::atomic<uint32_t>* c = &counter(j, which);
     for (int spin = 0; spin < 64 && !reached(c->load(std::memory_order_acquire), epoch); ++spin) {
       __builtin_ia32_pause();
     }
@@ -173,14 +166,14 @@ void ShmAllReduce::wait_all(const std::atomic<uint32_t>* counters, uint32_t epoc
       if (now >= deadline) {
         std::vector<int> late;
         for (int k = 0; k < size_; ++k) {
-          if (k != skip && !reached(counter(k)->load(std::memory_order_acquire), epoch)) {
+          if (k != rank_ && !reached(counter(k, which).load(std::memory_order_acquire), epoch)) {
             late.push_back(k);
           }
         }
         throw WaitFailure{WaitFailure::kTimedOut, late};
       }
       if (now >= next_liveness) {
-        const int32_t pid = ctl_->ranks[j].pid;
+        const int32_t pid = ctl_[j].pid;
         if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
           throw WaitFailure{WaitFailure::kPeerGone, {j}};
         }
@@ -197,7 +190,7 @@ void ShmAllReduce::all_reduce(void* out, const void* in, size_t count, size_t el
   const auto deadline = Clock::now() + timeout_;
   auto* dst = static_cast<char*>(out);
   auto* src = static_cast<const char*>(in);
-  RankControl& mine = ctl_->ranks[rank_];
+  RankControl& mine = ctl_[rank_];
   for (size_t first = 0; first < count; first += per_chunk) {
     const size_t m = std::min(per_chunk, count - first);
     const uint32_t e = ++epoch_;
@@ -207,10 +200,10 @@ void ShmAllReduce::all_reduce(void* out, const void* in, size_t count, size_t el
     mine.signature = signature;
     mine.arrived.value.store(e, std::memory_order_release);
     futex_wake(&mine.arrived.value);
-    wait_all(&ctl_->ranks[0].arrived.value, e, rank_, cancelled, deadline);
+    wait_all(Counter::kArrived, e, cancelled, deadline);
     if (first == 0) {
       for (int j = 0; j < size_; ++j) {
-        const RankControl& r = ctl_->ranks[j];
+        const RankControl& r = ctl_[j];
         if (r.count != count || r.signature != signature) {
           throw WaitFailure{WaitFailure::kMismatch, {j}, r.count, r.signature};
         }
@@ -229,7 +222,7 @@ void ShmAllReduce::all_reduce(void* out, const void* in, size_t count, size_t el
     mine.reduced.value.store(e, std::memory_order_release);
     futex_wake(&mine.reduced.value);
     // 3. Gather the others' slices.
-    wait_all(&ctl_->ranks[0].reduced.value, e, rank_, cancelled, deadline);
+    wait_all(Counter::kReduced, e, cancelled, deadline);
     for (int j = 0; j < size_; ++j) {
       if (j == rank_) continue;
       const size_t jlo = m * j / size_, jhi = m * (j + 1) / size_;

@@ -61,11 +61,13 @@ class ShmAllReduce {
                   uint64_t signature, const std::atomic<bool>& cancelled);
 
  private:
-  struct Control;
+  struct RankControl;
+  enum class Counter { kArrived, kReduced };
   ShmAllReduce(int rank, int size, size_t slot_bytes, void* base, size_t mapped,
                std::chrono::milliseconds timeout);
-  void wait_all(const std::atomic<uint32_t>* counters, uint32_t epoch, int skip,
-                const std::atomic<bool>& cancelled,
+  static size_t control_bytes(int size);  // the control records, rounded to whole pages
+  std::atomic<uint32_t>& counter(int rank, Counter which) const;
+  void wait_all(Counter which, uint32_t epoch, const std::atomic<bool>& cancelled,
                 const std::chrono::steady_clock::time_point& deadline);
   char* slot(uint32_t epoch, int r) const;
 
@@ -74,7 +76,7 @@ class ShmAllReduce {
   void* base_;
   size_t mapped_;
   std::chrono::milliseconds timeout_;
-  Control* ctl_;
+  RankControl* ctl_;  // one per rank, at the start of the segment
   char* data_;
   uint32_t epoch_ = 0;  // chunks done so far; the same on every rank
 };

@@ -97,6 +97,15 @@ class RecoveryTest : public ::testing::Test {
     return evs;
   }
 
+  // The job re-formed once, without w<victim>, and ended at the uninterrupted run's loss.
+  static void expect_one_loss(const RankResult& r, int victim) {
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    auto evs = events(r.output);
+    ASSERT_EQ(evs.size(), 1u) << r.output;
+    EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w" + std::to_string(victim)}));
+    expect_baseline_loss(r.output);
+  }
+
   // A killed worker restarted by its agent: either the survivors re-formed without it and it
   // joined later (two events), or it was back in time for the re-formation itself (one event,
   // nothing lost). Either way the job ends with all four.
@@ -392,23 +401,14 @@ RankResult run_mpirun_with_a_kill(const std::vector<std::string>& train, int vic
 
 TEST_F(RecoveryTest, MpirunWithEnableRecoveryShrinksWhenARankDies) {
   auto r = run_mpirun_with_a_kill(args(), 2);
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  auto evs = events(r.output);
-  ASSERT_EQ(evs.size(), 1u) << r.output;
-  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w2"}));
+  expect_one_loss(r, 2);
   EXPECT_NE(r.output.find("llama_train: done, 24 steps, 1 re-formations"), std::string::npos)
       << r.output;
-  expect_baseline_loss(r.output);
 }
 
 TEST_F(RecoveryTest, MpirunSurvivesTheDeathOfRankZeroWhichStartedTheStore) {
   // Rank 0 started the store as a process of its own: it outlives rank 0.
-  auto r = run_mpirun_with_a_kill(args(), 0);
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  auto evs = events(r.output);
-  ASSERT_EQ(evs.size(), 1u) << r.output;
-  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w0"}));
-  expect_baseline_loss(r.output);
+  expect_one_loss(run_mpirun_with_a_kill(args(), 0), 0);
 }
 
 }  // namespace
