@@ -307,14 +307,21 @@ TEST_F(RecoveryTest, TenaxrunRestartsAKilledWorkerWhichRejoinsWithItsStateFromPe
   EXPECT_NE(r.output.find("tenaxrun: worker w2 exited with status 137; restarting it (restart 1 "
                           "of 1)"),
             std::string::npos) << r.output;
-  expect_back_to_four(events(r.output), "w2", r.output);
-  // The restarted worker's own event: its state came from the others' memory.
+  const auto evs = events(r.output);
+  expect_back_to_four(evs, "w2", r.output);
+  // The restarted worker's own event. Rejoining after the others moved on, its state came from
+  // their memory; back in time for the re-formation itself, the step it still holds in its
+  // own memory is the newest, and it may take that.
   std::smatch m;
   ASSERT_TRUE(std::regex_search(r.output, m,
                                 std::regex("\\[rank 2\\] tenax INFO elastic: recovery (\\{[^\\n]*\\})")))
       << r.output;
   auto joiner = nlohmann::json::parse(m[1].str());
-  EXPECT_EQ(joiner["tier"], "peer");
+  if (evs.size() == 2) {
+    EXPECT_EQ(joiner["tier"], "peer") << r.output;
+  } else {
+    EXPECT_TRUE(joiner["tier"] == "peer" || joiner["tier"] == "memory") << r.output;
+  }
   EXPECT_GT(joiner["bytes"].get<int64_t>(), 0);
 }
 
