@@ -524,11 +524,23 @@ class CheckpointEngine::Impl {
     }
   }
 
-  // All ranks agree on a step and whether every rank read it.
-  bool all_ok(bool ok) {
-    at::Tensor t = at::full({1}, ok ? 1 : 0, at::kLong);
-    comm_->all_reduce(t, ReduceOp::kMin);
-    return t.item<int64_t>() == 1;
+  // Collective: the ranks whose `ok` is false, the same list on every rank.
+  std::vector<int> failed_ranks(bool ok) {
+    at::Tensor oks = at::empty({comm_->size()}, at::kLong);
+    comm_->all_gather(oks, at::full({1}, ok ? 1 : 0, at::kLong));
+    std::vector<int> failed;
+    for (int r = 0; r < comm_->size(); ++r) {
+      if (oks[r].item<int64_t>() != 1) failed.push_back(r);
+    }
+    return failed;
+  }
+
+  // "\n  <what> is not intact on rank(s) 1, 3": so that a rank whose own parts were fine
+  // still says why the step was not restored.
+  static std::string not_intact(const std::string& what, const std::vector<int>& ranks) {
+    std::string line = "\n  " + what + " is not intact on rank" + (ranks.size() > 1 ? "s " : " ");
+    for (size_t k = 0; k < ranks.size(); ++k) line += (k ? ", " : "") + std::to_string(ranks[k]);
+    return line;
   }
 
   void restore_extras(StateDict& state, const std::map<std::string, int64_t>& ints,
@@ -537,50 +549,11 @@ class CheckpointEngine::Impl {
     for (const auto& [k, v] : blobs) state.set_blob(k, v);
   }
 
-  // Copies a snapshot's parts into `state`, checksumming each 1 MiB chunk right after copying
-  // it (cache-hot), parts over a few threads. Returns false, with `errors` naming the parts
-  // that failed, when a checksum does not match; the tensors are then partly written (the
-  // next tier, or the caller, rewrites them).
-  bool load_snapshot(const Layout& layout, const char* data, StateDict& state,
-                     const std::string& where, std::string& errors, int64_t& bytes,
-                     std::map<std::string, std::string>& blobs) {
-    const size_t parts = layout.shards.size();
-    std::vector<char> good(parts, 1);
-    auto load_part = [&](size_t k) {
-      const auto& s = layout.shards[k];
-      const at::Tensor& t = state.tensors()[k].tensor;
-      uint32_t crc = 0;
-      if (t.is_cpu() && t.is_contiguous()) {
-        char* dst = static_cast<char*>(t.data_ptr());
-        constexpr int64_t kChunk = 1 << 20;
-        for (int64_t off = 0; off < s.nbytes; off += kChunk) {
-          const int64_t len = std::min(kChunk, s.nbytes - off);
-          std::memcpy(dst + off, data + s.offset + off, len);
-          crc = detail::crc32c(data + s.offset + off, len, crc);
-        }
-      } else {
-        crc = detail::crc32c(data + s.offset, s.nbytes);
-        if (crc == s.crc) fill_tensor(t, data + s.offset);
-      }
-      good[k] = crc == s.crc;
-    };
-    detail::parallel_for(parts, detail::copy_threads(), load_part);
-    bool ok = true;
-    for (size_t k = 0; k < parts; ++k) {
-      bytes += layout.shards[k].nbytes;
-      if (!good[k]) {
-        errors += "\n  " + where + ": shard '" + layout.shards[k].name + "' failed its checksum";
-        ok = false;
-      }
-    }
-    for (const auto& b : layout.blobs) {
-      if (detail::crc32c(data + b.offset, b.nbytes) != b.crc) {
-        errors += "\n  " + where + ": blob '" + b.name + "' failed its checksum";
-        ok = false;
-      }
-      blobs[b.name] = std::string(data + b.offset, b.nbytes);
-    }
-    return ok;
+  // The blobs of a verified snapshot, by name.
+  static std::map<std::string, std::string> blobs_of(const Layout& layout, const char* data) {
+    std::map<std::string, std::string> blobs;
+    for (const auto& b : layout.blobs) blobs[b.name] = std::string(data + b.offset, b.nbytes);
+    return blobs;
   }
 
   // Committed snapshots of a memory tier (own or replica) usable for this restore, by step.
@@ -658,30 +631,35 @@ class CheckpointEngine::Impl {
               byte_view(r.json(), hdr[1].item<int64_t>()),
               peer_src_, kRestoreJson));
         }
+        // Every rank checks its source first and writes into the tensors only once all
+        // sources are intact: a step that fails anywhere leaves every rank's tensors as they
+        // were for the next tier (or the caller, when no tier has a whole step).
         bool ok = true;
-        int64_t bytes = 0;
-        std::map<std::string, std::string> blobs;
         Layout layout;
-        std::string tier = "memory";
+        const char* source = nullptr;
+        std::vector<char> data;  // a replica received from the peer
+        const std::string tier = from_peer[rank] ? "peer" : "memory";
+        const std::string where =
+            from_peer[rank] ? "peer tier: step " + std::to_string(step) + ", rank " +
+                                  std::to_string(rank) + "'s replica on rank " +
+                                  std::to_string(peer_dst_)
+                            : "memory tier: step " + std::to_string(step) + ", rank " +
+                                  std::to_string(rank);
         if (from_peer[rank]) {
-          tier = "peer";
           at::Tensor hdr = at::full({2}, kNone, at::kLong);
           comm_->recv(hdr, peer_dst_, kRestoreHeader);
-          std::vector<char> data(static_cast<size_t>(hdr[0].item<int64_t>()));
+          data.resize(static_cast<size_t>(hdr[0].item<int64_t>()));
           std::string json(static_cast<size_t>(hdr[1].item<int64_t>()), '\0');
           comm_->recv(byte_view(data.data(), int64_t(data.size())),
                       peer_dst_, kRestoreData);
           comm_->recv(byte_view(json.data(), int64_t(json.size())),
                       peer_dst_, kRestoreJson);
-          const std::string where = "peer tier: step " + std::to_string(step) + ", rank " +
-                                    std::to_string(rank) + "'s replica on rank " +
-                                    std::to_string(peer_dst_);
           try {
             layout = detail::layout_from_json(nlohmann::json::parse(json), where);
             if (!detail::same_parts(layout, state)) {
               throw CheckpointError("the replica holds other tensor parts than the ones asked for");
             }
-            ok = load_snapshot(layout, data.data(), state, where, errors, bytes, blobs);
+            source = data.data();
           } catch (const std::exception& e) {
             errors += "\n  " + where + ": " + e.what();
             ok = false;
@@ -689,28 +667,31 @@ class CheckpointEngine::Impl {
         } else {
           auto& [slot, own_layout] = own.at(step);
           layout = own_layout;
-          ok = load_snapshot(layout, memory_.region(slot).data(), state,
-                             "memory tier: step " + std::to_string(step) + ", rank " +
-                                 std::to_string(rank),
-                             errors, bytes, blobs);
+          source = memory_.region(slot).data();
+        }
+        if (ok) {
+          const std::string bad = detail::verify_crcs(layout, source, where);
+          errors += bad;
+          ok = bad.empty();
         }
         for (auto& w : sends) w->wait();
-        at::Tensor oks = at::empty({world}, at::kLong);
-        comm_->all_gather(oks, at::full({1}, ok ? 1 : 0, at::kLong));
-        bool all = true, retry = attempt == 0;
-        for (int r = 0; r < world; ++r) {
-          if (oks[r].item<int64_t>() == 1) continue;
-          all = false;
+        const std::vector<int> failed = failed_ranks(ok);
+        bool all = failed.empty(), retry = attempt == 0;
+        for (int r : failed) {
           if (from_peer[r] || !(replicas_ && has((r + peer_offset_) % world, step, true))) {
             retry = false;
           }
           from_peer[r] = true;
         }
         if (all) {
-          restore_extras(state, layout.ints, blobs);
+          detail::copy_out_of(layout, source, state);
+          restore_extras(state, layout.ints, blobs_of(layout, source));
+          int64_t bytes = 0;
+          for (const auto& s : layout.shards) bytes += s.nbytes;
           return RestoreResult{step, tier, bytes, false};
         }
         if (!retry) {
+          errors += not_intact("memory/peer tier: step " + std::to_string(step), failed);
           log(LogLevel::kWarning, "checkpoint: memory/peer step " + std::to_string(step) +
                                       " is not intact on every rank; trying the next tier" +
                                       errors);
@@ -725,9 +706,18 @@ class CheckpointEngine::Impl {
     return std::nullopt;
   }
 
-  // Loads `state` from the durable step `step`; false (with `errors` saying why) when a part is
-  // missing or corrupt.
-  bool load_durable(int64_t step, StateDict& state, std::string& errors, RestoreResult& out) {
+  // A durable step read and verified, not yet written into the tensors.
+  struct Staged {
+    std::vector<std::string> tensors;  // each target tensor's bytes, in state order
+    std::map<std::string, int64_t> ints;
+    std::map<std::string, std::string> blobs;
+    RestoreResult result;
+  };
+
+  // Reads every part of the durable step `step` that `state` needs and assembles the target
+  // tensors' bytes in `out`, writing nothing into `state`; false (with `errors` saying why)
+  // when a part is missing or corrupt.
+  bool load_durable(int64_t step, const StateDict& state, std::string& errors, Staged& out) {
     const std::string dir = step_dir(o_.run, step);
     const std::string where = "durable tier " + durable_->describe() + ", step " +
                               std::to_string(step);
@@ -746,15 +736,14 @@ class CheckpointEngine::Impl {
       const int saved_world = m.at("world").get<int>();
       bool same = saved_world == comm_->size();
       int64_t bytes = 0;
-      std::map<std::string, std::string> cache;  // part bytes read, verified, by file@offset
-      for (auto& target : state.tensors()) {
+      out.tensors.clear();
+      for (const auto& target : state.tensors()) {
         auto it = by_name.find(target.name);
         if (it == by_name.end()) throw CheckpointError("no tensor '" + target.name + "' in it");
         const std::string dtype = detail::dtype_name(target.tensor);
         const size_t elem = detail::dtype_size(dtype);
-        std::string buf(target.tensor.numel() * elem, '\0');
-        int64_t covered = 0;
-        bool exact = false;  // a saved part is exactly the one asked for
+        const std::vector<int64_t> sizes = target.tensor.sizes().vec();
+        const detail::ShardRecord* exact = nullptr;  // a saved part that is the one asked for
         for (const auto& s : it->second) {
           if (s.dtype != dtype || s.global_shape != target.global_shape) {
             throw CheckpointError("tensor '" + target.name + "' was saved as " + s.dtype +
@@ -762,40 +751,44 @@ class CheckpointEngine::Impl {
                                   ", asked for " + dtype + " of " +
                                   nlohmann::json(target.global_shape).dump());
           }
-          exact |= s.offsets == target.offsets && s.sizes == target.tensor.sizes().vec();
-          // Skip parts that do not overlap the target.
+          if (s.offsets == target.offsets && s.sizes == sizes) exact = &s;
+        }
+        same &= exact != nullptr;
+        if (exact) {  // its bytes as they are
+          out.tensors.push_back(detail::read_part(*durable_, dir, *exact));
+          bytes += exact->nbytes;
+          continue;
+        }
+        // Resharding: the intersection of every overlapping saved part.
+        std::string buf(target.tensor.numel() * elem, '\0');
+        int64_t covered = 0;
+        for (const auto& s : it->second) {
           bool overlaps = true;
           for (size_t d = 0; d < s.sizes.size(); ++d) {
             overlaps &= std::max(s.offsets[d], target.offsets[d]) <
-                        std::min(s.offsets[d] + s.sizes[d], target.offsets[d] + target.tensor.size(d));
+                        std::min(s.offsets[d] + s.sizes[d], target.offsets[d] + sizes[d]);
           }
           if (!overlaps) continue;
-          const std::string ck = s.file + "@" + std::to_string(s.offset);
-          auto c = cache.find(ck);
-          if (c == cache.end()) {
-            std::string part = detail::read_part(*durable_, dir, s);
-            bytes += s.nbytes;
-            c = cache.emplace(ck, std::move(part)).first;
-          }
-          covered += detail::copy_overlap(c->second.data(), s.offsets, s.sizes, buf.data(),
-                                          target.offsets, target.tensor.sizes().vec(), elem);
+          const std::string part = detail::read_part(*durable_, dir, s);
+          bytes += s.nbytes;
+          covered += detail::copy_overlap(part.data(), s.offsets, s.sizes, buf.data(),
+                                          target.offsets, sizes, elem);
         }
-        same &= exact;
         if (covered != target.tensor.numel()) {
           throw CheckpointError("tensor '" + target.name + "': the saved parts cover " +
                                 std::to_string(covered) + " of the " +
                                 std::to_string(target.tensor.numel()) + " elements asked for");
         }
-        fill_tensor(target.tensor, buf.data());
+        out.tensors.push_back(std::move(buf));
       }
       // Ints and blobs: this rank's own when it existed in the saved world, else rank 0's.
       const auto& ranks = m.at("ranks");
       const int from = comm_->rank() < saved_world ? comm_->rank() : 0;
-      std::map<std::string, int64_t> ints;
-      std::map<std::string, std::string> blobs;
+      out.ints.clear();
+      out.blobs.clear();
       for (const auto& r : ranks) {
         if (r.at("rank").get<int>() != from) continue;
-        ints = r.at("ints").get<std::map<std::string, int64_t>>();
+        out.ints = r.at("ints").get<std::map<std::string, int64_t>>();
         for (const auto& bj : r.at("blobs")) {
           auto b = detail::blob_from_json(bj);
           std::string v = durable_->get_range(dir + "/" + b.file, b.offset, b.nbytes);
@@ -803,11 +796,10 @@ class CheckpointEngine::Impl {
             throw CheckpointError("blob '" + b.name + "' of rank " + std::to_string(from) +
                                   " failed its checksum");
           }
-          blobs[b.name] = std::move(v);
+          out.blobs[b.name] = std::move(v);
         }
       }
-      restore_extras(state, ints, blobs);
-      out = RestoreResult{step, "durable", bytes, !same};
+      out.result = RestoreResult{step, "durable", bytes, !same};
       return true;
     } catch (const std::exception& e) {
       errors += "\n  " + where + ": " + e.what();
@@ -825,9 +817,18 @@ class CheckpointEngine::Impl {
     comm_->broadcast(list, 0);
     for (int64_t k = 0; k < n.item<int64_t>(); ++k) {
       const int64_t step = list[k].item<int64_t>();
-      RestoreResult r;
-      const bool ok = load_durable(step, state, errors, r);
-      if (all_ok(ok)) return r;
+      // Every rank stages the step; the tensors are written only when all ranks have it whole.
+      Staged staged;
+      const bool ok = load_durable(step, state, errors, staged);
+      const std::vector<int> failed = failed_ranks(ok);
+      if (failed.empty()) {
+        for (size_t k = 0; k < staged.tensors.size(); ++k) {
+          fill_tensor(state.tensors()[k].tensor, staged.tensors[k].data());
+        }
+        restore_extras(state, staged.ints, staged.blobs);
+        return staged.result;
+      }
+      errors += not_intact("durable tier: step " + std::to_string(step), failed);
       log(LogLevel::kWarning, "checkpoint: durable step " + std::to_string(step) +
                                   " could not be restored on every rank; trying an older one" +
                                   errors);

@@ -301,7 +301,11 @@ std::optional<RestoreResult> CheckpointEngine::restore_from_group(const Checkpoi
         }
       }
     }
-    if (errors.empty()) {
+    // Written only once every member has all its items intact: a step that fails anywhere
+    // leaves every member's tensors as they were.
+    at::Tensor ok = at::full({1}, errors.empty() ? 1 : 0, at::kLong);
+    comm.all_reduce(ok, ReduceOp::kMin);
+    if (ok.item<int64_t>() == 1) {
       for (size_t k = 0; k < state.tensors().size(); ++k) {
         const auto& target = state.tensors()[k];
         const auto& w = offers[me].want.shards[k];
@@ -330,10 +334,6 @@ std::optional<RestoreResult> CheckpointEngine::restore_from_group(const Checkpoi
         state.set_blob(b.name, std::string(p, b.nbytes));
         p += b.nbytes;
       }
-    }
-    at::Tensor ok = at::full({1}, errors.empty() ? 1 : 0, at::kLong);
-    comm.all_reduce(ok, ReduceOp::kMin);
-    if (ok.item<int64_t>() == 1) {
       return RestoreResult{plan->step, from_peer ? "peer" : "memory", bytes, resharded};
     }
     log(LogLevel::kWarning, "checkpoint: " + member + ": step " + std::to_string(plan->step) +

@@ -82,33 +82,79 @@ bool same_parts(const Layout& layout, const StateDict& state) {
   return true;
 }
 
+namespace {
+
+// Large parts are cut into 8 MiB pieces spread over a few threads: one core does not
+// saturate memory bandwidth.
+struct Piece {
+  const char* src;
+  char* dst;
+  size_t n;
+};
+
+void add_pieces(std::vector<Piece>& pieces, const char* from, char* to, size_t n) {
+  constexpr size_t kPiece = 8 << 20;
+  for (size_t off = 0; off < n; off += kPiece) {
+    pieces.push_back({from + off, to + off, std::min(kPiece, n - off)});
+  }
+}
+
+void copy_pieces(const std::vector<Piece>& pieces) {
+  parallel_for(pieces.size(), copy_threads(),
+               [&](size_t k) { std::memcpy(pieces[k].dst, pieces[k].src, pieces[k].n); });
+}
+
+}  // namespace
+
 void copy_into(const StateDict& state, const Layout& layout, char* data) {
-  // Large parts are cut into 8 MiB pieces spread over a few threads: one core does not
-  // saturate memory bandwidth.
-  struct Piece {
-    const char* src;
-    char* dst;
-    size_t n;
-  };
   std::vector<at::Tensor> hold;  // host copies of device or strided tensors
   std::vector<Piece> pieces;
-  constexpr size_t kPiece = 8 << 20;
   for (size_t i = 0; i < layout.shards.size(); ++i) {
     const at::Tensor& t = state.tensors()[i].tensor;
     at::Tensor src = (t.is_cpu() ? t : t.cpu()).contiguous();
     hold.push_back(src);
-    const char* from = static_cast<const char*>(src.data_ptr());
-    char* to = data + layout.shards[i].offset;
-    const size_t n = static_cast<size_t>(layout.shards[i].nbytes);
-    for (size_t off = 0; off < n; off += kPiece) {
-      pieces.push_back({from + off, to + off, std::min(kPiece, n - off)});
-    }
+    add_pieces(pieces, static_cast<const char*>(src.data_ptr()), data + layout.shards[i].offset,
+               static_cast<size_t>(layout.shards[i].nbytes));
   }
-  parallel_for(pieces.size(), copy_threads(),
-               [&](size_t k) { std::memcpy(pieces[k].dst, pieces[k].src, pieces[k].n); });
+  copy_pieces(pieces);
   for (const auto& b : layout.blobs) {
     std::memcpy(data + b.offset, state.blobs().at(b.name).data(), b.nbytes);
   }
+}
+
+void copy_out_of(const Layout& layout, const char* data, StateDict& state) {
+  std::vector<Piece> pieces;
+  for (size_t i = 0; i < layout.shards.size(); ++i) {
+    const at::Tensor& t = state.tensors()[i].tensor;
+    const ShardRecord& s = layout.shards[i];
+    if (t.is_cpu() && t.is_contiguous()) {
+      add_pieces(pieces, data + s.offset, static_cast<char*>(t.data_ptr()),
+                 static_cast<size_t>(s.nbytes));
+    } else {
+      fill_tensor(t, data + s.offset);
+    }
+  }
+  copy_pieces(pieces);
+}
+
+std::string verify_crcs(const Layout& layout, const char* data, const std::string& where) {
+  std::vector<char> good(layout.shards.size(), 1);
+  parallel_for(layout.shards.size(), copy_threads(), [&](size_t k) {
+    const ShardRecord& s = layout.shards[k];
+    good[k] = crc32c(data + s.offset, s.nbytes) == s.crc;
+  });
+  std::string errors;
+  for (size_t k = 0; k < good.size(); ++k) {
+    if (!good[k]) {
+      errors += "\n  " + where + ": shard '" + layout.shards[k].name + "' failed its checksum";
+    }
+  }
+  for (const auto& b : layout.blobs) {
+    if (crc32c(data + b.offset, b.nbytes) != b.crc) {
+      errors += "\n  " + where + ": blob '" + b.name + "' failed its checksum";
+    }
+  }
+  return errors;
 }
 
 void compute_crcs(Layout& layout, const char* data) {

@@ -49,6 +49,13 @@ bool same_parts(const Layout& layout, const StateDict& state);
 void copy_into(const StateDict& state, const Layout& layout, char* data);
 // Fills in the CRCs from `data`.
 void compute_crcs(Layout& layout, const char* data);
+// Checks every part and blob in `data` against its CRC (parts over a few threads), writing
+// nothing. Returns one line per mismatch ("\n  <where>: shard 'w' failed its checksum"),
+// empty when all match.
+std::string verify_crcs(const Layout& layout, const char* data, const std::string& where);
+// The inverse of copy_into for the tensors: writes every part in `data` into the tensors of
+// `state` (which holds the same parts, in order).
+void copy_out_of(const Layout& layout, const char* data, StateDict& state);
 
 nlohmann::json to_json(const ShardRecord& s);
 nlohmann::json to_json(const BlobRecord& b);

@@ -220,6 +220,27 @@ TEST_F(CheckpointTest, ACorruptDurableShardFallsBackToTheOlderStepAndNamesTheSha
   EXPECT_TRUE(any_output_has(results, "failed its checksum")) << dump(results);
 }
 
+TEST_F(CheckpointTest, ARestoreThatFailsOnEveryTierLeavesEveryRanksTensorsUntouched) {
+  expect_pass(2, "save", env({{"CKPT_DURABLE", dir_.string()}, {"CKPT_STEP", "3"}, {"CKPT_PACED", "1"}}));
+  // Rank 1's copies are corrupt everywhere: its own slots, its replica on rank 0, and its
+  // object in both durable steps (2 and 3). Rank 0's own copies are intact, so a restore that
+  // wrote as it verified would leave rank 0 holding step 3 (or 2) while rank 1 fails.
+  for (int slot = 0; slot < 2; ++slot) {
+    for (const std::string regions : {"r1-s", "r0-p"}) {
+      const std::string path = "/dev/shm/tenax-" + run_ + "-" + regions + std::to_string(slot);
+      if (fs::exists(path)) flip_byte(path, 4096);
+    }
+  }
+  flip_byte(step_dir(3) + "/rank-00001.bin", 3);
+  flip_byte(step_dir(2) + "/rank-00001.bin", 3);
+  auto results = expect_pass(2, "restore_fails", env({{"CKPT_DURABLE", dir_.string()}}));
+  EXPECT_TRUE(any_output_has(results, "step 2: shard 'w'")) << dump(results);
+  // Rank 0, whose own parts were intact, says which rank the steps failed on.
+  EXPECT_NE(results[0].output.find("durable tier: step 2 is not intact on rank 1"),
+            std::string::npos)
+      << dump(results);
+}
+
 TEST_F(CheckpointTest, ATruncatedObjectFallsBackToTheOlderStep) {
   expect_pass(2, "save", env({{"CKPT_DURABLE", dir_.string()}, {"CKPT_STEP", "3"}, {"CKPT_PACED", "1"}}));
   tenax::CheckpointEngine::remove_memory(run_);

@@ -174,6 +174,23 @@ void scenario_restore(World& w) {
   check_restored(p, w.rank, w.size, step, w.rank < saved_world ? w.rank : 0);
 }
 
+// A restore that finds no intact step on any tier throws, and leaves the tensors, ints and
+// blobs it was given (here those of step 99) exactly as they were, on every rank.
+void scenario_restore_fails(World& w) {
+  CheckpointEngine engine(options(), w.comm, w.store);
+  Parts p = make_state(w.rank, w.size, 99, false);
+  std::string error;
+  try {
+    engine.restore(p.state);
+  } catch (const CheckpointError& e) {
+    error = e.what();
+  }
+  std::cout << "restore error: " << error << std::endl;
+  CHECK(error.find("no complete step could be restored") != std::string::npos,
+        "restore did not fail: '" << error << "'");
+  check_restored(p, w.rank, w.size, 99, w.rank);
+}
+
 // Save, then restore in the same engine: memory tier, newest step.
 void scenario_roundtrip(World& w) {
   CheckpointEngine engine(options(), w.comm, w.store);
@@ -306,6 +323,8 @@ int main(int argc, char** argv) {
       scenario_save(w);
     } else if (scenario == "restore") {
       scenario_restore(w);
+    } else if (scenario == "restore_fails") {
+      scenario_restore_fails(w);
     } else if (scenario == "roundtrip") {
       scenario_roundtrip(w);
     } else if (scenario == "outage") {

@@ -106,7 +106,8 @@ class CheckpointEngine {
 
   // Collective. Fills the tensors of `state` in place (and its ints and blobs) from the newest
   // complete step; nullopt when no tier holds one. Throws CheckpointError when steps exist but
-  // none can be read.
+  // none can be read. Every rank verifies a step's checksums before any rank writes into its
+  // tensors, so a step that fails anywhere, and a restore that throws, leave `state` as it was.
   std::optional<RestoreResult> restore(StateDict& state);
 
   CheckpointStatus status() const;
@@ -118,7 +119,8 @@ class CheckpointEngine {
   // generation) whose every requested part some member holds, copies local parts in place and
   // sends the others point to point, verifies every checksum and reshards by part offsets.
   // nullopt when no such step exists, or when a part fails its checksum on some member (the
-  // error is logged, naming the part); the caller then falls back to the durable tier.
+  // error is logged, naming the part; `state` is then untouched on every member); the caller
+  // then falls back to the durable tier.
   static std::optional<RestoreResult> restore_from_group(const CheckpointOptions& options,
                                                          Communicator& comm, StateDict& state);
 
