@@ -406,6 +406,7 @@ class CheckpointEngine::Impl {
           backoff = std::min<Ms>(backoff * 2, Ms(10000));
         }
       }
+      if (upload) recycle(*upload);
       std::lock_guard<std::mutex> lock(mu_);
       if (!upload) --pinned_[job.slot];  // never copied out
       persisting_ = false;
@@ -424,7 +425,9 @@ class CheckpointEngine::Impl {
   };
 
   // Copies this rank's parts out of the slot (each part is taken by the first rank to claim
-  // it, so replicated parts are stored once) and releases the slot.
+  // it, so replicated parts are stored once) and releases the slot. The object buffers of the
+  // previous persist are reused: their pages are already touched (copying into fresh pages
+  // costs several times the copy itself).
   Upload copy_out(const Job& job) {
     const Layout& l = job.layout;
     const char* data = memory_.region(job.slot).data();
@@ -437,16 +440,30 @@ class CheckpointEngine::Impl {
     // Objects of about part_bytes each (a larger part gets its own object, uploaded in parts
     // by the S3 tier), uploaded several at a time.
     auto& objects = up.objects;
-    auto place = [&](int64_t nbytes) -> std::pair<std::string, int64_t> {
-      if (objects.empty() ||
-          (!objects.back().second.empty() &&
-           static_cast<int64_t>(objects.back().second.size()) + nbytes > o_.s3.part_bytes)) {
+    std::vector<int64_t> sizes;
+    struct Piece {
+      size_t object;
+      int64_t at;
+      const char* src;
+      int64_t n;
+    };
+    std::vector<Piece> pieces;
+    auto place = [&](const char* src, int64_t nbytes) -> std::pair<std::string, int64_t> {
+      if (sizes.empty() || (sizes.back() > 0 && sizes.back() + nbytes > o_.s3.part_bytes)) {
+        std::string buf;
+        if (!spare_.empty()) {
+          buf = std::move(spare_.back());
+          spare_.pop_back();
+        }
         objects.emplace_back(objects.empty() ? file
                                              : file.substr(0, file.size() - 4) + "-" +
                                                    std::to_string(objects.size()) + ".bin",
-                             std::string());
+                             std::move(buf));
+        sizes.push_back(0);
       }
-      return {objects.back().first, static_cast<int64_t>(objects.back().second.size())};
+      pieces.push_back({objects.size() - 1, sizes.back(), src, nbytes});
+      sizes.back() += nbytes;
+      return {objects.back().first, pieces.back().at};
     };
     for (const auto& s : l.shards) {
       const std::string key = prefix_ + "owner/" + part_key(s);
@@ -462,20 +479,30 @@ class CheckpointEngine::Impl {
       }
       if (owner != std::to_string(rank)) continue;
       detail::ShardRecord r = s;
-      std::tie(r.file, r.offset) = place(s.nbytes);
-      objects.back().second.append(data + s.offset, s.nbytes);
+      std::tie(r.file, r.offset) = place(data + s.offset, s.nbytes);
       up.shards.push_back(detail::to_json(r));
     }
     for (const auto& b : l.blobs) {
       detail::BlobRecord r = b;
-      std::tie(r.file, r.offset) = place(b.nbytes);
-      objects.back().second.append(data + b.offset, b.nbytes);
+      std::tie(r.file, r.offset) = place(data + b.offset, b.nbytes);
       up.blobs.push_back(detail::to_json(r));
     }
+    for (size_t k = 0; k < objects.size(); ++k) objects[k].second.resize(sizes[k]);
+    // One thread: this runs beside training, and into touched pages one copy is cheap.
+    for (const Piece& p : pieces) std::memcpy(objects[p.object].second.data() + p.at, p.src, p.n);
     std::lock_guard<std::mutex> lock(mu_);
     --pinned_[job.slot];
     cv_.notify_all();
     return up;
+  }
+
+  // Keeps an upload's object buffers (and their touched pages) for the next copy_out.
+  void recycle(Upload& up) {
+    for (auto& [name, bytes] : up.objects) {
+      bytes.clear();
+      spare_.push_back(std::move(bytes));
+    }
+    up.objects.clear();
   }
 
   // Uploads the objects and, when this rank is the last to finish, writes the manifest that
@@ -853,6 +880,7 @@ class CheckpointEngine::Impl {
   std::thread replicator_;
   std::string prefix_;
   std::map<std::string, std::string> owners_;  // persister thread only
+  std::vector<std::string> spare_;             // persister thread only: buffers for copy_out
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
