@@ -3,14 +3,17 @@
 //   memory restore     vs memcpy (bandwidth ratio), and vs the durable tier's restore
 //   durable persist    per tier: a local directory, and S3 when --s3 is given, where a
 //                      parallel multipart upload is compared with a single PUT stream
-//   step slowdown      a compute step alone vs the same step followed by save() with
-//                      background persistence every save
+//   step slowdown      a fixed-work compute step alone, followed by save(), and followed by
+//                      save() with background persistence every save
 // Prints one table; medians over --reps.
 
 #include <absl/flags/flag.h>
 #include <absl/flags/parse.h>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -29,6 +32,7 @@ ABSL_FLAG(std::string, s3, "", "also persist to this s3://bucket/prefix (AWS env
 ABSL_FLAG(int, parallel_parts, 4, "S3 parts in flight for the multipart comparison");
 ABSL_FLAG(int64_t, part_mib, 32, "object / part size in MiB");
 ABSL_FLAG(int, step_ms, 200, "compute per training step in the slowdown measurement");
+ABSL_FLAG(int, step_threads, 1, "threads of that compute (ATen and BLAS)");
 
 namespace {
 
@@ -43,10 +47,22 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// A stand-in for a training step's compute: matmuls for about `ms` on this machine.
-void compute(const at::Tensor& a, int ms) {
-  auto until = Clock::now() + std::chrono::milliseconds(ms);
-  while (Clock::now() < until) at::mm(a, a);
+// A stand-in for a training step's compute: a fixed number of matmuls (a fixed amount of
+// work, so background threads that take CPU from it show as a longer step).
+void compute(const at::Tensor& a, int64_t matmuls) {
+  for (int64_t k = 0; k < matmuls; ++k) at::mm(a, a);
+}
+
+// The number of matmuls that take about `ms` here (median of 5 timings of 50).
+int64_t matmuls_for(const at::Tensor& a, int ms) {
+  std::vector<double> per;
+  for (int k = 0; k < 5; ++k) {
+    auto t = Clock::now();
+    compute(a, 50);
+    per.push_back(std::chrono::duration<double>(Clock::now() - t).count() / 50);
+  }
+  std::sort(per.begin(), per.end());
+  return std::max<int64_t>(1, static_cast<int64_t>(ms / 1e3 / per[2]));
 }
 
 }  // namespace
@@ -169,9 +185,24 @@ int main(int argc, char** argv) {
 
   // Step slowdown: compute alone; compute + save (memory tier); compute + save with the
   // durable tier persisting every save in the background.
+  // The step computes on one thread (--step_threads), as a GPU trainer's host thread does:
+  // the other cores are what the engine's background threads (commit checksums, persistence)
+  // can use. BLAS has its own pool, sized apart from ATen's.
+  const int step_threads = absl::GetFlag(FLAGS_step_threads);
+  at::set_num_threads(step_threads);
+  using SetThreads = void (*)(int);
+  if (auto set = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+    set(step_threads);
+  }
   at::Tensor a = at::rand({256, 256});
   const int step_ms = absl::GetFlag(FLAGS_step_ms);
+  const int64_t matmuls = matmuls_for(a, step_ms);
   std::vector<double> plain, saved, persisted;
+  for (int r = 0; r < reps * 2; ++r) {  // no engine at work
+    auto t = Clock::now();
+    compute(a, matmuls);
+    plain.push_back(seconds_since(t));
+  }
   for (int variant = 0; variant < 2; ++variant) {
     tenax::CheckpointOptions o;
     if (variant == 1) {
@@ -183,10 +214,7 @@ int main(int argc, char** argv) {
     engine->wait(std::chrono::minutes(30));
     for (int r = 0; r < reps * 2; ++r) {
       auto t = Clock::now();
-      compute(a, step_ms);
-      plain.push_back(seconds_since(t));
-      t = Clock::now();
-      compute(a, step_ms);
+      compute(a, matmuls);
       engine->save(r + 2, state);
       (variant == 0 ? saved : persisted).push_back(seconds_since(t));
     }

@@ -46,9 +46,12 @@ std::string part_key(const detail::ShardRecord& s) {
   return k;
 }
 
-// Checksums and uploads yield the CPU to training: this thread runs at nice 10.
-void background_priority() {
-  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), 10);
+// Background threads yield the CPU to training. The commit (the checksums a following save may
+// wait for) and replication run at nice 10; persistence, which nothing waits for, at nice 19,
+// so its writers (and the threads they start, which inherit it) never slow a commit.
+constexpr int kCommitNice = 10, kPersistNice = 19;
+void background_priority(int nice) {
+  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), nice);
 }
 
 }  // namespace
@@ -102,18 +105,18 @@ class CheckpointEngine::Impl {
       replicas_ = std::make_unique<detail::MemoryTier>(o_.run, member_, o_.memory_slots,
                                                        o_.memory_budget_bytes, 'p');
       replicator_ = std::thread([this] {
-        background_priority();
+        background_priority(kCommitNice);
         replicate_loop();
       });
     }
     committer_ = std::thread([this] {
-      background_priority();
+      background_priority(kCommitNice);
       commit_loop();
     });
     if (durable_) {
       persist_store_ = store_->clone();
       persister_ = std::thread([this] {
-        background_priority();
+        background_priority(kPersistNice);
         persist_loop();
       });
     }
