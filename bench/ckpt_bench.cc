@@ -61,8 +61,7 @@ int64_t matmuls_for(const at::Tensor& a, int ms) {
     compute(a, 50);
     per.push_back(std::chrono::duration<double>(Clock::now() - t).count() / 50);
   }
-  std::sort(per.begin(), per.end());
-  return std::max<int64_t>(1, static_cast<int64_t>(ms / 1e3 / per[2]));
+  return std::max<int64_t>(1, static_cast<int64_t>(ms / 1e3 / median(per)));
 }
 
 }  // namespace

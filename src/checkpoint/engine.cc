@@ -446,7 +446,6 @@ class CheckpointEngine::Impl {
     std::vector<int64_t> sizes;
     struct Piece {
       size_t object;
-      int64_t at;
       const char* src;
       int64_t n;
     };
@@ -464,9 +463,9 @@ class CheckpointEngine::Impl {
                              std::move(buf));
         sizes.push_back(0);
       }
-      pieces.push_back({objects.size() - 1, sizes.back(), src, nbytes});
+      pieces.push_back({objects.size() - 1, src, nbytes});
       sizes.back() += nbytes;
-      return {objects.back().first, pieces.back().at};
+      return {objects.back().first, sizes.back() - nbytes};
     };
     for (const auto& s : l.shards) {
       const std::string key = prefix_ + "owner/" + part_key(s);
@@ -490,9 +489,10 @@ class CheckpointEngine::Impl {
       std::tie(r.file, r.offset) = place(data + b.offset, b.nbytes);
       up.blobs.push_back(detail::to_json(r));
     }
-    for (size_t k = 0; k < objects.size(); ++k) objects[k].second.resize(sizes[k]);
-    // One thread: this runs beside training, and into touched pages one copy is cheap.
-    for (const Piece& p : pieces) std::memcpy(objects[p.object].second.data() + p.at, p.src, p.n);
+    // One thread: this runs beside training, and into touched pages one copy is cheap. Each
+    // object's pieces are back to back, so appending them in order fills it.
+    for (size_t k = 0; k < objects.size(); ++k) objects[k].second.reserve(sizes[k]);
+    for (const Piece& p : pieces) objects[p.object].second.append(p.src, p.n);
     std::lock_guard<std::mutex> lock(mu_);
     --pinned_[job.slot];
     cv_.notify_all();
@@ -745,7 +745,7 @@ class CheckpointEngine::Impl {
   };
 
   // Reads every part of the durable step `step` that `state` needs and assembles the target
-  // tensors' bytes in `out`, writing nothing into `state`; false (with `errors` saying why)
+  // tensors' bytes in `out` (empty on entry), writing nothing into `state`; false (with `errors` saying why)
   // when a part is missing or corrupt.
   bool load_durable(int64_t step, const StateDict& state, std::string& errors, Staged& out) {
     const std::string dir = step_dir(o_.run, step);
@@ -766,7 +766,6 @@ class CheckpointEngine::Impl {
       const int saved_world = m.at("world").get<int>();
       bool same = saved_world == comm_->size();
       int64_t bytes = 0;
-      out.tensors.clear();
       for (const auto& target : state.tensors()) {
         auto it = by_name.find(target.name);
         if (it == by_name.end()) throw CheckpointError("no tensor '" + target.name + "' in it");
@@ -814,8 +813,6 @@ class CheckpointEngine::Impl {
       // Ints and blobs: this rank's own when it existed in the saved world, else rank 0's.
       const auto& ranks = m.at("ranks");
       const int from = comm_->rank() < saved_world ? comm_->rank() : 0;
-      out.ints.clear();
-      out.blobs.clear();
       for (const auto& r : ranks) {
         if (r.at("rank").get<int>() != from) continue;
         out.ints = r.at("ints").get<std::map<std::string, int64_t>>();

@@ -196,8 +196,10 @@ void ShmAllReduce::all_reduce(void* out, const void* in, size_t count, size_t el
     const uint32_t e = ++epoch_;
     // 1. Copy in and arrive.
     std::memcpy(slot(e, rank_), src + first * elem_size, m * elem_size);
-    mine.count = count;
-    mine.signature = signature;
+    if (first == 0) {  // compared by every rank once all have arrived at the first chunk
+      mine.count = count;
+      mine.signature = signature;
+    }
     mine.arrived.value.store(e, std::memory_order_release);
     futex_wake(&mine.arrived.value);
     wait_all(Counter::kArrived, e, cancelled, deadline);
