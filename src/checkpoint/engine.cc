@@ -239,20 +239,29 @@ class CheckpointEngine::Impl {
   // the empty, then the oldest. Caller holds mu_.
   int free_slot() {
     int best = pick_slot();
+    if (best >= 0 || !persist_next_) return best;
     bool committing = false;  // a slot that frees itself once its commit is done
     for (int s = 0; s < o_.memory_slots; ++s) committing |= busy_[s] && pinned_[s] == 0;
-    if (best < 0 && !committing && persist_next_) {
+    // A newer step due for persistence, in or waiting for its commit, replaces the waiting
+    // persist as soon as it commits: give that persist up now instead of waiting for the commit.
+    bool replaced = committing_persist_;
+    for (const Job& j : commits_) replaced |= j.persist;
+    if (replaced) {
+      log(LogLevel::kDebug, "checkpoint: step " + std::to_string(persist_next_->step) +
+                                " leaves the persist queue to a newer step");
+    } else if (!committing) {
       // Every slot is held: give up the persist that has not started rather than stall
       // training; a newer step will be persisted instead.
       log(LogLevel::kWarning, "checkpoint: rank " + std::to_string(comm_->rank()) +
                                   ": skipping the persist of step " +
                                   std::to_string(persist_next_->step) +
                                   " (the durable tier is behind)");
-      --pinned_[persist_next_->slot];
-      persist_next_.reset();
-      best = pick_slot();
+    } else {
+      return best;
     }
-    return best;
+    --pinned_[persist_next_->slot];
+    persist_next_.reset();
+    return pick_slot();
   }
 
   int pick_slot() {
@@ -277,11 +286,13 @@ class CheckpointEngine::Impl {
         job = std::move(commits_.front());
         commits_.pop_front();
         committing_ = true;
+        committing_persist_ = job.persist;
       }
       detail::compute_crcs(job.layout, memory_.region(job.slot).data());
       memory_.commit(job.slot, detail::to_json(job.layout).dump());
       std::lock_guard<std::mutex> lock(mu_);
       committing_ = false;
+      committing_persist_ = false;
       busy_[job.slot] = false;
       last_committed_ = job.step;
       if (replicas_ && job.replicate) {
@@ -889,6 +900,7 @@ class CheckpointEngine::Impl {
   std::deque<Job> commits_;
   std::optional<Job> persist_next_;
   bool committing_ = false, persisting_ = false, stopping_ = false;
+  bool committing_persist_ = false;  // the commit in progress is of a step due for persistence
   int64_t last_saved_ = -1, last_committed_ = -1, last_persisted_ = -1, pending_persist_ = -1;
   int64_t saves_ = 0;
   std::string last_error_;
