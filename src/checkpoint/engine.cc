@@ -19,6 +19,7 @@
 #include <set>
 #include <thread>
 
+#include "checkpoint/aligned_buffer.h"
 #include "checkpoint/crc32c.h"
 #include "checkpoint/durable_layout.h"
 #include "checkpoint/parallel_for.h"
@@ -434,7 +435,7 @@ class CheckpointEngine::Impl {
   struct Upload {
     int64_t step;
     std::map<std::string, int64_t> ints;
-    std::vector<std::pair<std::string, std::string>> objects;  // name, bytes
+    std::vector<std::pair<std::string, detail::AlignedBuffer>> objects;  // name, bytes
     nlohmann::json shards = nlohmann::json::array(), blobs = nlohmann::json::array();
   };
 
@@ -463,7 +464,7 @@ class CheckpointEngine::Impl {
     std::vector<Piece> pieces;
     auto place = [&](const char* src, int64_t nbytes) -> std::pair<std::string, int64_t> {
       if (sizes.empty() || (sizes.back() > 0 && sizes.back() + nbytes > o_.s3.part_bytes)) {
-        std::string buf;
+        detail::AlignedBuffer buf;
         if (!spare_.empty()) {
           buf = std::move(spare_.back());
           spare_.pop_back();
@@ -891,7 +892,7 @@ class CheckpointEngine::Impl {
   std::thread replicator_;
   std::string prefix_;
   std::map<std::string, std::string> owners_;  // persister thread only
-  std::vector<std::string> spare_;             // persister thread only: buffers for copy_out
+  std::vector<detail::AlignedBuffer> spare_;    // persister thread only: buffers for copy_out
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

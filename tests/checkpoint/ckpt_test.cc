@@ -9,7 +9,9 @@
 #include <fstream>
 #include <regex>
 
+#include "checkpoint/aligned_buffer.h"
 #include "checkpoint/crc32c.h"
+#include "checkpoint/object_store.h"
 #include "checkpoint/snapshot.h"
 #include "support/process.h"
 #include "support/s3_server.h"
@@ -45,6 +47,27 @@ TEST(CopyOverlapTest, CopiesOnlyTheIntersectionOfTwoPartsOfOneGlobalTensor) {
       {2, 2}, {2, 4}, sizeof(int32_t));
   EXPECT_EQ(n, 4);
   EXPECT_EQ(dst, (std::vector<int32_t>{22, 23, -1, -1, 32, 33, -1, -1}));
+}
+
+TEST(DirectoryStoreTest, LargeObjectsWithAnOddTailReadBackExactlyAlignedOrNot) {
+  // 3 MiB + 1234 bytes: whole 4 KiB blocks go to the device directly from an aligned buffer,
+  // the tail through the page cache; from an unaligned pointer everything does.
+  const fs::path root = fs::temp_directory_path() / ("tenax-dirstore-" + std::to_string(::getpid()));
+  auto store = tenax::detail::open_directory_store(root.string());
+  const size_t n = (size_t(3) << 20) + 1234;
+  std::string bytes(n + 1, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 2654435761u) >> 13);
+  tenax::detail::AlignedBuffer aligned;
+  aligned.reserve(n);
+  aligned.append(bytes.data(), n);
+  store->put("s/aligned.bin", aligned.data(), n);
+  store->put("s/unaligned.bin", bytes.data() + 1, n);
+  EXPECT_EQ(fs::file_size(root / "s/aligned.bin"), n);
+  EXPECT_TRUE(store->get("s/aligned.bin") == bytes.substr(0, n));
+  EXPECT_TRUE(store->get("s/unaligned.bin") == bytes.substr(1, n));
+  EXPECT_TRUE(store->get_range("s/aligned.bin", n - 5000, 5000) == bytes.substr(n - 5000, 5000));
+  EXPECT_EQ(store->list("s/"), (std::vector<std::string>{"s/aligned.bin", "s/unaligned.bin"}));
+  fs::remove_all(root);
 }
 
 std::string unique_run(std::string what) {
