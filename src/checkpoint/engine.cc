@@ -778,13 +778,14 @@ class CheckpointEngine::Impl {
       const int saved_world = m.at("world").get<int>();
       bool same = saved_world == comm_->size();
       int64_t bytes = 0;
-      for (const auto& target : state.tensors()) {
+      // Per tensor asked for: the saved part that is exactly it, if any.
+      std::vector<const detail::ShardRecord*> exact(state.tensors().size(), nullptr);
+      for (size_t i = 0; i < exact.size(); ++i) {
+        const auto& target = state.tensors()[i];
         auto it = by_name.find(target.name);
         if (it == by_name.end()) throw CheckpointError("no tensor '" + target.name + "' in it");
         const std::string dtype = detail::dtype_name(target.tensor);
-        const size_t elem = detail::dtype_size(dtype);
         const std::vector<int64_t> sizes = target.tensor.sizes().vec();
-        const detail::ShardRecord* exact = nullptr;  // a saved part that is the one asked for
         for (const auto& s : it->second) {
           if (s.dtype != dtype || s.global_shape != target.global_shape) {
             throw CheckpointError("tensor '" + target.name + "' was saved as " + s.dtype +
@@ -792,18 +793,30 @@ class CheckpointEngine::Impl {
                                   ", asked for " + dtype + " of " +
                                   nlohmann::json(target.global_shape).dump());
           }
-          if (s.offsets == target.offsets && s.sizes == sizes) exact = &s;
+          if (s.offsets == target.offsets && s.sizes == sizes) exact[i] = &s;
         }
-        same &= exact != nullptr;
-        if (exact) {  // its bytes as they are
-          out.tensors.push_back(detail::read_part(*durable_, dir, *exact));
-          bytes += exact->nbytes;
+        same &= exact[i] != nullptr;
+      }
+      // The exact parts, several reads in flight (their latency overlaps, on disk and on S3).
+      std::vector<std::string> read(exact.size());
+      detail::parallel_for(exact.size(), static_cast<size_t>(std::max(1, o_.s3.parallel_parts)),
+                           [&](size_t i) {
+                             if (exact[i]) read[i] = detail::read_part(*durable_, dir, *exact[i]);
+                           });
+      for (size_t i = 0; i < exact.size(); ++i) {
+        const auto& target = state.tensors()[i];
+        if (exact[i]) {  // its bytes as they are
+          out.tensors.push_back(std::move(read[i]));
+          bytes += exact[i]->nbytes;
           continue;
         }
+        const auto& saved = by_name.at(target.name);
+        const size_t elem = detail::dtype_size(detail::dtype_name(target.tensor));
+        const std::vector<int64_t> sizes = target.tensor.sizes().vec();
         // Resharding: the intersection of every overlapping saved part.
         std::string buf(target.tensor.numel() * elem, '\0');
         int64_t covered = 0;
-        for (const auto& s : it->second) {
+        for (const auto& s : saved) {
           bool overlaps = true;
           for (size_t d = 0; d < s.sizes.size(); ++d) {
             overlaps &= std::max(s.offsets[d], target.offsets[d]) <
