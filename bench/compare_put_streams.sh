@@ -13,11 +13,11 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
 head -c $((128 << 20)) /dev/urandom >"$work/big"
 head -c $((32 << 20)) "$work/big" >"$work/part"
-start() {  # start NAME COMMAND...: waits for the port in NAME.log
+start() {  # start NAME COMMAND...: sets port from what NAME.log says
   "${@:2}" >"$work/$1.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do grep -qE '^[0-9]+$|listening on' "$work/$1.log" && break; sleep 0.1; done
-  grep -oE '^[0-9]+$|:[0-9]+$' "$work/$1.log" | tr -d : | head -1
+  port=$(grep -oE '^[0-9]+$|:[0-9]+$' "$work/$1.log" | tr -d : | head -1)
 }
 mkdir -p "$work/s3" "$work/sink"
 compare() {  # compare NAME PORT URL-PREFIX CURL-ARGS...
@@ -41,11 +41,11 @@ print('| $name | %.3f | %.3f | %.2fx |' % (st.median(one), st.median(par),
 }
 echo "| server | one 128 MiB PUT (s) | 4 x 32 MiB in parallel (s) | one / parallel (median) |"
 echo "|---|---|---|---|"
-port=$(NODE_OPTIONS=--openssl-legacy-provider start s3rver "$s3rver/node_modules/.bin/s3rver" \
-  -d "$work/s3" -a 127.0.0.1 -p 0 --configure-bucket b --silent)
+start s3rver env NODE_OPTIONS=--openssl-legacy-provider "$s3rver/node_modules/.bin/s3rver" \
+  -d "$work/s3" -a 127.0.0.1 -p 0 --configure-bucket b --silent
 compare s3rver "$port" b --aws-sigv4 "aws:amz:us-east-1:s3" --user S3RVER:S3RVER \
   -H "x-amz-content-sha256: UNSIGNED-PAYLOAD"
 for mode in drop md5 file; do
-  port=$(start "sink-$mode" node "$root/bench/body_sink.js" "$mode" "$work/sink")
+  start "sink-$mode" node "$root/bench/body_sink.js" "$mode" "$work/sink"
   compare "node, $mode" "$port" x
 done
