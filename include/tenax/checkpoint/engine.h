@@ -60,7 +60,9 @@ struct CheckpointOptions {
   // Replicate every Nth save (the first always): fewer bytes on the network, but a rank whose
   // memory is lost comes back from an older step.
   int replicate_every = 1;
-  int64_t memory_budget_bytes = 0;  // bound on one rank's slots (0: none)
+  // Bound on one rank's slots (0: none). Outside it: with a durable tier, persistence keeps one
+  // more copy of the rank's own parts (its upload buffers, reused from persist to persist).
+  int64_t memory_budget_bytes = 0;
   std::string durable;          // "" (none), a directory, file:///dir or s3://bucket/prefix
   int persist_every = 10;       // persist every Nth save to the durable tier
   int keep_durable = 3;         // committed steps kept in the durable tier
