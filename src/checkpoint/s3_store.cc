@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
-#include <cstdlib>
 #include <fstream>
 #include <mutex>
 #include <random>
@@ -18,17 +17,13 @@
 
 #include "checkpoint/object_store.h"
 #include "checkpoint/parallel_for.h"
+#include "tenax/core/config.h"
 #include "tenax/core/fault_injection.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
 
 namespace tenax::detail {
 namespace {
-
-std::string env(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
 
 // [profile] section of an AWS credentials file: key = value lines.
 std::map<std::string, std::string> read_profile(const std::string& path, const std::string& profile) {
@@ -56,24 +51,19 @@ std::map<std::string, std::string> read_profile(const std::string& path, const s
 }
 
 S3Options resolve(S3Options o) {
-  if (o.region.empty()) o.region = env("AWS_REGION");
-  if (o.region.empty()) o.region = env("AWS_DEFAULT_REGION");
+  const AwsEnvironment& aws = settings().aws;
+  if (o.region.empty()) o.region = aws.region;
   if (o.region.empty()) o.region = "us-east-1";
-  if (o.endpoint.empty()) o.endpoint = env("AWS_ENDPOINT_URL_S3");
-  if (o.endpoint.empty()) o.endpoint = env("AWS_ENDPOINT_URL");
+  if (o.endpoint.empty()) o.endpoint = aws.endpoint;
   if (o.endpoint.empty()) o.endpoint = "https://s3." + o.region + ".amazonaws.com";
   while (!o.endpoint.empty() && o.endpoint.back() == '/') o.endpoint.pop_back();
   if (o.access_key.empty()) {
-    o.access_key = env("AWS_ACCESS_KEY_ID");
-    o.secret_key = env("AWS_SECRET_ACCESS_KEY");
-    o.session_token = env("AWS_SESSION_TOKEN");
+    o.access_key = aws.access_key;
+    o.secret_key = aws.secret_key;
+    o.session_token = aws.session_token;
   }
   if (o.access_key.empty()) {
-    std::string file = env("AWS_SHARED_CREDENTIALS_FILE");
-    if (file.empty()) file = env("HOME") + "/.aws/credentials";
-    std::string profile = env("AWS_PROFILE");
-    if (profile.empty()) profile = "default";
-    auto p = read_profile(file, profile);
+    auto p = read_profile(aws.credentials_file, aws.profile);
     o.access_key = p["aws_access_key_id"];
     o.secret_key = p["aws_secret_access_key"];
     o.session_token = p["aws_session_token"];

@@ -127,6 +127,12 @@ LaunchInfo detect_launch() {
   } else {
     info.launcher = "single";
   }
+  info.member = env_string("TENAX_MEMBER_ID").value_or("w" + std::to_string(info.rank));
+  return info;
+}
+
+const LaunchInfo& launch_info() {
+  static const LaunchInfo info = detect_launch();
   return info;
 }
 

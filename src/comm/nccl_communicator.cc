@@ -8,14 +8,16 @@
 #include <thread>
 
 #include "comm/fault.h"
-#include "comm/tensor_checks.h"
+#include "comm/argument_checks.h"
 #include "comm/wait_clock.h"
+#include "tenax/comm/init.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 
 namespace tenax {
 namespace {
 
+using namespace detail;
 using Ms = std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
 
@@ -170,7 +172,7 @@ class NcclCommunicator : public Communicator {
       throw ConfigError("rank " + std::to_string(rank) + ": the nccl backend needs a CUDA device "
                         "and none is visible");
     }
-    st_->device = static_cast<int>(env_int("LOCAL_RANK", rank)) % count;
+    st_->device = (opts.device >= 0 ? opts.device : launch_info().local_rank) % count;
     check_cuda(cudaSetDevice(st_->device), "cudaSetDevice");
     auto deadline = Clock::now() + st_->timeout;
     Fault gone = Fault::gone(rank, opts.name, "cuda:" + std::to_string(st_->device));
@@ -217,8 +219,8 @@ class NcclCommunicator : public Communicator {
   using Communicator::all_reduce_async;
   WorkHandle all_reduce_async(const at::Tensor& input, const at::Tensor& output,
                               ReduceOp op) override {
-    OpContext c = check2("all_reduce", input, output);
-    if (input.numel() != output.numel()) throw ConfigError(c.where() + ": input and output sizes differ");
+    OpContext c = ctx("all_reduce");
+    check_all_reduce(c, input, output);
     at::Tensor in = input.contiguous(), out = output.contiguous();
     return launch(c, input, [&](ncclComm_t comm) {
       return ncclAllReduce(in.data_ptr(), out.data_ptr(), in.numel(), nccl_type(in.scalar_type()),
@@ -227,10 +229,8 @@ class NcclCommunicator : public Communicator {
   }
   WorkHandle reduce_scatter_async(const at::Tensor& output, const at::Tensor& input,
                                   ReduceOp op) override {
-    OpContext c = check2("reduce_scatter", input, output);
-    if (input.numel() != output.numel() * size()) {
-      throw ConfigError(c.where() + ": input must hold size() x output.numel() elements");
-    }
+    OpContext c = ctx("reduce_scatter");
+    check_reduce_scatter(c, output, input);
     at::Tensor in = input.contiguous(), out = output.contiguous();
     return launch(c, input, [&](ncclComm_t comm) {
       return ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(),
@@ -238,10 +238,8 @@ class NcclCommunicator : public Communicator {
     }, output, out);
   }
   WorkHandle all_gather_async(const at::Tensor& output, const at::Tensor& input) override {
-    OpContext c = check2("all_gather", input, output);
-    if (output.numel() != input.numel() * size()) {
-      throw ConfigError(c.where() + ": output must hold size() x input.numel() elements");
-    }
+    OpContext c = ctx("all_gather");
+    check_all_gather(c, output, input);
     at::Tensor in = input.contiguous(), out = output.contiguous();
     return launch(c, input, [&](ncclComm_t comm) {
       return ncclAllGather(in.data_ptr(), out.data_ptr(), in.numel(), nccl_type(in.scalar_type()),
@@ -249,8 +247,8 @@ class NcclCommunicator : public Communicator {
     }, output, out);
   }
   WorkHandle broadcast_async(const at::Tensor& tensor, int root) override {
-    OpContext c = check1("broadcast", tensor);
-    check_rank(c, root, "root");
+    OpContext c = ctx("broadcast");
+    check_rooted(c, tensor, root);
     at::Tensor buf = tensor.contiguous();
     return launch(c, tensor, [&](ncclComm_t comm) {
       return ncclBroadcast(buf.data_ptr(), buf.data_ptr(), buf.numel(),
@@ -258,8 +256,8 @@ class NcclCommunicator : public Communicator {
     }, tensor, buf);
   }
   WorkHandle reduce_async(const at::Tensor& tensor, int root, ReduceOp op) override {
-    OpContext c = check1("reduce", tensor);
-    check_rank(c, root, "root");
+    OpContext c = ctx("reduce");
+    check_rooted(c, tensor, root);
     at::Tensor buf = tensor.contiguous();
     return launch(c, tensor, [&](ncclComm_t comm) {
       return ncclReduce(buf.data_ptr(), buf.data_ptr(), buf.numel(), nccl_type(buf.scalar_type()),
@@ -269,17 +267,11 @@ class NcclCommunicator : public Communicator {
   WorkHandle all_to_all_async(const at::Tensor& output, const at::Tensor& input,
                               const std::vector<int64_t>& output_splits,
                               const std::vector<int64_t>& input_splits) override {
-    OpContext c = check2("all_to_all", input, output);
+    OpContext c = ctx("all_to_all");
     const int n = size();
-    auto counts = [&](const std::vector<int64_t>& s, const at::Tensor& t) {
-      if (s.empty()) {
-        if (t.numel() % n) throw ConfigError(c.where() + ": element count must divide by size()");
-        return std::vector<int64_t>(n, t.numel() / n);
-      }
-      if (static_cast<int>(s.size()) != n) throw ConfigError(c.where() + ": splits need size() entries");
-      return s;
-    };
-    auto in_counts = counts(input_splits, input), out_counts = counts(output_splits, output);
+    const AllToAllCounts counts = check_all_to_all(c, output, input, output_splits, input_splits);
+    const std::vector<int64_t>& in_counts = counts.input;
+    const std::vector<int64_t>& out_counts = counts.output;
     at::Tensor in = input.contiguous(), out = output.contiguous();
     const size_t es = in.element_size();
     return launch(c, input, [&](ncclComm_t comm) {
@@ -297,8 +289,8 @@ class NcclCommunicator : public Communicator {
     }, output, out);
   }
   WorkHandle send_async(const at::Tensor& tensor, int dst, uint32_t) override {
-    OpContext c = check1("send", tensor);
-    check_rank(c, dst, "destination rank");
+    OpContext c = ctx("send");
+    check_point_to_point(c, tensor, dst, /*to_peer=*/true);
     at::Tensor buf = tensor.contiguous();
     return launch(c, tensor, [&](ncclComm_t comm) {
       return ncclSend(buf.data_ptr(), buf.numel(), nccl_type(buf.scalar_type()), dst, comm,
@@ -306,8 +298,8 @@ class NcclCommunicator : public Communicator {
     }, at::Tensor(), at::Tensor());
   }
   WorkHandle recv_async(const at::Tensor& tensor, int src, uint32_t) override {
-    OpContext c = check1("recv", tensor);
-    check_rank(c, src, "source rank");
+    OpContext c = ctx("recv");
+    check_point_to_point(c, tensor, src, /*to_peer=*/false);
     at::Tensor buf = tensor.contiguous();
     return launch(c, tensor, [&](ncclComm_t comm) {
       return ncclRecv(buf.data_ptr(), buf.numel(), nccl_type(buf.scalar_type()), src, comm,
@@ -315,7 +307,7 @@ class NcclCommunicator : public Communicator {
     }, tensor, buf);
   }
   WorkHandle barrier_async() override {
-    OpContext c{st_->name, st_->rank, st_->size, "barrier"};
+    OpContext c = ctx("barrier");
     if (!barrier_buf_) check_cuda(cudaMalloc(&barrier_buf_, sizeof(float)), "cudaMalloc");
     return launch(c, at::Tensor(), [&](ncclComm_t comm) {
       return ncclAllReduce(barrier_buf_, barrier_buf_, 1, ncclFloat32, ncclSum, comm, st_->stream);
@@ -358,17 +350,8 @@ class NcclCommunicator : public Communicator {
   }
 
  private:
-  OpContext check1(const char* op, const at::Tensor& t) {
-    OpContext c{st_->name, st_->rank, st_->size, op};
-    check_tensor(c, t, "tensor", true);
-    return c;
-  }
-  OpContext check2(const char* op, const at::Tensor& in, const at::Tensor& out) {
-    OpContext c{st_->name, st_->rank, st_->size, op};
-    check_tensor(c, in, "input", true);
-    check_tensor(c, out, "output", true);
-    check_same_dtype(c, in, "input", out, "output");
-    return c;
+  OpContext ctx(const char* op) const {
+    return OpContext{st_->name, st_->rank, st_->size, op, /*cuda=*/true};
   }
 
   // Orders the call after LibTorch's default stream, issues it, and returns a Work that copies

@@ -160,7 +160,7 @@ bool recv_frame(int fd, std::string* body, Deadline deadline, const std::string&
 }
 
 std::string reachable_host_address() {
-  if (auto h = env_string("TENAX_HOSTNAME")) return *h;
+  if (!settings().hostname.empty()) return settings().hostname;
   char name[256] = {0};
   if (::gethostname(name, sizeof(name) - 1) == 0) {
     addrinfo hints{};

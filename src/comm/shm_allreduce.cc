@@ -72,10 +72,10 @@ size_t slot_bytes_for(int size) {
 }  // namespace
 
 std::unique_ptr<ShmAllReduce> ShmAllReduce::create(TcpStore& store, const std::string& prefix,
-                                                   int rank, int size, Ms timeout) {
+                                                   int rank, int size, Ms timeout,
+                                                   bool enabled) {
   if (size < 2) return nullptr;
   // The setting is part of the identity, so ranks that disagree all fall back together.
-  const bool enabled = env_int("TENAX_SHM", 1) != 0;
   const std::string me = host_identity() + (enabled ? "" : "|off");
   const std::string base = prefix + "/shm/";
   store.set(base + "host/" + std::to_string(rank), me);

@@ -48,10 +48,10 @@ class ShmAllReduce {
   // A collective over `store` (keys under `prefix`): every rank publishes its host identity;
   // when all match, rank 0 creates the segment, the others map it, and rank 0 unlinks its name
   // once all have (so nothing outlives the processes). Returns null when the ranks are not all
-  // on this host or TENAX_SHM=0.
+  // on this host or any rank passed enabled = false.
   static std::unique_ptr<ShmAllReduce> create(TcpStore& store, const std::string& prefix,
                                               int rank, int size,
-                                              std::chrono::milliseconds timeout);
+                                              std::chrono::milliseconds timeout, bool enabled);
   ~ShmAllReduce();
 
   // out = reduction over ranks of `in` (count > 0 elements of elem_size bytes; in may equal

@@ -6,6 +6,58 @@
 #include "tenax/core/error.h"
 
 namespace tenax {
+namespace {
+
+std::chrono::milliseconds parse_timeout() {
+  auto v = env_string("TENAX_TIMEOUT");
+  if (!v) return std::chrono::seconds(30);
+  char* end = nullptr;
+  double sec = std::strtod(v->c_str(), &end);
+  if (end == v->c_str() || *end != '\0' || !(sec > 0)) {
+    throw ConfigError("TENAX_TIMEOUT='" + *v + "' must be a positive number of seconds");
+  }
+  return std::chrono::milliseconds(static_cast<long long>(sec * 1000.0));
+}
+
+AwsEnvironment read_aws() {
+  auto first = [](std::initializer_list<const char*> names) {
+    for (const char* n : names) {
+      if (auto v = env_string(n)) return *v;
+    }
+    return std::string();
+  };
+  AwsEnvironment a;
+  a.region = first({"AWS_REGION", "AWS_DEFAULT_REGION"});
+  a.endpoint = first({"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"});
+  a.access_key = first({"AWS_ACCESS_KEY_ID"});
+  a.secret_key = first({"AWS_SECRET_ACCESS_KEY"});
+  a.session_token = first({"AWS_SESSION_TOKEN"});
+  a.credentials_file = first({"AWS_SHARED_CREDENTIALS_FILE"});
+  if (a.credentials_file.empty()) a.credentials_file = first({"HOME"}) + "/.aws/credentials";
+  a.profile = first({"AWS_PROFILE"});
+  if (a.profile.empty()) a.profile = "default";
+  return a;
+}
+
+Settings read_settings() {
+  Settings s;
+  s.timeout = parse_timeout();
+  s.debug_collectives = env_flag("TENAX_DEBUG_COLLECTIVES");
+  s.shared_memory = env_int("TENAX_SHM", 1) != 0;
+  s.hostname = env_string("TENAX_HOSTNAME").value_or("");
+  s.log_level = env_string("TENAX_LOG_LEVEL").value_or("");
+  s.fault = env_string("TENAX_FAULT").value_or("");
+  s.restart_count = env_int("TENAX_RESTART_COUNT", 0);
+  s.aws = read_aws();
+  return s;
+}
+
+}  // namespace
+
+const Settings& settings() {
+  static const Settings s = read_settings();
+  return s;
+}
 
 std::optional<std::string> env_string(const char* name) {
   const char* v = std::getenv(name);
@@ -34,17 +86,6 @@ bool env_flag(const char* name) {
   return false;
 }
 
-std::chrono::milliseconds default_timeout() {
-  auto v = env_string("TENAX_TIMEOUT");
-  if (!v) return std::chrono::seconds(30);
-  char* end = nullptr;
-  double sec = std::strtod(v->c_str(), &end);
-  if (end == v->c_str() || *end != '\0' || !(sec > 0)) {
-    throw ConfigError("TENAX_TIMEOUT='" + *v + "' must be a positive number of seconds");
-  }
-  return std::chrono::milliseconds(static_cast<long long>(sec * 1000.0));
-}
-
-bool debug_collectives() { return env_flag("TENAX_DEBUG_COLLECTIVES"); }
+std::chrono::milliseconds default_timeout() { return settings().timeout; }
 
 }  // namespace tenax

@@ -75,8 +75,8 @@ FaultInjector::FaultInjector(const std::string& spec, int rank) : rank_(rank) {
 
 FaultInjector FaultInjector::from_env(int rank) {
   // A worker restarted by its agent does not repeat the fault that took its predecessor down.
-  if (env_int("TENAX_RESTART_COUNT", 0) > 0) return FaultInjector("", rank);
-  return FaultInjector(env_string("TENAX_FAULT").value_or(""), rank);
+  if (settings().restart_count > 0) return FaultInjector("", rank);
+  return FaultInjector(settings().fault, rank);
 }
 
 void FaultInjector::at_step(int64_t step) const {
@@ -110,7 +110,7 @@ bool take_injected_s3_failure() {
   std::call_once(g_s3_from_env, [] {
     // A process without a FaultInjector (a tool, a test worker) still honours s3_fail.
     if (g_s3_failures.load() == 0) {
-      auto spec = env_string("TENAX_FAULT").value_or("");
+      const std::string& spec = settings().fault;
       if (spec.find("s3_fail=") != std::string::npos) FaultInjector(spec, -1);
     }
   });

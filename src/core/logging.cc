@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <mutex>
+#include <optional>
 #include <strings.h>
 
 #include "tenax/core/config.h"
@@ -11,7 +12,12 @@ namespace {
 
 LogLevel threshold() {
   static const LogLevel level = [] {
-    auto v = env_string("TENAX_LOG_LEVEL");
+    std::optional<std::string> v;
+    try {
+      if (!settings().log_level.empty()) v = settings().log_level;
+    } catch (const std::exception&) {
+      // A malformed setting is reported by the call that needs it; logging stays at info.
+    }
     if (!v) return LogLevel::kInfo;
     if (strcasecmp(v->c_str(), "debug") == 0) return LogLevel::kDebug;
     if (strcasecmp(v->c_str(), "warning") == 0) return LogLevel::kWarning;

@@ -363,11 +363,11 @@ void scenario_bad_input(World& w) {
                                c.rank() == 1 ? "4 x Float" : "5 x Float"},
                               "mismatched small counts over shared memory");
   }
-  // Small ones are caught when TENAX_DEBUG_COLLECTIVES is set.
+  // Small ones are caught when the communicator checks every call (TENAX_DEBUG_COLLECTIVES).
   CommOptions opts;
   opts.name = "world.debug";
+  opts.debug_collectives = true;
   auto fresh = create_communicator(Backend::kGloo, w.store, c.rank(), c.size(), opts);
-  setenv("TENAX_DEBUG_COLLECTIVES", "1", 1);
   at::Tensor odd = at::ones({c.rank() == 1 ? 5 : 4});
   expect_error<ConfigError>([&] { fresh->all_reduce(odd); }, {"rank 1", "5 x Float"},
                             "mismatched counts");

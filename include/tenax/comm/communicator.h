@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -53,9 +54,16 @@ struct CommOptions {
   std::chrono::milliseconds timeout{0};
   // Name used in error messages and as the store prefix (must be unique per communicator).
   std::string name = "world";
-  // Address other ranks use to reach this one (default: 127.0.0.1 when all ranks are local,
-  // else this host's address).
+  // Address other ranks use to reach this one (default: TENAX_HOSTNAME, else 127.0.0.1).
   std::string hostname;
+  // Check every collective's shapes and dtypes across ranks before it runs, not only large
+  // ones (one extra small exchange per call). Unset: TENAX_DEBUG_COLLECTIVES.
+  std::optional<bool> debug_collectives;
+  // Gloo: all-reduce through shared memory when every rank is on this host. Unset: TENAX_SHM
+  // (default on). Ranks that disagree all use sockets.
+  std::optional<bool> shared_memory;
+  // NCCL: the CUDA device (modulo the devices visible). -1: the launcher's local rank.
+  int device = -1;
 };
 
 class Communicator {

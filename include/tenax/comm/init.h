@@ -33,11 +33,18 @@ struct LaunchInfo {
   int store_port = 0;
   bool host_store = false;  // true iff this process must host the store (rank 0, torchrun/slurm)
   std::string token;
+  // This worker's id in an elastic job, stable across its restarts: TENAX_MEMBER_ID, else
+  // "w<rank>".
+  std::string member;
 };
 
 // Reads the environment. Throws ConfigError naming the variable for a world size < 1, a rank
 // outside [0, size), or a malformed value.
 LaunchInfo detect_launch();
+
+// detect_launch() of this process, read on the first call and returned unchanged after (a call
+// that throws is tried again by the next one). The layers take their launch defaults from it.
+const LaunchInfo& launch_info();
 
 struct InitOptions {
   Backend backend = Backend::kGloo;

@@ -1,14 +1,55 @@
 #pragma once
 
-// Process-wide settings read from the environment. Each getter documents its variable.
+// Process-wide settings. The environment is read in one place: settings() reads every TENAX_*
+// (and AWS_*) variable the library honours once, on first use, and the layers receive the
+// values through their options. Launcher variables (RANK, OMPI_COMM_WORLD_*, SLURM_*) are read
+// by comm's bootstrap (tenax/comm/init.h), the other edge.
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 
 namespace tenax {
 
-// Returns the value of environment variable `name`, or nullopt when it is unset or empty.
+// The S3 client's environment, as the AWS CLI reads it.
+struct AwsEnvironment {
+  std::string region;            // AWS_REGION, else AWS_DEFAULT_REGION
+  std::string endpoint;          // AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL
+  std::string access_key;        // AWS_ACCESS_KEY_ID
+  std::string secret_key;        // AWS_SECRET_ACCESS_KEY
+  std::string session_token;     // AWS_SESSION_TOKEN
+  std::string credentials_file;  // AWS_SHARED_CREDENTIALS_FILE, else $HOME/.aws/credentials
+  std::string profile;           // AWS_PROFILE, else "default"
+};
+
+struct Settings {
+  // TENAX_TIMEOUT (seconds, may be fractional), else 30 s: the default bound of every blocking
+  // call.
+  std::chrono::milliseconds timeout{30000};
+  // TENAX_DEBUG_COLLECTIVES: collectives check shapes and dtypes across ranks before running
+  // (one extra small exchange per call).
+  bool debug_collectives = false;
+  // TENAX_SHM (default 1): all-reduce through shared memory when every rank is on one host.
+  bool shared_memory = true;
+  // TENAX_HOSTNAME: the address other ranks use to reach this one ("" when unset).
+  std::string hostname;
+  // TENAX_LOG_LEVEL: debug, info, warning or error ("" when unset: info).
+  std::string log_level;
+  // TENAX_FAULT: fault injection spec (core/fault_injection.h), "" when unset.
+  std::string fault;
+  // TENAX_RESTART_COUNT: how many times an agent has restarted this worker (0 when unset).
+  int64_t restart_count = 0;
+  AwsEnvironment aws;
+};
+
+// The settings, read from the environment on the first call and returned unchanged after.
+// Throws ConfigError naming the variable when one is malformed (TENAX_TIMEOUT not a positive
+// number, TENAX_SHM or TENAX_RESTART_COUNT not an integer); a later call tries again.
+const Settings& settings();
+
+// Returns the value of environment variable `name`, or nullopt when it is unset or empty. For
+// programs' own flags and for the bootstrap; the library's settings come from settings().
 std::optional<std::string> env_string(const char* name);
 
 // Returns the integer value of `name`, or `fallback` when unset.
@@ -18,12 +59,7 @@ long long env_int(const char* name, long long fallback);
 // Returns true iff `name` is set to 1/true/yes/on (case-insensitive).
 bool env_flag(const char* name);
 
-// The default timeout of every blocking call: TENAX_TIMEOUT (seconds, may be fractional),
-// else 30 s. Throws ConfigError when TENAX_TIMEOUT is not a positive number.
+// settings().timeout. Throws ConfigError when TENAX_TIMEOUT is not a positive number.
 std::chrono::milliseconds default_timeout();
-
-// True iff TENAX_DEBUG_COLLECTIVES is set: collectives then check shapes and dtypes across
-// ranks before running (one extra small exchange per call).
-bool debug_collectives();
 
 }  // namespace tenax
