@@ -53,8 +53,8 @@ struct CheckpointOptions {
   int64_t generation = 0;
   int memory_slots = 2;         // snapshots kept in memory per rank (older slots are reused)
   // Peer tier: every snapshot is also copied into the memory of rank (rank + peer_offset) % world,
-  // so a rank whose host (and memory) is lost restores from its peer. peer_offset 0: the local
-  // world size from the launcher's environment (the same local rank on the next host), or 1.
+  // so a rank whose host (and memory) is lost restores from its peer. peer_offset 0: the
+  // launcher's ranks per host, launch_info().local_size (the same local rank on the next host).
   bool peer = true;
   int peer_offset = 0;
   // Replicate every Nth save (the first always): fewer bytes on the network, but a rank whose
