@@ -48,7 +48,6 @@ class LlamaJob : public tenax::ElasticJob {
   }
 
   void train_step(int64_t step) override {
-    if (o_.faults) o_.faults->at_step(step + 1);  // steps count from 1, as the log does
     StepStats s = trainer_->train_step();
     const int64_t steps = o_.train.steps;
     if (leader_ && ((step + 1) % o_.log_interval == 0 || step + 1 == steps)) {

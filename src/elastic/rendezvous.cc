@@ -15,9 +15,17 @@ using Ms = std::chrono::milliseconds;
 
 constexpr Ms kPoll{20};
 
-std::vector<std::string> parse_list(const std::optional<std::string>& text) {
+// A member list as stored under `key`. A record that is not a JSON list of strings (written by
+// something other than a rendezvous) is a StoreError naming the key, never a JSON exception.
+std::vector<std::string> parse_list(const std::string& key,
+                                    const std::optional<std::string>& text) {
   if (!text || text->empty()) return {};
-  return nlohmann::json::parse(*text).get<std::vector<std::string>>();
+  try {
+    return nlohmann::json::parse(*text).get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw StoreError("rendezvous: the record under '" + key +
+                     "' is not a list of member ids (" + e.what() + ")");
+  }
 }
 
 std::string join_ids(const std::vector<std::string>& ids) {
@@ -29,8 +37,7 @@ std::string join_ids(const std::vector<std::string>& ids) {
 }  // namespace
 
 Rendezvous::Rendezvous(std::shared_ptr<TcpStore> store, std::string id, RendezvousOptions options)
-    : store_(std::move(store)), id_(std::move(id)), o_(std::move(options)),
-      stop_(std::make_shared<bool>(false)) {
+    : store_(std::move(store)), id_(std::move(id)), o_(std::move(options)) {
   if (id_.empty()) throw ConfigError("rendezvous: the member id is empty");
   if (o_.min_workers < 1 || o_.max_workers < o_.min_workers) {
     throw ConfigError("rendezvous: need 1 <= min_workers (" + std::to_string(o_.min_workers) +
@@ -44,22 +51,26 @@ Rendezvous::Rendezvous(std::shared_ptr<TcpStore> store, std::string id, Rendezvo
   beat_store_->delete_key(key("gone/" + id_));
   beat_store_->set_on_disconnect(key("gone/" + id_), "1");
   beat_store_->add(key("hb/" + id_), 1);
-  auto stop = stop_;
-  auto beat = beat_store_;
-  const std::string hb = key("hb/" + id_);
-  const Ms interval = o_.heartbeat_interval;
-  beat_ = std::thread([stop, beat, hb, interval] {
-    while (!*stop) {
-      std::this_thread::sleep_for(interval);
-      if (*stop) break;
-      try {
-        beat->add(hb, 1);
-      } catch (const std::exception& e) {
+  beat_ = std::thread([this, hb = key("hb/" + id_)] { beat_loop(hb); });
+}
+
+void Rendezvous::beat_loop(const std::string& hb_key) {
+  std::unique_lock<std::mutex> lock(beat_mu_);
+  for (;;) {
+    if (beat_cv_.wait_for(lock, o_.heartbeat_interval, [&] { return beat_stop_; })) return;
+    lock.unlock();
+    try {
+      beat_store_->add(hb_key, 1);
+    } catch (const std::exception& e) {
+      lock.lock();
+      // interrupt() from the destructor makes the add throw: that is a stop, not a failure.
+      if (!beat_stop_) {
         log(LogLevel::kWarning, "rendezvous: heartbeat failed: " + std::string(e.what()));
-        return;
       }
+      return;
     }
-  });
+    lock.lock();
+  }
 }
 
 Rendezvous::~Rendezvous() {
@@ -67,13 +78,18 @@ Rendezvous::~Rendezvous() {
     store_->set(key("gone/" + id_), "1");  // leaving: nobody should wait for us
   } catch (const std::exception&) {
   }
-  *stop_ = true;
+  {
+    std::lock_guard<std::mutex> lock(beat_mu_);
+    beat_stop_ = true;
+  }
+  beat_cv_.notify_all();
   beat_store_->interrupt();
   beat_.join();
 }
 
 std::vector<std::string> Rendezvous::joined(int64_t n) {
-  return parse_list(store_->try_get(key("g" + std::to_string(n) + "/joined")));
+  const std::string k = key("g" + std::to_string(n) + "/joined");
+  return parse_list(k, store_->try_get(k));
 }
 
 void Rendezvous::close(int64_t n, const std::vector<std::string>& arrivals,
@@ -133,7 +149,7 @@ Generation Rendezvous::next(const std::function<void()>& on_joined) {
     // Join generation n.
     for (;;) {
       const auto text = store_->try_get(g + "/joined");
-      auto ids = parse_list(text);
+      auto ids = parse_list(g + "/joined", text);
       if (std::find(ids.begin(), ids.end(), id_) != ids.end()) break;
       ids.push_back(id_);
       const std::string next = nlohmann::json(ids).dump();
@@ -149,14 +165,15 @@ Generation Rendezvous::next(const std::function<void()>& on_joined) {
     // the others train. Members whose heartbeat stopped are counted out here too.
     Generation previous;
     previous.number = n - 1;
-    previous.members = parse_list(store_->try_get(key("g" + std::to_string(n - 1) + "/final")));
+    const std::string previous_key = key("g" + std::to_string(n - 1) + "/final");
+    previous.members = parse_list(previous_key, store_->try_get(previous_key));
     const bool first = previous.members.empty();
     auto next_liveness_check = Clock::now();
     for (;;) {
       if (auto final = store_->try_get(g + "/final")) {
         Generation gen;
         gen.number = n;
-        gen.members = parse_list(final);
+        gen.members = parse_list(g + "/final", final);
         auto me = std::find(gen.members.begin(), gen.members.end(), id_);
         if (me == gen.members.end()) break;  // closed without us (full): try the next one
         gen.rank = static_cast<int>(me - gen.members.begin());
@@ -176,6 +193,7 @@ Generation Rendezvous::next(const std::function<void()>& on_joined) {
         close(n, ids, previous.members);
         continue;
       }
+      if (finished()) return Generation{};  // the job ended while we waited: nothing to join
       if (now > deadline) {
         throw TimeoutError("rendezvous '" + o_.run + "': generation " + std::to_string(n) +
                            " has " + std::to_string(count) + " of the " +

@@ -35,7 +35,7 @@ namespace tenax {
 struct ElasticOptions {
   RendezvousOptions rendezvous;  // run name, min/max workers, join timeout, heartbeats
   // This worker's id: stable across its restarts so it finds its own memory snapshots. "":
-  // TENAX_MEMBER_ID, else "w<RANK>" from the launcher's environment.
+  // launch_info().member (TENAX_MEMBER_ID, else "w<rank>").
   std::string member;
   // Ranks per model replica (tp·pp): the active world is the largest multiple of it.
   int group = 1;
@@ -46,7 +46,9 @@ struct ElasticOptions {
   CheckpointOptions checkpoint;
   int64_t snapshot_every = 1;  // memory snapshot every N steps: a failure redoes < N steps
   int max_reformations = 100;  // then the next failure is thrown
-  const FaultInjector* faults = nullptr;  // its @recovery faults fire as re-formations begin
+  // Faults for tests and demos: its step faults fire before each step (steps counted from 1),
+  // its @recovery faults as re-formations begin. null: TENAX_FAULT for the launcher's rank.
+  const FaultInjector* faults = nullptr;
 };
 
 // The active world of one generation, as the job sees it.
@@ -68,8 +70,9 @@ struct RecoveryEvent {
   std::vector<std::string> members;
   int64_t failed_step = -1;        // the step that was discarded (-1: none)
   int64_t resumed_step = -1;       // steps completed at the restart point
-  std::string tier;                // where this member's state came from ("memory", "peer",
-                                   // "durable", "live": kept in place)
+  std::string tier;                // where this member's state came from: "memory" (its own
+                                   // snapshot), "peer" (a replica another member held),
+                                   // "durable", or "none" (no member held any state: step 0)
   int64_t bytes = 0;               // state bytes this member read or received
   // Phases, in milliseconds. detect: from the start of the failed step (or the last heartbeat
   // seen from the dead member) to the moment the failure was known here; rendezvous: to the
@@ -112,9 +115,10 @@ class ElasticRunner {
   // Runs until `steps` steps are done, through any number of re-formations (up to
   // max_reformations). Returns on every member (standby ones too) once the job is done, after
   // removing the run's memory regions on its host (a new job of the same name starts fresh).
-  // Throws TimeoutError when a generation cannot gather min_workers within the join timeout
-  // (after a durable persist of the newest state when a durable tier is configured), and
-  // rethrows errors that are not communication failures.
+  // Throws TimeoutError when a generation cannot gather min_workers within the join timeout;
+  // the snapshots stay in this host's memory (and what was persisted in the durable tier), so a
+  // relaunch of the same run resumes after the last completed step. Rethrows errors that are
+  // not communication failures.
   void run(ElasticJob& job, int64_t steps);
 
   // Events so far, oldest first; `on_event` (optional) is called with each as it completes.
@@ -128,6 +132,7 @@ class ElasticRunner {
   std::shared_ptr<TcpStore> store_;
   std::string member_;
   std::unique_ptr<Rendezvous> rdzv_;
+  FaultInjector own_faults_{"", -1};  // from TENAX_FAULT when options.faults is null
   std::vector<RecoveryEvent> events_;
 };
 

@@ -17,10 +17,12 @@
 // (heartbeat counter), "gone/<id>" (present while the member is gone), "done" (the job ended).
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,7 +60,8 @@ class Rendezvous {
   // Joins the next generation that is still open (opening one when the newest is closed) and
   // returns it once closed with this member in it. `joined`, when given, runs once this
   // member's id is in the generation's list (e.g. to abort the old communicator, so members
-  // still blocked in it come to the rendezvous too). Throws TimeoutError saying how many
+  // still blocked in it come to the rendezvous too). Returns a generation without members
+  // (rank -1) when the job ends (finish()) while it waits. Throws TimeoutError saying how many
   // joined when fewer than min_workers join within join_timeout.
   Generation next(const std::function<void()>& joined = {});
 
@@ -101,8 +104,14 @@ class Rendezvous {
     std::chrono::steady_clock::time_point since;
   };
   std::map<std::string, Seen> seen_;
+
+  // The heartbeat thread: adds 1 to hb/<id> every heartbeat_interval on beat_store_ until
+  // stopped. Protected by beat_mu_: beat_stop_.
+  void beat_loop(const std::string& hb_key);
+  std::mutex beat_mu_;
+  std::condition_variable beat_cv_;
+  bool beat_stop_ = false;
   std::thread beat_;
-  std::shared_ptr<bool> stop_;
 };
 
 }  // namespace tenax

@@ -1,0 +1,81 @@
+#include "elastic/recovery_recorder.h"
+
+#include <algorithm>
+
+namespace tenax::detail {
+namespace {
+
+double ms_since(RecoveryRecorder::Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(RecoveryRecorder::Clock::now() - t).count();
+}
+
+std::vector<std::string> minus(const std::vector<std::string>& a,
+                               const std::vector<std::string>& b) {
+  std::vector<std::string> out;
+  for (const auto& x : a) {
+    if (std::find(b.begin(), b.end(), x) == b.end()) out.push_back(x);
+  }
+  return out;
+}
+
+}  // namespace
+
+void RecoveryRecorder::failure(std::string detected_by, int64_t failed_step, double detect_ms) {
+  RecoveryEvent ev;
+  ev.cause = "failure";
+  ev.detected_by = std::move(detected_by);
+  ev.failed_step = failed_step;
+  ev.detect_ms = detect_ms;
+  event_ = std::move(ev);
+  detected_ = Clock::now();
+}
+
+void RecoveryRecorder::join(std::string detected_by) {
+  RecoveryEvent ev;
+  ev.cause = "join";
+  ev.detected_by = std::move(detected_by);
+  event_ = std::move(ev);
+  detected_ = Clock::now();
+}
+
+void RecoveryRecorder::arrived(const std::string& member, const Generation& gen,
+                               Clock::time_point began, double rendezvous_ms) {
+  RecoveryEvent ev;
+  ev.cause = "join";
+  ev.detected_by = member + " joined";
+  ev.generation = gen.number;
+  ev.members = gen.members;
+  ev.joined = {member};
+  ev.rendezvous_ms = rendezvous_ms;
+  event_ = std::move(ev);
+  detected_ = began;
+}
+
+void RecoveryRecorder::formed(const Generation& gen, const std::vector<std::string>& previous,
+                              double rendezvous_ms) {
+  if (!event_) return;
+  event_->generation = gen.number;
+  event_->members = gen.members;
+  event_->lost = minus(previous, gen.members);
+  event_->joined = minus(gen.members, previous);
+  event_->rendezvous_ms = rendezvous_ms;
+}
+
+void RecoveryRecorder::restored(int64_t step, const std::optional<RestoreResult>& result,
+                                double restore_ms) {
+  if (!event_) return;
+  event_->resumed_step = step;
+  event_->tier = result ? result->tier : "none";
+  event_->bytes = result ? result->bytes : 0;
+  event_->restore_ms = restore_ms;
+}
+
+RecoveryEvent RecoveryRecorder::complete(double first_step_ms) {
+  RecoveryEvent ev = std::move(*event_);
+  event_.reset();
+  ev.first_step_ms = first_step_ms;
+  ev.total_ms = ms_since(detected_);
+  return ev;
+}
+
+}  // namespace tenax::detail

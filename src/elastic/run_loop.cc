@@ -1,0 +1,187 @@
+#include "elastic/run_loop.h"
+
+#include <ATen/ops/full.h>
+
+#include <thread>
+
+#include "elastic/watchdog.h"
+#include "tenax/core/error.h"
+#include "tenax/core/logging.h"
+
+namespace tenax::detail {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+}  // namespace
+
+RunLoop::RunLoop(const ElasticOptions& options, std::shared_ptr<TcpStore> store, std::string member,
+                 Rendezvous& rdzv, const FaultInjector* faults, ElasticJob& job, int64_t steps,
+                 Publish publish)
+    : o_(options),
+      store_(std::move(store)),
+      member_(std::move(member)),
+      rdzv_(rdzv),
+      job_(job),
+      steps_(steps),
+      faults_(faults),
+      publish_(std::move(publish)) {}
+
+void RunLoop::run() {
+  for (;;) {
+    if (job_finished()) return;
+    const auto began = Clock::now();
+    const Generation gen = form();
+    if (job_finished()) return;
+    const auto formed = Clock::now();
+    recovery_.formed(gen, previous_, ms_between(began, formed));
+    previous_ = gen.members;
+    step_ = -1;
+    try {
+      const std::optional<int64_t> done = enter(gen, began, formed);
+      if (!done) continue;  // standby until the next generation
+      if (train(gen, *done) == Ended::kDone) return;
+      engine_.reset();  // a joiner waits: the snapshots stay in memory for the next generation
+    } catch (const CommError& e) {
+      if (++reformations_ > o_.max_reformations) throw;
+      fail(gen, e);
+    }
+  }
+}
+
+bool RunLoop::job_finished() {
+  if (!rdzv_.finished()) return false;
+  if (started_) CheckpointEngine::remove_memory(o_.checkpoint.run);
+  return true;
+}
+
+void RunLoop::abort_communicators() {
+  const std::string why = member_ + " left for a new generation";
+  if (acomm_) acomm_->abort(why);
+  if (gcomm_) gcomm_->abort(why);
+}
+
+Generation RunLoop::form() {
+  // Abort the old communicators once this member is in the next generation, so peers still
+  // blocked there come too.
+  Generation gen = rdzv_.next([this] { abort_communicators(); });
+  acomm_.reset();
+  gcomm_.reset();
+  return gen;
+}
+
+std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point began,
+                                      Clock::time_point formed) {
+  const int active_size = gen.size() / o_.group * o_.group;
+  const bool active = gen.rank < active_size;
+  CommOptions co;
+  co.timeout = o_.comm_timeout;
+  co.name = "elastic/" + o_.rendezvous.run + "/g" + std::to_string(gen.number);
+  gcomm_ = create_communicator(Backend::kGloo, store_, gen.rank, gen.size(), co);
+  Generation active_gen = gen;
+  active_gen.members.resize(active_size);
+  if (active) {
+    co.name += "/active";
+    acomm_ = create_communicator(o_.backend, store_, gen.rank, active_size, co);
+    job_.setup(ElasticWorld{gen.number, active_gen.members, gen.rank, active_size, acomm_, store_});
+  }
+  StateDict none;
+  StateDict& state = active ? job_.state() : none;
+  CheckpointOptions copts = o_.checkpoint;
+  copts.generation = gen.number;
+
+  // Did anyone train before? Then a member that did not, with no recovery open, is a joiner.
+  at::Tensor any = at::full({1}, started_ ? 1 : 0, at::kLong);
+  gcomm_->all_reduce(any, ReduceOp::kMax);
+  const bool trained_before = any.item<int64_t>() == 1;
+  if (!started_ && trained_before && !recovery_.open()) {
+    recovery_.arrived(member_, gen, began, ms_between(began, formed));
+  }
+  started_ = trained_before;
+  if (recovery_.open() && faults_) faults_->at_recovery();
+
+  auto restored = CheckpointEngine::restore_from_group(copts, *gcomm_, state);
+  if (!active) {
+    log(LogLevel::kInfo, "elastic: " + member_ + " is standby in generation " +
+                             std::to_string(gen.number) + " (" + std::to_string(gen.size()) +
+                             " members, " + std::to_string(active_size) + " active)");
+    while (!rdzv_.finished() && !rdzv_.superseded(gen)) {
+      std::this_thread::sleep_for(o_.rendezvous.heartbeat_interval);
+    }
+    return std::nullopt;
+  }
+  engine_ = std::make_unique<CheckpointEngine>(copts, acomm_, store_);
+  if (!restored && !o_.checkpoint.durable.empty()) restored = engine_->restore(state);
+  if (!restored && started_) {
+    throw CheckpointError("elastic: generation " + std::to_string(gen.number) +
+                          ": no member holds a complete snapshot of the training state");
+  }
+  const int64_t step = restored ? restored->step : 0;
+  step_ = step;
+  if (restored) job_.restored(step);
+  started_ = true;
+  if (recovery_.open()) {
+    recovery_.restored(step, restored, ms_between(formed, Clock::now()));
+    job_.after_reform(recovery_.event());
+  }
+  return step;
+}
+
+RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
+  Generation active_gen = gen;
+  active_gen.members.resize(acomm_->size());
+  Watchdog watchdog(rdzv_, active_gen, acomm_, o_.rendezvous.heartbeat_interval);
+  at::Tensor flag = at::full({1}, 0, at::kLong);
+  int64_t saved = step;  // the newest step in the memory tier
+  for (step_ = step; step_ < steps_; ++step_) {
+    const auto step_start = Clock::now();
+    try {
+      // Step boundary: leave together when a joiner waits.
+      flag.fill_(watchdog.join_waiting() ? 1 : 0);
+      acomm_->all_reduce(flag, ReduceOp::kMax);
+      if (flag.item<int64_t>() == 1) break;
+      if (faults_) faults_->at_step(step_ + 1);  // steps count from 1 in fault specs
+      job_.train_step(step_);
+    } catch (const CommError& e) {
+      recovery_.failure(watchdog.reason().empty() ? e.what() : watchdog.reason(), step_,
+                        ms_between(step_start, Clock::now()));
+      throw;
+    }
+    if ((step_ + 1) % o_.snapshot_every == 0 || step_ + 1 == steps_) {
+      engine_->save(step_ + 1, job_.state());
+      saved = step_ + 1;
+    }
+    if (recovery_.open()) publish_(recovery_.complete(ms_between(step_start, Clock::now())));
+  }
+  if (step_ >= steps_) {
+    engine_->wait();
+    acomm_->barrier();
+    if (gen.rank == 0) rdzv_.finish();
+    engine_.reset();
+    // Done: the snapshots are no longer needed for recovery (the durable tier keeps what it
+    // persisted), and a new job of the same name must not resume from them.
+    CheckpointEngine::remove_memory(o_.checkpoint.run);
+    return Ended::kDone;
+  }
+  // A joiner waits: re-form at this boundary, from a snapshot of this very step.
+  if (saved != step_) engine_->save(step_, job_.state());
+  recovery_.join("a member joined");
+  job_.before_reform(recovery_.event());
+  return Ended::kJoinerWaits;
+}
+
+void RunLoop::fail(const Generation& gen, const CommError& e) {
+  // A failure while forming or restoring (a member died during recovery) has no record yet.
+  if (!recovery_.open()) recovery_.failure(e.what(), step_, 0);
+  log(LogLevel::kWarning, "elastic: " + member_ + ": generation " + std::to_string(gen.number) +
+                              " failed: " + recovery_.event().detected_by + "; re-forming");
+  if (gen.rank < gen.size() / o_.group * o_.group) job_.before_reform(recovery_.event());
+  abort_communicators();  // peers still blocked in this generation fail now
+  engine_.reset();        // the memory tier keeps its snapshots
+}
+
+}  // namespace tenax::detail

@@ -1,0 +1,78 @@
+#pragma once
+
+// One ElasticRunner::run(): the generations of a job, each lived as named phases (internal to
+// the elastic layer).
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "elastic/recovery_recorder.h"
+#include "tenax/checkpoint/engine.h"
+#include "tenax/comm/communicator.h"
+#include "tenax/core/error.h"
+#include "tenax/core/fault_injection.h"
+#include "tenax/elastic/elastic.h"
+#include "tenax/elastic/rendezvous.h"
+
+namespace tenax::detail {
+
+// Runs on the caller's thread; owns every member below. A generation's life:
+//   form()    join the next generation (aborting the previous one's communicators once in);
+//   enter()   communicators, the job's setup, the state restored (standby members wait);
+//   train()   steps until the job is done, a joiner waits at a boundary, or a step fails.
+// A failure (CommError) anywhere in enter() or train() ends the generation: the recorder holds
+// what happened and the loop forms the next one.
+class RunLoop {
+ public:
+  using Publish = std::function<void(const RecoveryEvent&)>;
+  // `faults` (may be null) fire before each step and as re-formations begin.
+  RunLoop(const ElasticOptions& options, std::shared_ptr<TcpStore> store, std::string member,
+          Rendezvous& rdzv, const FaultInjector* faults, ElasticJob& job, int64_t steps,
+          Publish publish);
+
+  // Until the job is done (returns) or a failure is not recovered from (throws).
+  void run();
+
+ private:
+  enum class Ended { kDone, kJoinerWaits, kStandby };
+
+  // True once the job has ended (removing this host's snapshots when this member trained).
+  bool job_finished();
+  // Joins the next generation; the recovery in progress learns its members.
+  Generation form();
+  // Communicators, setup and the restored state; returns the steps already done, or nullopt
+  // for a standby member (it waits until the generation is superseded or the job ends).
+  std::optional<int64_t> enter(const Generation& gen, std::chrono::steady_clock::time_point began,
+                               std::chrono::steady_clock::time_point formed);
+  // Steps from `step` until the job is done or a joiner waits at a boundary.
+  Ended train(const Generation& gen, int64_t step);
+  // A failed generation: records it (unless the failure came during a step, already recorded)
+  // and makes every peer still blocked in it fail now rather than at its timeout.
+  void fail(const Generation& gen, const CommError& e);
+  void abort_communicators();
+
+  const ElasticOptions& o_;
+  const std::shared_ptr<TcpStore> store_;
+  const std::string member_;
+  Rendezvous& rdzv_;
+  ElasticJob& job_;
+  const int64_t steps_;
+  const FaultInjector* const faults_;
+  const Publish publish_;
+
+  std::shared_ptr<Communicator> gcomm_;  // over every member of the generation
+  std::shared_ptr<Communicator> acomm_;  // over its active members (null on a standby)
+  std::unique_ptr<CheckpointEngine> engine_;
+  RecoveryRecorder recovery_;
+  std::vector<std::string> previous_;  // the previous generation's members
+  bool started_ = false;               // some generation has trained (state exists)
+  int reformations_ = 0;
+  int64_t step_ = -1;  // the step in progress (-1: none)
+};
+
+}  // namespace tenax::detail

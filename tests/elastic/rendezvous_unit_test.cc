@@ -1,0 +1,110 @@
+// The rendezvous in one process, against a real store server on loopback: the decisions and
+// contracts that need no second process.
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "tenax/comm/store.h"
+#include "tenax/comm/store_server.h"
+#include "tenax/core/error.h"
+#include "tenax/elastic/rendezvous.h"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+class RendezvousUnitTest : public ::testing::Test {
+ protected:
+  tenax::StoreServer server_{"127.0.0.1", 0, "t"};
+  std::shared_ptr<tenax::TcpStore> store_ =
+      tenax::TcpStore::connect("127.0.0.1", server_.port(), "t", 5s);
+
+  tenax::RendezvousOptions options(const std::string& run) {
+    tenax::RendezvousOptions o;
+    o.run = run;
+    o.last_call = 0ms;
+    o.join_timeout = 3s;
+    return o;
+  }
+};
+
+TEST_F(RendezvousUnitTest, ALoneMemberAtMinimumOneFormsTheFirstGenerationAsRankZero) {
+  tenax::Rendezvous rdzv(store_, "w0", options("alone"));
+  const auto gen = rdzv.next();
+  EXPECT_EQ(gen.number, 1);
+  EXPECT_EQ(gen.rank, 0);
+  EXPECT_EQ(gen.members, std::vector<std::string>{"w0"});
+  EXPECT_FALSE(rdzv.superseded(gen));
+}
+
+TEST_F(RendezvousUnitTest, AMalformedMemberListIsAStoreErrorThatNamesItsKey) {
+  store_->add("rdzv/bad/current", 1);
+  store_->set("rdzv/bad/g1/joined", "{not a list");
+  tenax::Rendezvous rdzv(store_, "w0", options("bad"));
+  try {
+    rdzv.next();
+    FAIL() << "a malformed record was accepted";
+  } catch (const tenax::StoreError& e) {
+    EXPECT_NE(std::string(e.what()).find("rdzv/bad/g1/joined"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(RendezvousUnitTest, AMemberListOfTheWrongTypeIsAStoreErrorToo) {
+  store_->add("rdzv/typed/current", 1);
+  store_->set("rdzv/typed/g1/final", "[1, 2]");
+  tenax::Rendezvous rdzv(store_, "w0", options("typed"));
+  EXPECT_THROW(rdzv.next(), tenax::StoreError);
+}
+
+TEST_F(RendezvousUnitTest, DestroyingARendezvousDoesNotWaitOutAHeartbeatInterval) {
+  auto o = options("quick");
+  o.heartbeat_interval = 20s;
+  o.heartbeat_timeout = 60s;
+  const auto start = std::chrono::steady_clock::now();
+  { tenax::Rendezvous rdzv(store_, "w0", o); }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  EXPECT_TRUE(store_->try_get("rdzv/quick/gone/w0").has_value());
+}
+
+TEST_F(RendezvousUnitTest, HeartbeatsAdvanceEveryInterval) {
+  auto o = options("beat");
+  o.heartbeat_interval = 20ms;
+  tenax::Rendezvous rdzv(store_, "w0", o);
+  const int64_t first = store_->add("rdzv/beat/hb/w0", 0);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_GT(store_->add("rdzv/beat/hb/w0", 0), first);
+}
+
+TEST_F(RendezvousUnitTest, TooFewMembersWithinTheJoinTimeoutIsATimeoutErrorSayingWhoJoined) {
+  auto o = options("few");
+  o.min_workers = 2;
+  o.join_timeout = 200ms;
+  tenax::Rendezvous rdzv(store_, "w0", o);
+  try {
+    rdzv.next();
+    FAIL() << "formed with one of two members";
+  } catch (const tenax::TimeoutError& e) {
+    EXPECT_NE(std::string(e.what()).find("1 of the 2"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("w0"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(RendezvousUnitTest, AMemberArrivingAfterTheJobEndedIsToldSoInsteadOfWaitingOutTheTimeout) {
+  tenax::Rendezvous first(store_, "w0", options("ended"));
+  first.next();
+  first.finish();
+  auto o = options("ended");
+  o.min_workers = 2;
+  o.join_timeout = 20s;
+  tenax::Rendezvous late(store_, "w1", o);
+  const auto start = std::chrono::steady_clock::now();
+  const auto gen = late.next();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  EXPECT_TRUE(gen.members.empty());
+  EXPECT_EQ(gen.rank, -1);
+  EXPECT_TRUE(late.finished());
+}
+
+}  // namespace
