@@ -18,7 +18,13 @@
 // and TENAX_RESTART_COUNT. A worker that fails does not stop the others (they re-form without
 // it); it is restarted, up to K restarts in all, and rejoins. Every exit and restart is reported
 // on stderr. Exits 0 when a worker finished the job (status 0), else with the first failure's.
+//
+// Flags are Abseil flags, spelled with dashes or underscores (--nproc-per-node, --nproc_per_node),
+// each followed by its value or joined to it by "="; the first argument that is not a flag (or
+// the one after "--") is the program.
 
+#include <absl/flags/flag.h>
+#include <absl/flags/reflection.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -29,12 +35,24 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "tenax/comm/store_server.h"
+#include "tenax/core/config.h"
 #include "tenax/core/error.h"
+
+ABSL_FLAG(int, nproc_per_node, 0, "ranks to start on this host (required)");
+ABSL_FLAG(std::string, timeout, "", "TENAX_TIMEOUT of the ranks, in seconds");
+ABSL_FLAG(std::string, nnodes, "", "MIN:MAX hosts of an elastic job, one tenaxrun on each");
+ABSL_FLAG(int, max_restarts, 0, "elastic: restarts of failed workers, in all");
+ABSL_FLAG(int, node_rank, 0, "this host's index among the job's hosts");
+ABSL_FLAG(std::string, rdzv_endpoint, "", "HOST:PORT of the job's store, shared by every host");
+ABSL_FLAG(bool, host_store, false, "serve the store at --rdzv-endpoint from this host");
 
 namespace {
 
@@ -49,23 +67,111 @@ struct Rank {
   int status = 0;
 };
 
-[[noreturn]] void usage(const char* msg) {
+[[noreturn]] void usage(const std::string& msg) {
   std::fprintf(stderr,
                "tenaxrun: %s\nusage: tenaxrun --nproc-per-node N [--timeout SEC] [--nnodes "
                "MIN:MAX] [--max-restarts K] [--node-rank R] [--rdzv-endpoint HOST:PORT "
                "[--host-store]] PROGRAM [ARGS...]\n",
-               msg);
+               msg.c_str());
   std::exit(2);
 }
 
-int positive(const char* flag, const std::string& text, int lowest) {
-  char* end = nullptr;
-  const long v = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || v < lowest) {
-    usage((std::string(flag) + " must be a " + (lowest > 0 ? "positive" : "non-negative") +
-           " integer, not '" + text + "'").c_str());
+std::string dashed(std::string name) {
+  for (auto& c : name) c = c == '_' ? '-' : c;
+  return "--" + name;
+}
+
+// The smallest value of each integer flag.
+const std::map<std::string, int> kLowest = {
+    {"nproc_per_node", 1}, {"max_restarts", 0}, {"node_rank", 0}};
+
+[[noreturn]] void bad_integer(const std::string& name, const std::string& text) {
+  usage(dashed(name) + " must be a " + (kLowest.at(name) > 0 ? "positive" : "non-negative") +
+        " integer, not '" + text + "'");
+}
+
+// Parses tenaxrun's own flags, up to the program: --flag value or --flag=value, spelled with
+// dashes or underscores ("--" ends them). Returns the program's index in argv; `given` gets the
+// flags that were set.
+int parse_flags(int argc, char** argv, std::set<std::string>& given) {
+  int i = 1;
+  for (; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--") return i + 1;
+    if (arg.rfind("--", 0) != 0) break;
+    std::string name = arg.substr(2), value;
+    const size_t eq = name.find('=');
+    const bool inline_value = eq != std::string::npos;
+    if (inline_value) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+    }
+    for (auto& c : name) c = c == '-' ? '_' : c;
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr) usage("unknown flag " + arg);
+    if (!inline_value) {
+      if (flag->IsOfType<bool>()) {
+        value = "true";
+      } else if (i + 1 >= argc) {
+        usage(dashed(name) + " needs a value");
+      } else {
+        value = argv[++i];
+      }
+    }
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      if (kLowest.count(name)) bad_integer(name, value);
+      usage(dashed(name) + ": " + error);
+    }
+    auto low = kLowest.find(name);
+    if (low != kLowest.end() && std::stoi(value) < low->second) bad_integer(name, value);
+    given.insert(name);
   }
-  return static_cast<int>(v);
+  return i;
+}
+
+// What this agent runs, from its flags.
+struct Plan {
+  int nproc = 0, min_nodes = 1, max_nodes = 1, max_restarts = 0, node_rank = 0;
+  bool elastic = false, host_store = false;
+  std::string timeout, endpoint;
+  char** program = nullptr;  // null-terminated, as execvp wants it
+};
+
+Plan read_plan(int argc, char** argv) {
+  std::set<std::string> given;
+  const int first = parse_flags(argc, argv, given);
+  Plan p;
+  p.nproc = absl::GetFlag(FLAGS_nproc_per_node);
+  p.timeout = absl::GetFlag(FLAGS_timeout);
+  p.max_restarts = absl::GetFlag(FLAGS_max_restarts);
+  p.node_rank = absl::GetFlag(FLAGS_node_rank);
+  p.endpoint = absl::GetFlag(FLAGS_rdzv_endpoint);
+  p.host_store = absl::GetFlag(FLAGS_host_store);
+  p.elastic = given.count("nnodes") > 0 || given.count("max_restarts") > 0;
+  if (given.count("nnodes")) {
+    const std::string v = absl::GetFlag(FLAGS_nnodes);
+    const size_t colon = v.find(':');
+    auto count = [](const std::string& text, const char* what) {
+      char* end = nullptr;
+      const long n = std::strtol(text.c_str(), &end, 10);
+      if (text.empty() || *end != '\0' || n < 1) {
+        usage(std::string("--nnodes ") + what + " must be a positive integer, not '" + text + "'");
+      }
+      return static_cast<int>(n);
+    };
+    p.min_nodes = count(v.substr(0, colon), "MIN");
+    p.max_nodes = colon == std::string::npos ? p.min_nodes : count(v.substr(colon + 1), "MAX");
+    if (p.max_nodes < p.min_nodes) usage("--nnodes MIN:MAX needs MIN <= MAX");
+  }
+  if (!p.endpoint.empty() && p.endpoint.find(':') == std::string::npos) {
+    usage("--rdzv-endpoint must be HOST:PORT");
+  }
+  if (p.nproc < 1) usage("--nproc-per-node is required");
+  if (first >= argc) usage("no program given");
+  if (p.host_store && p.endpoint.empty()) usage("--host-store needs --rdzv-endpoint");
+  p.program = argv + first;
+  return p;
 }
 
 // Writes the complete lines of `buf` to `out`, each prefixed; keeps the incomplete tail.
@@ -106,225 +212,241 @@ int exit_code(int status) {
   return 1;
 }
 
-}  // namespace
 
-int main(int argc, char** argv) {
-  int nproc = 0, min_nodes = 1, max_nodes = 1, max_restarts = 0, node_rank = 0;
-  bool elastic = false, host_store = false;
-  std::string timeout, endpoint;
-  int i = 1;
-  for (; i < argc; ++i) {
-    std::string a = argv[i];
-    for (auto& c : a) c = c == '_' ? '-' : c;
-    auto value = [&](const char* flag) -> std::string {
-      if (i + 1 >= argc) usage((std::string(flag) + " needs a value").c_str());
-      return argv[++i];
-    };
-    if (a == "--nproc-per-node") {
-      nproc = positive("--nproc-per-node", value("--nproc-per-node"), 1);
-    } else if (a == "--timeout") {
-      timeout = value("--timeout");
-    } else if (a == "--nnodes") {
-      const std::string v = value("--nnodes");
-      const size_t colon = v.find(':');
-      min_nodes = positive("--nnodes MIN", v.substr(0, colon), 1);
-      max_nodes = colon == std::string::npos ? min_nodes
-                                             : positive("--nnodes MAX", v.substr(colon + 1), 1);
-      if (max_nodes < min_nodes) usage("--nnodes MIN:MAX needs MIN <= MAX");
-      elastic = true;
-    } else if (a == "--max-restarts") {
-      max_restarts = positive("--max-restarts", value("--max-restarts"), 0);
-      elastic = true;
-    } else if (a == "--node-rank") {
-      node_rank = positive("--node-rank", value("--node-rank"), 0);
-    } else if (a == "--rdzv-endpoint") {
-      endpoint = value("--rdzv-endpoint");
-      if (endpoint.find(':') == std::string::npos) usage("--rdzv-endpoint must be HOST:PORT");
-    } else if (a == "--host-store") {
-      host_store = true;
-    } else if (a.rfind("--", 0) == 0) {
-      usage(("unknown flag " + a).c_str());
-    } else {
-      break;
-    }
-  }
-  if (nproc < 1) usage("--nproc-per-node is required");
-  if (i >= argc) usage("no program given");
-  if (host_store && endpoint.empty()) usage("--host-store needs --rdzv-endpoint");
+// The store the ranks use: this agent's own (no endpoint), or the one at --rdzv-endpoint, served
+// from here with --host-store. An endpoint is shared by every host's agent, and so is the
+// environment's token; otherwise the token is fresh.
+struct Store {
+  std::string host = "127.0.0.1", port, token;
+  std::unique_ptr<tenax::StoreServer> server;
+};
 
+Store start_store(const Plan& plan) {
   std::random_device rd;
   char fresh[33];
   std::snprintf(fresh, sizeof(fresh), "%08x%08x%08x%08x", rd(), rd(), rd(), rd());
-  // An external endpoint is shared by every host's agent: they share the environment's token.
-  const char* env_token = std::getenv("TENAX_STORE_TOKEN");
-  const std::string token = endpoint.empty() || !env_token ? fresh : env_token;
-  std::string store_host = "127.0.0.1", port;
-  std::unique_ptr<tenax::StoreServer> store;
-  try {
-    if (endpoint.empty()) {
-      store = std::make_unique<tenax::StoreServer>("127.0.0.1", 0, token);
-      port = std::to_string(store->port());
-    } else {
-      store_host = endpoint.substr(0, endpoint.rfind(':'));
-      port = endpoint.substr(endpoint.rfind(':') + 1);
-      if (host_store) {
-        store = std::make_unique<tenax::StoreServer>("0.0.0.0", std::atoi(port.c_str()), token);
+  const auto env_token = tenax::env_string("TENAX_STORE_TOKEN");
+  Store st;
+  st.token = plan.endpoint.empty() || !env_token ? fresh : *env_token;
+  if (plan.endpoint.empty()) {
+    st.server = std::make_unique<tenax::StoreServer>("127.0.0.1", 0, st.token);
+    st.port = std::to_string(st.server->port());
+  } else {
+    st.host = plan.endpoint.substr(0, plan.endpoint.rfind(':'));
+    st.port = plan.endpoint.substr(plan.endpoint.rfind(':') + 1);
+    if (plan.host_store) {
+      st.server =
+          std::make_unique<tenax::StoreServer>("0.0.0.0", std::atoi(st.port.c_str()), st.token);
+    }
+  }
+  return st;
+}
+
+// Starts this host's ranks, relays their output line by line, restarts failed elastic workers,
+// and ends when every rank has exited.
+class Agent {
+ public:
+  Agent(const Plan& plan, const Store& store) : plan_(plan), store_(store), ranks_(plan.nproc) {}
+
+  // Forks local rank `local` with the launcher's environment. False when it could not.
+  bool spawn(int local, int restart_count);
+  // Until every rank has exited; returns tenaxrun's exit status.
+  int supervise();
+
+ private:
+  int global_rank(int local) const { return plan_.node_rank * plan_.nproc + local; }
+  // The child's side of spawn(): environment, then exec. Never returns.
+  [[noreturn]] void exec_rank(int local, int restart_count);
+  void relay_output();
+  void reap();
+  void on_exit(int local, int code);
+
+  const Plan& plan_;
+  const Store& store_;
+  std::vector<Rank> ranks_;
+  int restarts_ = 0;
+  int first_failure_ = 0;
+  bool finished_ = false;  // elastic: some worker completed the job
+  int forwarded_ = 0;      // the signal last forwarded to the ranks
+  std::chrono::steady_clock::time_point stop_time_ = std::chrono::steady_clock::time_point::max();
+  bool killed_ = false;
+};
+
+void Agent::exec_rank(int local, int restart_count) {
+  const int r = global_rank(local);
+  const int world = plan_.elastic ? plan_.max_nodes * plan_.nproc : plan_.nproc;
+  setpgid(0, 0);  // a rank and everything it starts get signals together
+  setenv("RANK", std::to_string(r).c_str(), 1);
+  setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+  setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
+  setenv("LOCAL_WORLD_SIZE", std::to_string(plan_.nproc).c_str(), 1);
+  setenv("MASTER_ADDR", store_.host.c_str(), 1);
+  setenv("MASTER_PORT", store_.port.c_str(), 1);
+  setenv("TENAX_STORE_ADDR", (store_.host + ":" + store_.port).c_str(), 1);
+  setenv("TENAX_STORE_TOKEN", store_.token.c_str(), 1);
+  setenv("TENAX_LAUNCHER", "tenaxrun", 1);
+  if (plan_.elastic) {
+    setenv("TENAX_MIN_WORKERS", std::to_string(plan_.min_nodes * plan_.nproc).c_str(), 1);
+    setenv("TENAX_MAX_WORKERS", std::to_string(plan_.max_nodes * plan_.nproc).c_str(), 1);
+    setenv("TENAX_MEMBER_ID", ("w" + std::to_string(r)).c_str(), 1);
+    setenv("TENAX_RESTART_COUNT", std::to_string(restart_count).c_str(), 1);
+  }
+  if (!plan_.timeout.empty()) setenv("TENAX_TIMEOUT", plan_.timeout.c_str(), 1);
+  execvp(plan_.program[0], plan_.program);
+  std::fprintf(stderr, "tenaxrun: cannot run %s: %s\n", plan_.program[0], std::strerror(errno));
+  _exit(127);
+}
+
+bool Agent::spawn(int local, int restart_count) {
+  int out[2], err[2];
+  if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+    std::perror("tenaxrun: pipe");
+    return false;
+  }
+  pid_t pid = fork();
+  if (pid < 0) {
+    std::perror("tenaxrun: fork");
+    return false;
+  }
+  if (pid == 0) {
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    exec_rank(local, restart_count);
+  }
+  setpgid(pid, pid);
+  close(out[1]);
+  close(err[1]);
+  Rank& rk = ranks_[local];
+  rk = Rank();
+  rk.pid = pid;
+  rk.out_fd = out[0];
+  rk.err_fd = err[0];
+  return true;
+}
+
+// Waits up to 100 ms for output and relays every complete line, prefixed with its rank.
+void Agent::relay_output() {
+  std::vector<pollfd> fds;
+  std::vector<std::pair<int, bool>> owners;  // (local rank, is_stderr)
+  for (int r = 0; r < plan_.nproc; ++r) {
+    if (ranks_[r].out_fd >= 0) {
+      fds.push_back({ranks_[r].out_fd, POLLIN, 0});
+      owners.emplace_back(r, false);
+    }
+    if (ranks_[r].err_fd >= 0) {
+      fds.push_back({ranks_[r].err_fd, POLLIN, 0});
+      owners.emplace_back(r, true);
+    }
+  }
+  poll(fds.data(), fds.size(), 100);
+  for (size_t k = 0; k < fds.size(); ++k) {
+    if (fds[k].revents == 0) continue;
+    auto [r, is_err] = owners[k];
+    char buf[65536];
+    ssize_t n = read(fds[k].fd, buf, sizeof(buf));
+    std::string& acc = is_err ? ranks_[r].err_buf : ranks_[r].out_buf;
+    FILE* out = is_err ? stderr : stdout;
+    if (n > 0) {
+      acc.append(buf, static_cast<size_t>(n));
+      emit_lines(acc, out, global_rank(r), false);
+    } else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+      emit_lines(acc, out, global_rank(r), true);
+      close(fds[k].fd);
+      (is_err ? ranks_[r].err_fd : ranks_[r].out_fd) = -1;
+    }
+  }
+}
+
+// A rank exited with `code`: static jobs stop the others on the first failure; elastic ones
+// restart the worker while restarts remain, and the others go on.
+void Agent::on_exit(int local, int code) {
+  const int shown = global_rank(local);
+  if (!plan_.elastic) {
+    if (code == 0 || first_failure_ != 0) return;
+    first_failure_ = code;
+    std::fprintf(stderr, "tenaxrun: rank %d exited with status %d; stopping the others\n", local,
+                 code);
+    for (auto& other : ranks_) kill(-other.pid, SIGTERM);
+    stop_time_ = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    return;
+  }
+  if (code == 0) {
+    finished_ = true;
+    std::fprintf(stderr, "tenaxrun: worker w%d finished\n", shown);
+  } else if (restarts_ < plan_.max_restarts && g_signal == 0 && !finished_) {
+    ++restarts_;
+    std::fprintf(stderr,
+                 "tenaxrun: worker w%d exited with status %d; restarting it (restart %d of %d)\n",
+                 shown, code, restarts_, plan_.max_restarts);
+    // What the dead worker left in its pipes comes out first; the new one gets fresh ones.
+    drain(ranks_[local].out_fd, ranks_[local].out_buf, stdout, shown);
+    drain(ranks_[local].err_fd, ranks_[local].err_buf, stderr, shown);
+    if (!spawn(local, restarts_) && first_failure_ == 0) first_failure_ = 1;
+  } else {
+    if (first_failure_ == 0) first_failure_ = code;
+    std::fprintf(stderr,
+                 "tenaxrun: worker w%d exited with status %d; not restarted (%d of %d restarts "
+                 "used); the others go on without it\n",
+                 shown, code, restarts_, plan_.max_restarts);
+  }
+}
+
+void Agent::reap() {
+  int status = 0;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    for (int r = 0; r < plan_.nproc; ++r) {
+      if (ranks_[r].pid != pid || ranks_[r].exited) continue;
+      ranks_[r].exited = true;
+      ranks_[r].status = status;
+      on_exit(r, exit_code(status));
+    }
+  }
+}
+
+int Agent::supervise() {
+  for (;;) {
+    if (g_signal != 0 && forwarded_ != g_signal) {
+      forwarded_ = g_signal;
+      for (auto& rk : ranks_) {
+        if (!rk.exited) kill(-rk.pid, g_signal);
       }
     }
+    relay_output();
+    reap();
+    if (!killed_ && std::chrono::steady_clock::now() > stop_time_) {
+      killed_ = true;
+      for (auto& other : ranks_) kill(-other.pid, SIGKILL);
+    }
+    bool all_done = true;
+    for (auto& rk : ranks_) all_done &= rk.exited && rk.out_fd < 0 && rk.err_fd < 0;
+    if (all_done) break;
+  }
+  if (plan_.elastic && finished_ && g_signal == 0) return 0;
+  if (first_failure_ == 0 && g_signal != 0) return 128 + g_signal;
+  return first_failure_;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Plan plan = read_plan(argc, argv);
+  Store store;
+  try {
+    store = start_store(plan);
   } catch (const tenax::Error& e) {
     std::fprintf(stderr, "tenaxrun: cannot start the store: %s\n", e.what());
     return 1;
   }
-
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGHUP, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
-
-  const int world = elastic ? max_nodes * nproc : nproc;
-  std::vector<Rank> ranks(nproc);
-  int restarts = 0;
-  auto spawn = [&](int local, int restart_count) -> bool {
-    const int r = node_rank * nproc + local;
-    int out[2], err[2];
-    if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
-      std::perror("tenaxrun: pipe");
-      return false;
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-      std::perror("tenaxrun: fork");
-      return false;
-    }
-    if (pid == 0) {
-      setpgid(0, 0);  // a rank and everything it starts get signals together
-      dup2(out[1], 1);
-      dup2(err[1], 2);
-      setenv("RANK", std::to_string(r).c_str(), 1);
-      setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
-      setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
-      setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
-      setenv("MASTER_ADDR", store_host.c_str(), 1);
-      setenv("MASTER_PORT", port.c_str(), 1);
-      setenv("TENAX_STORE_ADDR", (store_host + ":" + port).c_str(), 1);
-      setenv("TENAX_STORE_TOKEN", token.c_str(), 1);
-      setenv("TENAX_LAUNCHER", "tenaxrun", 1);
-      if (elastic) {
-        setenv("TENAX_MIN_WORKERS", std::to_string(min_nodes * nproc).c_str(), 1);
-        setenv("TENAX_MAX_WORKERS", std::to_string(max_nodes * nproc).c_str(), 1);
-        setenv("TENAX_MEMBER_ID", ("w" + std::to_string(r)).c_str(), 1);
-        setenv("TENAX_RESTART_COUNT", std::to_string(restart_count).c_str(), 1);
-      }
-      if (!timeout.empty()) setenv("TENAX_TIMEOUT", timeout.c_str(), 1);
-      execvp(argv[i], argv + i);
-      std::fprintf(stderr, "tenaxrun: cannot run %s: %s\n", argv[i], std::strerror(errno));
-      _exit(127);
-    }
-    setpgid(pid, pid);
-    close(out[1]);
-    close(err[1]);
-    Rank& rk = ranks[local];
-    rk = Rank();
-    rk.pid = pid;
-    rk.out_fd = out[0];
-    rk.err_fd = err[0];
-    return true;
-  };
-  for (int r = 0; r < nproc; ++r) {
-    if (!spawn(r, 0)) return 1;
+  Agent agent(plan, store);
+  for (int r = 0; r < plan.nproc; ++r) {
+    if (!agent.spawn(r, 0)) return 1;
   }
-
-  int first_failure = 0;
-  bool finished = false;  // elastic: some worker completed the job
-  int forwarded = 0;
-  auto stop_time = std::chrono::steady_clock::time_point::max();
-  bool killed = false;
-  for (;;) {
-    if (g_signal != 0 && forwarded != g_signal) {
-      forwarded = g_signal;
-      for (auto& rk : ranks) {
-        if (!rk.exited) kill(-rk.pid, g_signal);
-      }
-    }
-    std::vector<pollfd> fds;
-    std::vector<std::pair<int, bool>> owners;  // (rank, is_stderr)
-    for (int r = 0; r < nproc; ++r) {
-      if (ranks[r].out_fd >= 0) {
-        fds.push_back({ranks[r].out_fd, POLLIN, 0});
-        owners.emplace_back(r, false);
-      }
-      if (ranks[r].err_fd >= 0) {
-        fds.push_back({ranks[r].err_fd, POLLIN, 0});
-        owners.emplace_back(r, true);
-      }
-    }
-    poll(fds.data(), fds.size(), 100);
-    for (size_t k = 0; k < fds.size(); ++k) {
-      if (fds[k].revents == 0) continue;
-      auto [r, is_err] = owners[k];
-      const int shown = node_rank * nproc + r;
-      char buf[65536];
-      ssize_t n = read(fds[k].fd, buf, sizeof(buf));
-      std::string& acc = is_err ? ranks[r].err_buf : ranks[r].out_buf;
-      FILE* out = is_err ? stderr : stdout;
-      if (n > 0) {
-        acc.append(buf, static_cast<size_t>(n));
-        emit_lines(acc, out, shown, false);
-      } else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
-        emit_lines(acc, out, shown, true);
-        close(fds[k].fd);
-        (is_err ? ranks[r].err_fd : ranks[r].out_fd) = -1;
-      }
-    }
-    int status = 0;
-    pid_t pid;
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-      for (int r = 0; r < nproc; ++r) {
-        if (ranks[r].pid != pid || ranks[r].exited) continue;
-        ranks[r].exited = true;
-        ranks[r].status = status;
-        const int code = exit_code(status);
-        const int shown = node_rank * nproc + r;
-        if (elastic) {
-          if (code == 0) {
-            finished = true;
-            std::fprintf(stderr, "tenaxrun: worker w%d finished\n", shown);
-          } else if (restarts < max_restarts && g_signal == 0 && !finished) {
-            ++restarts;
-            std::fprintf(stderr,
-                         "tenaxrun: worker w%d exited with status %d; restarting it (restart %d "
-                         "of %d)\n",
-                         shown, code, restarts, max_restarts);
-            // What the dead worker left in its pipes comes out first; the new one gets fresh.
-            drain(ranks[r].out_fd, ranks[r].out_buf, stdout, shown);
-            drain(ranks[r].err_fd, ranks[r].err_buf, stderr, shown);
-            if (!spawn(r, restarts)) return 1;
-          } else {
-            if (first_failure == 0) first_failure = code;
-            std::fprintf(stderr, "tenaxrun: worker w%d exited with status %d; not restarted "
-                         "(%d of %d restarts used); the others go on without it\n",
-                         shown, code, restarts, max_restarts);
-          }
-        } else if (code != 0 && first_failure == 0) {
-          first_failure = code;
-          std::fprintf(stderr, "tenaxrun: rank %d exited with status %d; stopping the others\n",
-                       r, code);
-          for (auto& other : ranks) kill(-other.pid, SIGTERM);
-          stop_time = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-        }
-      }
-    }
-    if (!killed && std::chrono::steady_clock::now() > stop_time) {
-      killed = true;
-      for (auto& other : ranks) kill(-other.pid, SIGKILL);
-    }
-    bool all_done = true;
-    for (auto& rk : ranks) all_done &= rk.exited && rk.out_fd < 0 && rk.err_fd < 0;
-    if (all_done) break;
-  }
-  if (elastic && finished && g_signal == 0) return 0;
-  if (first_failure == 0 && g_signal != 0) return 128 + g_signal;
-  return first_failure;
+  return agent.supervise();
 }

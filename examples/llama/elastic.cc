@@ -11,7 +11,7 @@ namespace {
 
 class LlamaJob : public tenax::ElasticJob {
  public:
-  explicit LlamaJob(const ElasticRunOptions& o) : o_(o) {}
+  LlamaJob(const ElasticRunOptions& o, StepLog& log) : o_(o), log_(log) {}
 
   void setup(const tenax::ElasticWorld& world) override {
     TrainOptions t = o_.train;
@@ -22,6 +22,7 @@ class LlamaJob : public tenax::ElasticJob {
     trainer_.reset();
     trainer_ = std::make_unique<Trainer>(t, world.comm);
     leader_ = world.rank == 0;
+    log_.set_world(world.size, leader_);
     if (leader_) {
       std::printf("llama_train: generation %lld: %d ranks dp=%d tp=%d pp=%d, micro-batch %lld x "
                   "%lld accumulation steps (global batch %lld)\n",
@@ -48,22 +49,11 @@ class LlamaJob : public tenax::ElasticJob {
   }
 
   void train_step(int64_t step) override {
-    StepStats s = trainer_->train_step();
-    const int64_t steps = o_.train.steps;
-    if (leader_ && ((step + 1) % o_.log_interval == 0 || step + 1 == steps)) {
-      std::printf("step %5lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %8.0f tok/s | "
-                  "step %.1f ms\n",
-                  (long long)(step + 1), (long long)steps, s.loss, s.lr, s.grad_norm,
-                  double(s.tokens) / s.seconds, s.seconds * 1000.0);
-      std::fflush(stdout);
-    }
-    if (o_.eval_interval > 0 && ((step + 1) % o_.eval_interval == 0 || step + 1 == steps)) {
+    log_.add(trainer_->train_step());
+    const int64_t done = step + 1;
+    if (o_.eval_interval > 0 && (done % o_.eval_interval == 0 || done == o_.train.steps)) {
       const double v = trainer_->evaluate(o_.eval_batches);
-      if (leader_ && !std::isnan(v)) {
-        std::printf("step %5lld/%lld | validation loss %.4f\n", (long long)(step + 1),
-                    (long long)steps, v);
-        std::fflush(stdout);
-      }
+      if (!std::isnan(v)) log_.validation(done, v);
     }
   }
 
@@ -78,6 +68,7 @@ class LlamaJob : public tenax::ElasticJob {
 
  private:
   const ElasticRunOptions& o_;
+  StepLog& log_;
   std::unique_ptr<Trainer> trainer_;
   bool leader_ = false;
 };
@@ -97,13 +88,13 @@ int64_t elastic_micro_batch(int64_t global_batch, int dp, int64_t wanted) {
   return 1;
 }
 
-void run_elastic(const ElasticRunOptions& options, std::shared_ptr<tenax::TcpStore> store) {
+void run_elastic(const ElasticRunOptions& options, StepLog& log,
+                 std::shared_ptr<tenax::TcpStore> store) {
   tenax::ElasticOptions eo = options.elastic;
   eo.group = options.train.tp * options.train.pp;
-  eo.faults = options.faults;
   if (options.train.device == "cuda") eo.backend = tenax::Backend::kNccl;
   tenax::ElasticRunner runner(eo, std::move(store));
-  LlamaJob job(options);
+  LlamaJob job(options, log);
   runner.on_event = [&](const tenax::RecoveryEvent& e) {
     if (job.leader()) {
       std::printf("llama_train: recovery %s\n", e.to_json().c_str());

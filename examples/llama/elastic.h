@@ -10,22 +10,23 @@
 
 #include <memory>
 
+#include "step_log.h"
 #include "trainer.h"
 
 namespace llama {
 
 struct ElasticRunOptions {
-  TrainOptions train;           // dp is decided per generation
-  tenax::ElasticOptions elastic;
-  int64_t log_interval = 10;
-  int64_t eval_interval = 0;  // validation loss every N steps (0: never)
+  TrainOptions train;             // dp is decided per generation
+  tenax::ElasticOptions elastic;  // its faults fire before every step
+  int64_t eval_interval = 0;      // validation loss every N steps (0: never)
   int eval_batches = 4;
-  const tenax::FaultInjector* faults = nullptr;  // applied at the start of every step
 };
 
-// Trains to train.steps through re-formations. Prints the log lines and one line per recovery
-// event on the first active rank. Returns on every member once the job is done.
-void run_elastic(const ElasticRunOptions& options, std::shared_ptr<tenax::TcpStore> store);
+// Trains to train.steps through re-formations. Prints the log lines (through `log`) and one
+// line per recovery event on the first active rank. Returns on every member once the job is
+// done.
+void run_elastic(const ElasticRunOptions& options, StepLog& log,
+                 std::shared_ptr<tenax::TcpStore> store);
 
 // The micro-batch for `dp` ranks: the largest divisor of global_batch / dp not above `wanted`.
 // Throws ConfigError when dp does not divide global_batch.

@@ -25,6 +25,7 @@
 
 #include "config.h"
 #include "elastic.h"
+#include "step_log.h"
 #include "trainer.h"
 
 ABSL_FLAG(std::string, preset, "tiny", "model shape: tiny, small, llama3-1b, llama3-8b, llama3-70b");
@@ -143,25 +144,61 @@ int report_memory(const llama::TrainOptions& o) {
   return 0;
 }
 
-}  // namespace
+// The checkpoint flags, for static and elastic runs alike.
+tenax::CheckpointOptions checkpoint_options_from_flags() {
+  tenax::CheckpointOptions co;
+  co.run = absl::GetFlag(FLAGS_ckpt_run);
+  co.durable = absl::GetFlag(FLAGS_ckpt_durable);
+  co.persist_every = absl::GetFlag(FLAGS_ckpt_persist_every);
+  co.keep_durable = absl::GetFlag(FLAGS_ckpt_keep);
+  co.replicate_every = absl::GetFlag(FLAGS_ckpt_replicate_every);
+  return co;
+}
 
-int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("trains a Llama-style model with tenax; see examples/llama/README.md");
-  std::vector<std::string> storage;
-  auto args = underscore_flags(argc, argv, storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+double peak_tflops(const llama::TrainOptions& o) {
+  const double peak = absl::GetFlag(FLAGS_peak_tflops);
+  return peak > 0 ? peak : o.device == "cuda" ? 989.0 : 0.1;
+}
 
-  // Everything that can be wrong with the flags is found before any rank starts work; rank 0
-  // says it once.
-  const tenax::LaunchInfo launch = tenax::detect_launch();
-  llama::TrainOptions o;
-  std::optional<tenax::FaultInjector> faults;  // TENAX_FAULT, for tests and demos
+llama::StepLog step_log(const llama::TrainOptions& o) {
+  return llama::StepLog(o.steps, absl::GetFlag(FLAGS_log_interval),
+                        llama::flops_per_token(o.model, o.seq_len), peak_tflops(o));
+}
+
+// The elastic flags; worker bounds default to what tenaxrun's elastic agent says.
+llama::ElasticRunOptions elastic_options_from_flags(const llama::TrainOptions& o,
+                                                    const tenax::LaunchInfo& launch) {
+  llama::ElasticRunOptions eo;
+  eo.train = o;
+  eo.eval_interval = absl::GetFlag(FLAGS_eval_interval);
+  eo.eval_batches = absl::GetFlag(FLAGS_eval_batches);
+  auto& r = eo.elastic.rendezvous;
+  r.run = absl::GetFlag(FLAGS_ckpt_run);
+  const int min_flag = absl::GetFlag(FLAGS_min_workers), max_flag = absl::GetFlag(FLAGS_max_workers);
+  r.min_workers = min_flag > 0 ? min_flag
+                               : static_cast<int>(tenax::env_int("TENAX_MIN_WORKERS", o.tp * o.pp));
+  r.max_workers = max_flag > 0 ? max_flag
+                               : static_cast<int>(tenax::env_int("TENAX_MAX_WORKERS", launch.size));
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
+  r.heartbeat_timeout = ms(absl::GetFlag(FLAGS_heartbeat_timeout));
+  r.heartbeat_interval = std::max(std::chrono::milliseconds(20), r.heartbeat_timeout / 10);
+  r.join_timeout = ms(absl::GetFlag(FLAGS_join_timeout));
+  r.last_call = ms(absl::GetFlag(FLAGS_last_call));
+  eo.elastic.checkpoint = checkpoint_options_from_flags();
+  eo.elastic.snapshot_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_ckpt_every));
+  return eo;
+}
+
+// The training options from the flags, checked before any rank starts work (rank 0 says what
+// is wrong, once); nullopt after --report-memory or a bad flag, with `exit_code` set.
+std::optional<llama::TrainOptions> checked_options(const tenax::LaunchInfo& launch,
+                                                   int& exit_code) {
   try {
-    faults.emplace(tenax::FaultInjector::from_env(launch.rank));
-    o = options_from_flags();
+    llama::TrainOptions o = options_from_flags();
     if (absl::GetFlag(FLAGS_report_memory)) {
       llama::validate(o.model);
-      return launch.rank == 0 ? report_memory(o) : 0;
+      exit_code = launch.rank == 0 ? report_memory(o) : 0;
+      return std::nullopt;
     }
     if (absl::GetFlag(FLAGS_elastic)) {
       // Checked at the launch size here; each generation resolves dp and the micro-batch anew.
@@ -174,55 +211,54 @@ int main(int argc, char** argv) {
       o = llama::resolve_options(o, launch.size);
     }
     o.device_index = launch.local_rank;
+    return o;
   } catch (const tenax::Error& e) {
     if (launch.rank == 0) std::cerr << "llama_train: " << e.what() << std::endl;
-    return 2;
+    exit_code = 2;
+    return std::nullopt;
   }
+}
 
-  if (absl::GetFlag(FLAGS_elastic)) {
-    try {
-      tenax::World world = tenax::connect();
-      llama::ElasticRunOptions eo;
-      eo.train = o;
-      eo.log_interval = std::max<int64_t>(1, absl::GetFlag(FLAGS_log_interval));
-      eo.eval_interval = absl::GetFlag(FLAGS_eval_interval);
-      eo.eval_batches = absl::GetFlag(FLAGS_eval_batches);
-      eo.faults = &*faults;
-      auto& r = eo.elastic.rendezvous;
-      r.run = absl::GetFlag(FLAGS_ckpt_run);
-      const int min_flag = absl::GetFlag(FLAGS_min_workers), max_flag = absl::GetFlag(FLAGS_max_workers);
-      r.min_workers = min_flag > 0 ? min_flag
-                                   : static_cast<int>(tenax::env_int("TENAX_MIN_WORKERS", o.tp * o.pp));
-      r.max_workers = max_flag > 0 ? max_flag
-                                   : static_cast<int>(tenax::env_int("TENAX_MAX_WORKERS", launch.size));
-      auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
-      r.heartbeat_timeout = ms(absl::GetFlag(FLAGS_heartbeat_timeout));
-      r.heartbeat_interval = std::max(std::chrono::milliseconds(20), r.heartbeat_timeout / 10);
-      r.join_timeout = ms(absl::GetFlag(FLAGS_join_timeout));
-      r.last_call = ms(absl::GetFlag(FLAGS_last_call));
-      eo.elastic.checkpoint.run = r.run;
-      eo.elastic.checkpoint.durable = absl::GetFlag(FLAGS_ckpt_durable);
-      eo.elastic.checkpoint.persist_every = absl::GetFlag(FLAGS_ckpt_persist_every);
-      eo.elastic.checkpoint.keep_durable = absl::GetFlag(FLAGS_ckpt_keep);
-      eo.elastic.checkpoint.replicate_every = absl::GetFlag(FLAGS_ckpt_replicate_every);
-      eo.elastic.snapshot_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_ckpt_every));
-      llama::run_elastic(eo, world.store);
-    } catch (const tenax::Error& e) {
-      std::cerr << "llama_train: " << e.what() << std::endl;
-      return 1;
-    }
+// --elastic: the trainer under ElasticRunner, through any number of re-formations.
+int run_elastic(const llama::TrainOptions& o, const tenax::LaunchInfo& launch,
+                const tenax::FaultInjector& faults) {
+  try {
+    tenax::World world = tenax::connect();
+    llama::ElasticRunOptions eo = elastic_options_from_flags(o, launch);
+    eo.elastic.faults = &faults;
+    llama::StepLog log = step_log(o);
+    llama::run_elastic(eo, log, world.store);
     return 0;
+  } catch (const tenax::Error& e) {
+    std::cerr << "llama_train: " << e.what() << std::endl;
+    return 1;
   }
+}
 
+// Resumes `trainer` from the newest complete checkpoint when there is one (--resume).
+void resume(tenax::CheckpointEngine& ckpt, llama::Trainer& trainer, bool leader) {
+  const auto start = std::chrono::steady_clock::now();
+  auto r = ckpt.restore(trainer.state());
+  if (!r) return;
+  trainer.resume_from_state();
+  if (!leader) return;
+  std::printf("llama_train: resumed at step %lld from the %s tier (%lld bytes on rank 0%s) in "
+              "%.1f ms\n",
+              (long long)r->step, r->tier.c_str(), (long long)r->bytes,
+              r->resharded ? ", resharded" : "",
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                  .count());
+  std::fflush(stdout);
+}
+
+// A static run: one world for the whole job; a failure ends it (resume with --ckpt-every).
+int run_static(const llama::TrainOptions& o, const tenax::FaultInjector& faults) {
   try {
     tenax::InitOptions init;
     if (o.device == "cuda") init.backend = tenax::Backend::kNccl;
     tenax::World world = tenax::init(init);
     llama::Trainer trainer(o, world.comm);
     const bool leader = world.rank == 0;
-    const double flops_per_token = llama::flops_per_token(o.model, o.seq_len);
-    double peak = absl::GetFlag(FLAGS_peak_tflops);
-    if (peak <= 0) peak = o.device == "cuda" ? 989.0 : 0.1;
     if (leader) {
       std::printf("llama_train: preset %s, %.2f M parameters, %d ranks (%s): dp=%d tp=%d pp=%d%s\n",
                   o.model.name.c_str(), double(trainer.parameter_count()) / 1e6, world.size,
@@ -231,52 +267,29 @@ int main(int argc, char** argv) {
       std::printf("llama_train: global batch %lld x %lld tokens, micro-batch %lld, %lld "
                   "accumulation steps; data %s; MFU against %.3g TFLOP/s per rank\n",
                   (long long)o.global_batch, (long long)o.seq_len, (long long)o.micro_batch,
-                  (long long)(o.global_batch / (o.micro_batch * o.dp)), o.data.c_str(), peak);
+                  (long long)(o.global_batch / (o.micro_batch * o.dp)), o.data.c_str(),
+                  peak_tflops(o));
       std::fflush(stdout);
     }
-    // Checkpointing: an engine over the world, and a resume from the newest complete step.
     const int64_t ckpt_every = absl::GetFlag(FLAGS_ckpt_every);
     std::unique_ptr<tenax::CheckpointEngine> ckpt;
     if (ckpt_every > 0) {
-      tenax::CheckpointOptions co;
-      co.run = absl::GetFlag(FLAGS_ckpt_run);
-      co.durable = absl::GetFlag(FLAGS_ckpt_durable);
-      co.persist_every = absl::GetFlag(FLAGS_ckpt_persist_every);
-      co.keep_durable = absl::GetFlag(FLAGS_ckpt_keep);
-      co.replicate_every = absl::GetFlag(FLAGS_ckpt_replicate_every);
-      ckpt = std::make_unique<tenax::CheckpointEngine>(co, world.comm, world.store);
-      if (absl::GetFlag(FLAGS_resume)) {
-        const auto start = std::chrono::steady_clock::now();
-        if (auto r = ckpt->restore(trainer.state())) {
-          trainer.resume_from_state();
-          if (leader) {
-            std::printf("llama_train: resumed at step %lld from the %s tier (%lld bytes on rank 0%s) "
-                        "in %.1f ms\n",
-                        (long long)r->step, r->tier.c_str(), (long long)r->bytes,
-                        r->resharded ? ", resharded" : "",
-                        std::chrono::duration<double, std::milli>(
-                            std::chrono::steady_clock::now() - start).count());
-            std::fflush(stdout);
-          }
-        }
-      }
+      ckpt = std::make_unique<tenax::CheckpointEngine>(checkpoint_options_from_flags(), world.comm,
+                                                       world.store);
+      if (absl::GetFlag(FLAGS_resume)) resume(*ckpt, trainer, leader);
     }
     const int64_t exit_after = absl::GetFlag(FLAGS_exit_after);
     const int64_t first_step = trainer.step();
-    const int64_t log_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_log_interval));
     const int64_t eval_every = absl::GetFlag(FLAGS_eval_interval);
-    const int eval_batches = absl::GetFlag(FLAGS_eval_batches);
-    double window_s = 0, window_comm = 0, window_ckpt = 0;
-    int64_t window_tokens = 0, window_steps = 0;
-    double steady_s = 0;  // steps after the first three (allocator and caches warm)
-    int64_t steady_tokens = 0;
+    llama::StepLog log = step_log(o);
+    log.set_world(world.size, leader);
     for (int64_t step = first_step; step < o.steps; ++step) {
       if (exit_after > 0 && step - first_step >= exit_after) {
         if (ckpt) ckpt->wait();
         if (leader) std::printf("llama_train: leaving after step %lld (--exit-after)\n", (long long)step);
         return 0;
       }
-      faults->at_step(step + 1);  // steps count from 1, as the log does
+      faults.at_step(step + 1);  // steps count from 1, as the log does
       llama::StepStats s = trainer.train_step();
       if (ckpt && (step + 1) % ckpt_every == 0) {
         const auto start = std::chrono::steady_clock::now();
@@ -284,44 +297,46 @@ int main(int argc, char** argv) {
         s.ckpt_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         s.seconds += s.ckpt_seconds;
       }
-      window_s += s.seconds, window_comm += s.comm_seconds, window_ckpt += s.ckpt_seconds;
-      window_tokens += s.tokens, ++window_steps;
-      if (step >= first_step + 3) steady_s += s.seconds, steady_tokens += s.tokens;
-      const bool last = step + 1 == o.steps;
-      if (leader && ((step + 1) % log_every == 0 || step == first_step || last)) {
-        const double tps = double(window_tokens) / window_s;
-        const double mfu = tps * flops_per_token / (peak * 1e12 * world.size);
-        const double ms = 1000.0 / double(window_steps);
-        std::printf("step %5lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %8.0f tok/s | "
-                    "MFU %5.2f%% | step %7.1f ms = compute %.1f + comm %.1f + ckpt %.1f\n",
-                    (long long)(step + 1), (long long)o.steps, s.loss, s.lr, s.grad_norm, tps,
-                    100 * mfu, window_s * ms, (window_s - window_comm - window_ckpt) * ms,
-                    window_comm * ms, window_ckpt * ms);
-        std::fflush(stdout);
-        window_s = window_comm = window_ckpt = 0, window_tokens = window_steps = 0;
-      }
-      if (eval_every > 0 && ((step + 1) % eval_every == 0 || last)) {
-        const double v = trainer.evaluate(eval_batches);
-        if (leader && !std::isnan(v)) {
-          std::printf("step %5lld/%lld | validation loss %.4f\n", (long long)(step + 1),
-                      (long long)o.steps, v);
-          std::fflush(stdout);
-        }
+      log.add(s);
+      if (eval_every > 0 && ((step + 1) % eval_every == 0 || step + 1 == o.steps)) {
+        const double v = trainer.evaluate(absl::GetFlag(FLAGS_eval_batches));
+        if (!std::isnan(v)) log.validation(step + 1, v);
       }
     }
     if (ckpt) ckpt->wait();
     world.comm->barrier();
     if (leader) {
       std::printf("llama_train: done, %lld steps", (long long)o.steps);
-      if (steady_tokens > 0) {
-        std::printf(", %.1f tokens/s over steps 4-%lld", double(steady_tokens) / steady_s,
+      if (log.steady_tokens_per_second() > 0) {
+        std::printf(", %.1f tokens/s over steps 4-%lld", log.steady_tokens_per_second(),
                     (long long)o.steps);
       }
       std::printf("\n");
     }
+    return 0;
   } catch (const tenax::Error& e) {
     std::cerr << "llama_train: " << e.what() << std::endl;
     return 1;
   }
-  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("trains a Llama-style model with tenax; see examples/llama/README.md");
+  std::vector<std::string> storage;
+  auto args = underscore_flags(argc, argv, storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  const tenax::LaunchInfo launch = tenax::detect_launch();
+  std::optional<tenax::FaultInjector> faults;  // TENAX_FAULT, for tests and demos
+  try {
+    faults.emplace(tenax::FaultInjector::from_env(launch.rank));
+  } catch (const tenax::Error& e) {
+    if (launch.rank == 0) std::cerr << "llama_train: " << e.what() << std::endl;
+    return 2;
+  }
+  int exit_code = 0;
+  const std::optional<llama::TrainOptions> o = checked_options(launch, exit_code);
+  if (!o) return exit_code;
+  return absl::GetFlag(FLAGS_elastic) ? run_elastic(*o, launch, *faults) : run_static(*o, *faults);
 }

@@ -117,6 +117,17 @@ class CheckpointEngine::Impl {
   std::map<int64_t, std::pair<int, Layout>> usable_snapshots(detail::MemoryTier& tier, int rank,
                                                              const StateDict* state,
                                                              std::string& errors);
+  using Snapshots = std::map<int64_t, std::pair<int, Layout>>;  // step -> (slot, layout)
+  // A rank's source of a memory-tier restore: its own slot, or a replica received from its peer.
+  struct MemorySource {
+    Layout layout;
+    const char* data = nullptr;
+    std::vector<char> received;
+  };
+  std::vector<int64_t> gather_memory_steps(const Snapshots& own, const Snapshots& held);
+  std::vector<WorkHandle> send_replica(int64_t step, const Snapshots& held);
+  bool read_memory_source(int64_t step, bool from_peer, const Snapshots& own,
+                          const StateDict& state, MemorySource& src, std::string& errors);
   // Memory and peer tiers: the newest step that every rank holds itself or that its peer
   // holds a replica of. Ranks without their own copy receive the replica from the peer.
   std::optional<RestoreResult> restore_memory(StateDict& state, std::string& errors);
@@ -127,6 +138,10 @@ class CheckpointEngine::Impl {
     std::map<std::string, std::string> blobs;
     RestoreResult result;
   };
+  std::string read_resharded(const std::string& dir, const std::vector<detail::ShardRecord>& saved,
+                             const TensorShard& target, int64_t& bytes);
+  void load_durable_extras(const nlohmann::json& manifest, const std::string& dir,
+                           int saved_world, Staged& out);
   // Reads every part of the durable step `step` that `state` needs and assembles the target
   // tensors' bytes in `out` (empty on entry), writing nothing into `state`; false (with `errors`
   // saying why) when a part is missing or corrupt.

@@ -87,113 +87,125 @@ std::map<int64_t, std::pair<int, Layout>> CheckpointEngine::Impl::usable_snapsho
   return usable;
 }
 
-// Memory and peer tiers: the newest step that every rank holds itself or that its peer
-// holds a replica of. Ranks without their own copy receive the replica from the peer.
-std::optional<RestoreResult> CheckpointEngine::Impl::restore_memory(StateDict& state,
-                                                                    std::string& errors) {
-  const int slots = o_.memory_slots, rank = comm_->rank(), world = comm_->size();
-  auto own = usable_snapshots(memory_, rank, &state, errors);
-  std::map<int64_t, std::pair<int, Layout>> held;  // replicas of peer_src_
-  if (replicas_) held = usable_snapshots(*replicas_, peer_src_, nullptr, errors);
+// Every rank's steps in memory, own and held for its source, newest first (one all-gather).
+std::vector<int64_t> CheckpointEngine::Impl::gather_memory_steps(const Snapshots& own,
+                                                                 const Snapshots& held) {
+  const int slots = o_.memory_slots;
   at::Tensor mine = at::full({2 * slots}, -1, at::kLong);
   int i = 0;
   for (auto it = own.rbegin(); it != own.rend() && i < slots; ++it) mine[i++] = it->first;
   i = slots;
   for (auto it = held.rbegin(); it != held.rend() && i < 2 * slots; ++it) mine[i++] = it->first;
-  at::Tensor all = at::empty({2 * slots * world}, at::kLong);
+  at::Tensor all = at::empty({2 * slots * comm_->size()}, at::kLong);
   comm_->all_gather(all, mine);
-  auto has = [&](int r, int64_t step, bool replica) {
-    for (int k = 0; k < slots; ++k) {
-      if (all[r * 2 * slots + (replica ? slots : 0) + k].item<int64_t>() == step) return true;
+  const int64_t* p = all.data_ptr<int64_t>();
+  return std::vector<int64_t>(p, p + all.numel());
+}
+
+// The holder of `step`'s replica for its source sends it (header, bytes, layout).
+std::vector<WorkHandle> CheckpointEngine::Impl::send_replica(int64_t step,
+                                                             const Snapshots& held) {
+  const auto& r = replicas_->region(held.at(step).first);
+  at::Tensor hdr = at::full({2}, -1, at::kLong);
+  hdr[0] = static_cast<int64_t>(r.header()->data_bytes);
+  hdr[1] = static_cast<int64_t>(r.header()->json_bytes);
+  std::vector<WorkHandle> sends;
+  sends.push_back(comm_->send_async(hdr, peer_src_, kRestoreHeader));
+  sends.push_back(comm_->send_async(byte_view(r.data(), hdr[0].item<int64_t>()), peer_src_,
+                                    kRestoreData));
+  sends.push_back(comm_->send_async(byte_view(r.json(), hdr[1].item<int64_t>()), peer_src_,
+                                    kRestoreJson));
+  return sends;
+}
+
+// This rank's source of `step`: its own slot, or its replica received from its peer. False
+// (with `errors` saying why) when the source is not the state asked for or fails a checksum;
+// writes nothing into the state.
+bool CheckpointEngine::Impl::read_memory_source(int64_t step, bool from_peer, const Snapshots& own,
+                                                const StateDict& state, MemorySource& src,
+                                                std::string& errors) {
+  const int rank = comm_->rank();
+  const std::string where =
+      from_peer ? "peer tier: step " + std::to_string(step) + ", rank " + std::to_string(rank) +
+                      "'s replica on rank " + std::to_string(peer_dst_)
+                : "memory tier: step " + std::to_string(step) + ", rank " + std::to_string(rank);
+  if (!from_peer) {
+    const auto& [slot, layout] = own.at(step);
+    src.layout = layout;
+    src.data = memory_.region(slot).data();
+  } else {
+    at::Tensor hdr = at::full({2}, -1, at::kLong);
+    comm_->recv(hdr, peer_dst_, kRestoreHeader);
+    src.received.resize(static_cast<size_t>(hdr[0].item<int64_t>()));
+    std::string json(static_cast<size_t>(hdr[1].item<int64_t>()), '\0');
+    comm_->recv(byte_view(src.received.data(), int64_t(src.received.size())), peer_dst_,
+                kRestoreData);
+    comm_->recv(byte_view(json.data(), int64_t(json.size())), peer_dst_, kRestoreJson);
+    try {
+      src.layout = detail::layout_from_json(nlohmann::json::parse(json), where);
+      if (!detail::same_parts(src.layout, state)) {
+        throw CheckpointError("the replica holds other tensor parts than the ones asked for");
+      }
+      src.data = src.received.data();
+    } catch (const std::exception& e) {
+      errors += "\n  " + where + ": " + e.what();
+      return false;
     }
-    return false;
-  };
-  std::set<int64_t> candidates;
-  for (int64_t k = 0; k < all.numel(); ++k) {
-    if (all[k].item<int64_t>() >= 0) candidates.insert(all[k].item<int64_t>());
   }
-  for (auto it = candidates.rbegin(); it != candidates.rend(); ++it) {
+  const std::string bad = detail::verify_crcs(src.layout, src.data, where);
+  errors += bad;
+  return bad.empty();
+}
+
+// Memory and peer tiers: the newest step that every rank holds itself or that its peer
+// holds a replica of. Ranks without their own copy receive the replica from the peer.
+std::optional<RestoreResult> CheckpointEngine::Impl::restore_memory(StateDict& state,
+                                                                    std::string& errors) {
+  const int slots = o_.memory_slots, rank = comm_->rank(), world = comm_->size();
+  const Snapshots own = usable_snapshots(memory_, rank, &state, errors);
+  Snapshots held;  // replicas of peer_src_
+  if (replicas_) held = usable_snapshots(*replicas_, peer_src_, nullptr, errors);
+  const std::vector<int64_t> all = gather_memory_steps(own, held);
+  auto has = [&](int r, int64_t step, bool replica) {
+    const int64_t* first = &all[r * 2 * slots + (replica ? slots : 0)];
+    return std::find(first, first + slots, step) != first + slots;
+  };
+  // A rank whose own copy is missing (or failed) needs the replica its peer holds.
+  auto peer_holds = [&](int r, int64_t step) {
+    return replicas_ && has((r + peer_offset_) % world, step, true);
+  };
+  const std::set<int64_t> candidates(all.begin(), all.end());
+  for (auto it = candidates.rbegin(); it != candidates.rend() && *it >= 0; ++it) {
     const int64_t step = *it;
     std::vector<bool> from_peer(world);
     bool whole = true;
     for (int r = 0; r < world && whole; ++r) {
       from_peer[r] = !has(r, step, false);
-      whole = !from_peer[r] || (replicas_ && has((r + peer_offset_) % world, step, true));
+      whole = !from_peer[r] || peer_holds(r, step);
     }
     if (!whole) continue;
     // Two attempts: ranks whose own copy fails its checksum take their peer's replica in the
-    // second.
+    // second. Every rank checks its source first and writes into the tensors only once all
+    // sources are intact: a step that fails anywhere leaves every rank's tensors as they were
+    // for the next tier (or the caller, when no tier has a whole step).
     for (int attempt = 0;; ++attempt) {
-      // Holders send the replicas their sources lack; everyone else reads its own.
       std::vector<WorkHandle> sends;
-      const int64_t kNone = -1;
-      if (replicas_ && from_peer[peer_src_]) {
-        auto& [slot, layout] = held.at(step);
-        auto& r = replicas_->region(slot);
-        at::Tensor hdr = at::full({2}, kNone, at::kLong);
-        hdr[0] = static_cast<int64_t>(r.header()->data_bytes);
-        hdr[1] = static_cast<int64_t>(r.header()->json_bytes);
-        sends.push_back(comm_->send_async(hdr, peer_src_, kRestoreHeader));
-        sends.push_back(comm_->send_async(byte_view(r.data(), hdr[0].item<int64_t>()), peer_src_,
-                                          kRestoreData));
-        sends.push_back(comm_->send_async(byte_view(r.json(), hdr[1].item<int64_t>()), peer_src_,
-                                          kRestoreJson));
-      }
-      // Every rank checks its source first and writes into the tensors only once all
-      // sources are intact: a step that fails anywhere leaves every rank's tensors as they
-      // were for the next tier (or the caller, when no tier has a whole step).
-      bool ok = true;
-      Layout layout;
-      const char* source = nullptr;
-      std::vector<char> data;  // a replica received from the peer
-      const std::string tier = from_peer[rank] ? "peer" : "memory";
-      const std::string where =
-          from_peer[rank]
-              ? "peer tier: step " + std::to_string(step) + ", rank " + std::to_string(rank) +
-                    "'s replica on rank " + std::to_string(peer_dst_)
-              : "memory tier: step " + std::to_string(step) + ", rank " + std::to_string(rank);
-      if (from_peer[rank]) {
-        at::Tensor hdr = at::full({2}, kNone, at::kLong);
-        comm_->recv(hdr, peer_dst_, kRestoreHeader);
-        data.resize(static_cast<size_t>(hdr[0].item<int64_t>()));
-        std::string json(static_cast<size_t>(hdr[1].item<int64_t>()), '\0');
-        comm_->recv(byte_view(data.data(), int64_t(data.size())), peer_dst_, kRestoreData);
-        comm_->recv(byte_view(json.data(), int64_t(json.size())), peer_dst_, kRestoreJson);
-        try {
-          layout = detail::layout_from_json(nlohmann::json::parse(json), where);
-          if (!detail::same_parts(layout, state)) {
-            throw CheckpointError("the replica holds other tensor parts than the ones asked for");
-          }
-          source = data.data();
-        } catch (const std::exception& e) {
-          errors += "\n  " + where + ": " + e.what();
-          ok = false;
-        }
-      } else {
-        auto& [slot, own_layout] = own.at(step);
-        layout = own_layout;
-        source = memory_.region(slot).data();
-      }
-      if (ok) {
-        const std::string bad = detail::verify_crcs(layout, source, where);
-        errors += bad;
-        ok = bad.empty();
-      }
+      if (replicas_ && from_peer[peer_src_]) sends = send_replica(step, held);
+      MemorySource src;
+      const bool ok = read_memory_source(step, from_peer[rank], own, state, src, errors);
       for (auto& w : sends) w->wait();
       const std::vector<int> failed = failed_ranks(ok);
-      bool all = failed.empty(), retry = attempt == 0;
-      for (int r : failed) {
-        if (from_peer[r] || !(replicas_ && has((r + peer_offset_) % world, step, true))) {
-          retry = false;
-        }
-        from_peer[r] = true;
-      }
-      if (all) {
-        detail::copy_out_of(layout, source, state);
-        restore_extras(state, layout.ints, blobs_of(layout, source));
+      if (failed.empty()) {
+        detail::copy_out_of(src.layout, src.data, state);
+        restore_extras(state, src.layout.ints, blobs_of(src.layout, src.data));
         int64_t bytes = 0;
-        for (const auto& s : layout.shards) bytes += s.nbytes;
-        return RestoreResult{step, tier, bytes, false};
+        for (const auto& s : src.layout.shards) bytes += s.nbytes;
+        return RestoreResult{step, from_peer[rank] ? "peer" : "memory", bytes, false};
+      }
+      bool retry = attempt == 0;
+      for (int r : failed) {
+        if (from_peer[r] || !peer_holds(r, step)) retry = false;
+        from_peer[r] = true;
       }
       if (!retry) {
         errors += not_intact("memory/peer tier: step " + std::to_string(step), failed);
@@ -206,6 +218,56 @@ std::optional<RestoreResult> CheckpointEngine::Impl::restore_memory(StateDict& s
     }
   }
   return std::nullopt;
+}
+
+// A target tensor assembled from every saved part that overlaps it (resharding); adds the bytes
+// read to `bytes`. Throws CheckpointError when the saved parts do not cover it.
+std::string CheckpointEngine::Impl::read_resharded(const std::string& dir,
+                                                   const std::vector<detail::ShardRecord>& saved,
+                                                   const TensorShard& target, int64_t& bytes) {
+  const size_t elem = detail::dtype_size(detail::dtype_name(target.tensor));
+  const std::vector<int64_t> sizes = target.tensor.sizes().vec();
+  std::string buf(target.tensor.numel() * elem, '\0');
+  int64_t covered = 0;
+  for (const auto& s : saved) {
+    bool overlaps = true;
+    for (size_t d = 0; d < s.sizes.size(); ++d) {
+      overlaps &= std::max(s.offsets[d], target.offsets[d]) <
+                  std::min(s.offsets[d] + s.sizes[d], target.offsets[d] + sizes[d]);
+    }
+    if (!overlaps) continue;
+    const std::string part = detail::read_part(*durable_, dir, s);
+    bytes += s.nbytes;
+    covered += detail::copy_overlap(part.data(), s.offsets, s.sizes, buf.data(), target.offsets,
+                                    sizes, elem);
+  }
+  if (covered != target.tensor.numel()) {
+    throw CheckpointError("tensor '" + target.name + "': the saved parts cover " +
+                          std::to_string(covered) + " of the " +
+                          std::to_string(target.tensor.numel()) + " elements asked for");
+  }
+  return buf;
+}
+
+// Ints and blobs of a durable step: this rank's own when it existed in the saved world, else
+// rank 0's; each blob checked against its checksum.
+void CheckpointEngine::Impl::load_durable_extras(const nlohmann::json& manifest,
+                                                 const std::string& dir, int saved_world,
+                                                 Staged& out) {
+  const int from = comm_->rank() < saved_world ? comm_->rank() : 0;
+  for (const auto& r : manifest.at("ranks")) {
+    if (r.at("rank").get<int>() != from) continue;
+    out.ints = r.at("ints").get<std::map<std::string, int64_t>>();
+    for (const auto& bj : r.at("blobs")) {
+      auto b = detail::blob_from_json(bj);
+      std::string v = durable_->get_range(dir + "/" + b.file, b.offset, b.nbytes);
+      if (detail::crc32c(v.data(), v.size()) != b.crc) {
+        throw CheckpointError("blob '" + b.name + "' of rank " + std::to_string(from) +
+                              " failed its checksum");
+      }
+      out.blobs[b.name] = std::move(v);
+    }
+  }
 }
 
 // Reads every part of the durable step `step` that `state` needs and assembles the target
@@ -263,47 +325,9 @@ bool CheckpointEngine::Impl::load_durable(int64_t step, const StateDict& state, 
         bytes += exact[i]->nbytes;
         continue;
       }
-      const auto& saved = by_name.at(target.name);
-      const size_t elem = detail::dtype_size(detail::dtype_name(target.tensor));
-      const std::vector<int64_t> sizes = target.tensor.sizes().vec();
-      // Resharding: the intersection of every overlapping saved part.
-      std::string buf(target.tensor.numel() * elem, '\0');
-      int64_t covered = 0;
-      for (const auto& s : saved) {
-        bool overlaps = true;
-        for (size_t d = 0; d < s.sizes.size(); ++d) {
-          overlaps &= std::max(s.offsets[d], target.offsets[d]) <
-                      std::min(s.offsets[d] + s.sizes[d], target.offsets[d] + sizes[d]);
-        }
-        if (!overlaps) continue;
-        const std::string part = detail::read_part(*durable_, dir, s);
-        bytes += s.nbytes;
-        covered += detail::copy_overlap(part.data(), s.offsets, s.sizes, buf.data(), target.offsets,
-                                        sizes, elem);
-      }
-      if (covered != target.tensor.numel()) {
-        throw CheckpointError("tensor '" + target.name + "': the saved parts cover " +
-                              std::to_string(covered) + " of the " +
-                              std::to_string(target.tensor.numel()) + " elements asked for");
-      }
-      out.tensors.push_back(std::move(buf));
+      out.tensors.push_back(read_resharded(dir, by_name.at(target.name), target, bytes));
     }
-    // Ints and blobs: this rank's own when it existed in the saved world, else rank 0's.
-    const auto& ranks = m.at("ranks");
-    const int from = comm_->rank() < saved_world ? comm_->rank() : 0;
-    for (const auto& r : ranks) {
-      if (r.at("rank").get<int>() != from) continue;
-      out.ints = r.at("ints").get<std::map<std::string, int64_t>>();
-      for (const auto& bj : r.at("blobs")) {
-        auto b = detail::blob_from_json(bj);
-        std::string v = durable_->get_range(dir + "/" + b.file, b.offset, b.nbytes);
-        if (detail::crc32c(v.data(), v.size()) != b.crc) {
-          throw CheckpointError("blob '" + b.name + "' of rank " + std::to_string(from) +
-                                " failed its checksum");
-        }
-        out.blobs[b.name] = std::move(v);
-      }
-    }
+    load_durable_extras(m, dir, saved_world, out);
     out.result = RestoreResult{step, "durable", bytes, !same};
     return true;
   } catch (const std::exception& e) {

@@ -14,6 +14,7 @@
 #include "checkpoint/object_store.h"
 #include "checkpoint/snapshot.h"
 #include "support/process.h"
+#include "support/rank_checks.h"
 #include "support/s3_server.h"
 #include "tenax/checkpoint/engine.h"
 
@@ -79,10 +80,7 @@ std::string unique_run(std::string what) {
 std::vector<RankResult> expect_pass(int n, const std::string& scenario,
                                     std::map<std::string, std::string> env) {
   auto results = run_ranks(n, {CKPT_WORKER, scenario}, env, std::chrono::seconds(180));
-  for (const auto& r : results) {
-    EXPECT_EQ(r.exit_code, 0) << dump(results);
-    EXPECT_NE(r.output.find("PASS " + scenario), std::string::npos) << dump(results);
-  }
+  tenax::testing::expect_all_pass(results, scenario);
   return results;
 }
 

@@ -17,7 +17,7 @@
 #include <iostream>
 #include <thread>
 
-#include "support/worker_check.h"
+#include "support/worker_main.h"
 #include "tenax/checkpoint/engine.h"
 #include "tenax/checkpoint/module_state.h"
 #include "tenax/parallel/zero.h"
@@ -315,39 +315,15 @@ void scenario_zero_restore(World& w) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) return 2;
-  const std::string scenario = argv[1];
-  try {
-    World w = init();
-    if (scenario == "save") {
-      scenario_save(w);
-    } else if (scenario == "restore") {
-      scenario_restore(w);
-    } else if (scenario == "restore_fails") {
-      scenario_restore_fails(w);
-    } else if (scenario == "roundtrip") {
-      scenario_roundtrip(w);
-    } else if (scenario == "outage") {
-      scenario_outage(w);
-    } else if (scenario == "zero_save") {
-      scenario_zero_save(w);
-    } else if (scenario == "zero_restore") {
-      scenario_zero_restore(w);
-    } else {
-      return 2;
-    }
-    w.comm->barrier();
-  } catch (const std::exception& e) {
-    std::cout << "ERROR: " << e.what() << std::endl;
-    // Scenarios that must fail: the error must say what CKPT_EXPECT_ERROR says.
-    const std::string expected = env("CKPT_EXPECT_ERROR");
-    if (expected.empty() || std::string(e.what()).find(expected) == std::string::npos) return 1;
-    std::cout << "PASS " << scenario << std::endl;
-    return 0;
-  }
-  if (!env("CKPT_EXPECT_ERROR").empty()) {
-    std::cout << "FAIL " << scenario << ": no error" << std::endl;
-    return 1;
-  }
-  return tenax::testing::worker_exit(scenario);
+  tenax::testing::WorkerOptions options;
+  options.expected_error = env("CKPT_EXPECT_ERROR");  // scenarios that must fail, and how
+  return tenax::testing::worker_main(argc, argv,
+                                     {{"save", scenario_save},
+                                      {"restore", scenario_restore},
+                                      {"restore_fails", scenario_restore_fails},
+                                      {"roundtrip", scenario_roundtrip},
+                                      {"outage", scenario_outage},
+                                      {"zero_save", scenario_zero_save},
+                                      {"zero_restore", scenario_zero_restore}},
+                                     options);
 }

@@ -15,7 +15,7 @@
 #include <string>
 #include <thread>
 
-#include "support/worker_check.h"
+#include "support/worker_main.h"
 #include "tenax/tenax.h"
 
 using namespace tenax;
@@ -428,39 +428,25 @@ void scenario_nccl(World& w) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::cerr << "usage: comm_worker SCENARIO" << std::endl;
-    return 2;
-  }
-  const std::string scenario = argv[1];
-  try {
-    World w = init();
-    std::map<std::string, std::function<void(World&)>> scenarios = {
-        {"collectives", scenario_collectives}, {"split", scenario_split},
-        {"kill", scenario_kill},               {"hang", scenario_hang},
-        {"abort", scenario_abort},             {"bad_input", scenario_bad_input},
-        {"store_host_dies", scenario_store_host_dies}, {"nccl", scenario_nccl},
-        {"init", [](World& w) {
-           std::cout << "launcher=" << w.info.launcher << " rank=" << w.rank << " size=" << w.size
-                     << " local_rank=" << w.local_rank << std::endl;
-           at::Tensor t = at::ones({3});
-           w.comm->all_reduce(t);
-           CHECK(t[0].item<float>() == float(w.size), "init all_reduce");
-         }}};
-    auto it = scenarios.find(scenario);
-    if (it == scenarios.end()) {
-      std::cerr << "unknown scenario " << scenario << std::endl;
-      return 2;
-    }
-    it->second(w);
-  } catch (const std::exception& e) {
-    std::cout << "ERROR: " << e.what() << std::endl;
-    return 1;
-  }
-  if (tenax::testing::worker_failures() > 0) {
-    std::cout << "FAIL " << scenario << " (" << tenax::testing::worker_failures() << " checks)" << std::endl;
-    return 1;
-  }
-  std::cout << "PASS " << scenario << std::endl;
-  return 0;
+  tenax::testing::WorkerOptions options;
+  options.barrier_at_end = false;  // failure scenarios end with a broken world communicator
+  return tenax::testing::worker_main(
+      argc, argv,
+      {{"collectives", scenario_collectives},
+       {"split", scenario_split},
+       {"kill", scenario_kill},
+       {"hang", scenario_hang},
+       {"abort", scenario_abort},
+       {"bad_input", scenario_bad_input},
+       {"store_host_dies", scenario_store_host_dies},
+       {"nccl", scenario_nccl},
+       {"init",
+        [](World& w) {
+          std::cout << "launcher=" << w.info.launcher << " rank=" << w.rank << " size=" << w.size
+                    << " local_rank=" << w.local_rank << std::endl;
+          at::Tensor t = at::ones({3});
+          w.comm->all_reduce(t);
+          CHECK(t[0].item<float>() == float(w.size), "init all_reduce");
+        }}},
+      options);
 }

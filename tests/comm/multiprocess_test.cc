@@ -9,22 +9,17 @@
 #include <thread>
 
 #include "support/process.h"
+#include "support/rank_checks.h"
 
 using namespace std::chrono_literals;
 using tenax::testing::dump;
+using tenax::testing::expect_all_pass;
 using tenax::testing::Process;
 using tenax::testing::RankResult;
 using tenax::testing::run_command;
 using tenax::testing::run_ranks;
 
 namespace {
-
-void expect_all_pass(const std::vector<RankResult>& results, const std::string& scenario) {
-  for (size_t r = 0; r < results.size(); ++r) {
-    EXPECT_EQ(results[r].exit_code, 0) << dump(results);
-    EXPECT_NE(results[r].output.find("PASS " + scenario), std::string::npos) << dump(results);
-  }
-}
 
 class CollectivesTest : public ::testing::TestWithParam<int> {};
 
@@ -180,6 +175,22 @@ TEST(LauncherTest, TenaxrunRejectsBadFlagsClearly) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("--nproc-per-node must be a positive integer"), std::string::npos)
       << r.output;
+}
+
+TEST(LauncherTest, TenaxrunTakesFlagsWithDashesUnderscoresOrAnEqualsSign) {
+  for (const std::vector<std::string>& flags :
+       {std::vector<std::string>{"--nproc-per-node", "2"}, {"--nproc_per_node=2"},
+        {"--nproc-per-node=2", "--timeout", "9", "--"}}) {
+    std::vector<std::string> cmd = {TENAXRUN};
+    cmd.insert(cmd.end(), flags.begin(), flags.end());
+    cmd.insert(cmd.end(), {"sh", "-c", "echo rank $RANK of $WORLD_SIZE timeout ${TENAX_TIMEOUT:-none}"});
+    auto r = run_command(cmd);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("[rank 1] rank 1 of 2"), std::string::npos) << r.output;
+  }
+  auto r = run_command({TENAXRUN, "--nproc-per-node=2", "--timeout", "9", "sh", "-c",
+                        "echo timeout $TENAX_TIMEOUT"});
+  EXPECT_NE(r.output.find("[rank 0] timeout 9"), std::string::npos) << r.output;
 }
 
 TEST(LauncherTest, MpirunBootstrapsWithNoOtherConfiguration) {

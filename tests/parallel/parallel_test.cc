@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "support/process.h"
+#include "support/rank_checks.h"
 
 using tenax::testing::dump;
 using tenax::testing::run_ranks;
@@ -10,11 +11,7 @@ using tenax::testing::run_ranks;
 namespace {
 
 void expect_all_pass(int n, const std::string& scenario) {
-  auto results = run_ranks(n, {PARALLEL_WORKER, scenario});
-  for (const auto& r : results) {
-    EXPECT_EQ(r.exit_code, 0) << dump(results);
-    EXPECT_NE(r.output.find("PASS " + scenario), std::string::npos) << dump(results);
-  }
+  tenax::testing::expect_all_pass(run_ranks(n, {PARALLEL_WORKER, scenario}), scenario);
 }
 
 class DataParallelTest : public ::testing::TestWithParam<int> {};

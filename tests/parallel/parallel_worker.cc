@@ -14,7 +14,7 @@
 #include "tenax/parallel/pipeline.h"
 #include "tenax/parallel/tensor_parallel.h"
 #include "tenax/parallel/zero.h"
-#include "support/worker_check.h"
+#include "support/worker_main.h"
 #include "tenax/tenax.h"
 
 using namespace tenax;
@@ -567,28 +567,15 @@ void scenario_mesh(World& w) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) return 2;
-  const std::string scenario = argv[1];
-  try {
-    World w = init();
-    std::map<std::string, std::function<void(World&)>> scenarios = {
-        {"match", [](World& w) { scenario_match(w, 1); }},
-        {"accumulate", [](World& w) { scenario_match(w, 2); }},
-        {"unused", scenario_unused},
-        {"zero", scenario_zero},
-        {"tp", scenario_tp},
-        {"dp_tp", scenario_dp_tp},
-        {"pp", scenario_pp},
-        {"compose", scenario_compose},
-        {"attention", scenario_attention},
-        {"mesh", scenario_mesh}};
-    auto it = scenarios.find(scenario);
-    if (it == scenarios.end()) return 2;
-    it->second(w);
-    w.comm->barrier();
-  } catch (const std::exception& e) {
-    std::cout << "ERROR: " << e.what() << std::endl;
-    return 1;
-  }
-  return tenax::testing::worker_exit(scenario);
+  return tenax::testing::worker_main(argc, argv,
+                                     {{"match", [](World& w) { scenario_match(w, 1); }},
+                                      {"accumulate", [](World& w) { scenario_match(w, 2); }},
+                                      {"unused", scenario_unused},
+                                      {"zero", scenario_zero},
+                                      {"tp", scenario_tp},
+                                      {"dp_tp", scenario_dp_tp},
+                                      {"pp", scenario_pp},
+                                      {"compose", scenario_compose},
+                                      {"attention", scenario_attention},
+                                      {"mesh", scenario_mesh}});
 }
