@@ -7,6 +7,7 @@
 #include <curl/curl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <fstream>
@@ -17,6 +18,7 @@
 
 #include "checkpoint/object_store.h"
 #include "checkpoint/parallel_for.h"
+#include "tenax/comm/init.h"
 #include "tenax/core/config.h"
 #include "tenax/core/fault_injection.h"
 #include "tenax/core/error.h"
@@ -57,6 +59,9 @@ S3Options resolve(S3Options o) {
   if (o.endpoint.empty()) o.endpoint = aws.endpoint;
   if (o.endpoint.empty()) o.endpoint = "https://s3." + o.region + ".amazonaws.com";
   while (!o.endpoint.empty() && o.endpoint.back() == '/') o.endpoint.pop_back();
+  if (o.injected_failures < 0) {
+    o.injected_failures = FaultInjector::from_env(launch_info().rank).s3_failures();
+  }
   if (o.access_key.empty()) {
     o.access_key = aws.access_key;
     o.secret_key = aws.secret_key;
@@ -144,7 +149,8 @@ size_t on_header(char* p, size_t size, size_t n, void* user) {
 class S3Store : public ObjectStore {
  public:
   S3Store(std::string bucket, std::string prefix, const S3Options& o)
-      : bucket_(std::move(bucket)), prefix_(std::move(prefix)), o_(resolve(o)) {
+      : bucket_(std::move(bucket)), prefix_(std::move(prefix)), o_(resolve(o)),
+        injected_left_(o_.injected_failures) {
     static std::once_flag once;
     std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   }
@@ -318,7 +324,7 @@ class S3Store : public ObjectStore {
                         const std::string& query, const char* body, size_t n,
                         const std::string& header) {
     Response r;
-    if (method == "PUT" && take_injected_s3_failure()) {  // TENAX_FAULT=s3_fail=N
+    if (method == "PUT" && take_injected_failure()) {  // S3Options::injected_failures
       r.status = 503;
       r.body = "<Error><Code>SlowDown</Code><Message>injected by TENAX_FAULT</Message></Error>";
       return r;
@@ -374,8 +380,18 @@ class S3Store : public ObjectStore {
     return r;
   }
 
+  // True (and one fewer left) while injected failures remain. Any upload thread.
+  bool take_injected_failure() {
+    int64_t left = injected_left_.load();
+    while (left > 0) {
+      if (injected_left_.compare_exchange_weak(left, left - 1)) return true;
+    }
+    return false;
+  }
+
   std::string bucket_, prefix_;
   S3Options o_;
+  std::atomic<int64_t> injected_left_;  // S3Options::injected_failures not yet answered
 };
 
 }  // namespace

@@ -6,7 +6,7 @@
 
 #include "tenax/core/error.h"
 
-namespace tenax {
+namespace tenax::detail {
 
 std::string join_ranks(const std::vector<int>& ranks) {
   std::string s;
@@ -14,8 +14,8 @@ std::string join_ranks(const std::vector<int>& ranks) {
   return s;
 }
 
-Fault Fault::gone(int rank, const std::string& comm, const std::string& host) {
-  Fault f;
+FaultRecord FaultRecord::gone(int rank, const std::string& comm, const std::string& host) {
+  FaultRecord f;
   f.kind = kLost;
   f.rank = rank;
   f.message = "rank " + std::to_string(rank) + " of communicator '" + comm + "' (pid " +
@@ -24,8 +24,8 @@ Fault Fault::gone(int rank, const std::string& comm, const std::string& host) {
   return f;
 }
 
-Fault Fault::aborted(int rank, const std::string& comm, const std::string& reason) {
-  Fault f;
+FaultRecord FaultRecord::aborted(int rank, const std::string& comm, const std::string& reason) {
+  FaultRecord f;
   f.kind = kAbort;
   f.rank = rank;
   f.message = "communicator '" + comm + "' was aborted by rank " + std::to_string(rank) + ": " +
@@ -33,13 +33,13 @@ Fault Fault::aborted(int rank, const std::string& comm, const std::string& reaso
   return f;
 }
 
-std::string Fault::encode() const {
+std::string FaultRecord::encode() const {
   return std::to_string(static_cast<int>(kind)) + "|" + std::to_string(rank) + "|" +
          join_ranks(peers) + "|" + message;
 }
 
-Fault Fault::decode(const std::string& s) {
-  Fault f;
+FaultRecord FaultRecord::decode(const std::string& s) {
+  FaultRecord f;
   size_t a = s.find('|'), b = s.find('|', a + 1), c = s.find('|', b + 1);
   if (a == std::string::npos || b == std::string::npos || c == std::string::npos) {
     f.message = s;
@@ -55,7 +55,7 @@ Fault Fault::decode(const std::string& s) {
   return f;
 }
 
-std::exception_ptr Fault::to_exception() const {
+std::exception_ptr FaultRecord::to_exception() const {
   switch (kind) {
     case kLost: return std::make_exception_ptr(PeerLostError(message, rank));
     case kTimeout: return std::make_exception_ptr(TimeoutError(message, peers));
@@ -65,15 +65,15 @@ std::exception_ptr Fault::to_exception() const {
   return std::make_exception_ptr(CommError(message));
 }
 
-}  // namespace tenax
+}  // namespace tenax::detail
 
 #include "tenax/comm/store.h"
 #include "tenax/core/logging.h"
 
-namespace tenax {
+namespace tenax::detail {
 
 FaultChannel::FaultChannel(std::shared_ptr<TcpStore> store, std::string prefix, int rank,
-                           const Fault& gone, std::function<void(const Fault&)> on_fault)
+                           const FaultRecord& gone, std::function<void(const FaultRecord&)> on_fault)
     : store_(std::move(store)),
       fault_key_(prefix + "/fault"),
       wake_key_(prefix + "/wake/" + std::to_string(rank)),
@@ -101,7 +101,7 @@ void FaultChannel::watch() {
     try {
       auto [index, value] =
           watch_store_->wait_any({fault_key_, wake_key_}, std::chrono::milliseconds(5000));
-      if (index == 0) on_fault_(Fault::decode(value));
+      if (index == 0) on_fault_(FaultRecord::decode(value));
       return;
     } catch (const TimeoutError&) {
       continue;
@@ -113,20 +113,20 @@ void FaultChannel::watch() {
   }
 }
 
-Fault FaultChannel::publish(const Fault& f) {
+FaultRecord FaultChannel::publish(const FaultRecord& f) {
   try {
-    return Fault::decode(store_->compare_set(fault_key_, "", f.encode()));
+    return FaultRecord::decode(store_->compare_set(fault_key_, "", f.encode()));
   } catch (const Error&) {
     return f;
   }
 }
 
-std::optional<Fault> FaultChannel::current() {
+std::optional<FaultRecord> FaultChannel::current() {
   try {
-    if (auto v = store_->try_get(fault_key_)) return Fault::decode(*v);
+    if (auto v = store_->try_get(fault_key_)) return FaultRecord::decode(*v);
   } catch (const Error&) {
   }
   return std::nullopt;
 }
 
-}  // namespace tenax
+}  // namespace tenax::detail

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-namespace tenax {
+namespace tenax::detail {
 
-struct Fault {
+struct FaultRecord {
   enum Kind { kLost, kTimeout, kAbort, kError };
   Kind kind = kError;
   int rank = -1;           // the lost / aborting rank, or the reporter
@@ -20,19 +20,19 @@ struct Fault {
 
   // "rank r of communicator 'name' (pid P on host) is gone": what the store writes when this
   // process's connection drops.
-  static Fault gone(int rank, const std::string& comm, const std::string& host);
+  static FaultRecord gone(int rank, const std::string& comm, const std::string& host);
   // "communicator 'name' was aborted by rank r: reason".
-  static Fault aborted(int rank, const std::string& comm, const std::string& reason);
+  static FaultRecord aborted(int rank, const std::string& comm, const std::string& reason);
 
   std::string encode() const;
-  static Fault decode(const std::string& s);
+  static FaultRecord decode(const std::string& s);
   // The tenax exception this fault raises: PeerLostError, TimeoutError, AbortedError, CommError.
   std::exception_ptr to_exception() const;
 };
 
 std::string join_ranks(const std::vector<int>& ranks);
 
-}  // namespace tenax
+}  // namespace tenax::detail
 
 #include <atomic>
 #include <functional>
@@ -40,8 +40,10 @@ std::string join_ranks(const std::vector<int>& ranks);
 #include <thread>
 
 namespace tenax {
-
 class TcpStore;
+}  // namespace tenax
+
+namespace tenax::detail {
 
 // The store side of a communicator's failure handling, shared by the backends:
 //  - registers "this rank is gone" to be written by the store server if this process's
@@ -51,15 +53,15 @@ class TcpStore;
 class FaultChannel {
  public:
   FaultChannel(std::shared_ptr<TcpStore> store, std::string prefix, int rank,
-               const Fault& gone, std::function<void(const Fault&)> on_fault);
+               const FaultRecord& gone, std::function<void(const FaultRecord&)> on_fault);
   // Calls stop().
   ~FaultChannel();
 
   // Publishes `f`; returns the record that won (maybe another rank's). Never throws: without a
   // store, returns `f`.
-  Fault publish(const Fault& f);
+  FaultRecord publish(const FaultRecord& f);
   // The published fault, if any. Never throws.
-  std::optional<Fault> current();
+  std::optional<FaultRecord> current();
   // Stops watching and says goodbye, so a clean exit is not taken for a death. Idempotent.
   void stop();
 
@@ -68,9 +70,9 @@ class FaultChannel {
 
   std::shared_ptr<TcpStore> store_, watch_store_;
   std::string fault_key_, wake_key_;
-  std::function<void(const Fault&)> on_fault_;
+  std::function<void(const FaultRecord&)> on_fault_;
   std::atomic<bool> stopping_{false};
   std::thread watcher_;
 };
 
-}  // namespace tenax
+}  // namespace tenax::detail

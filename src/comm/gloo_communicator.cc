@@ -73,11 +73,11 @@ class GlooCommunicator : public Communicator {
                       st_->ctx->getPair(j)->address().str());
     }
 
-    Fault gone = Fault::gone(rank, opts.name, attr.hostname);
+    FaultRecord gone = FaultRecord::gone(rank, opts.name, attr.hostname);
     GlooState* raw = st_.get();
     st_->faults =
         std::make_unique<FaultChannel>(st_->store, st_->prefix, rank, gone,
-                                       [raw](const Fault& f) { raw->set_fault(f.to_exception()); });
+                                       [raw](const FaultRecord& f) { raw->set_fault(f.to_exception()); });
     worker_ = std::thread(worker_loop, st_);
   }
 
@@ -347,9 +347,9 @@ class GlooCommunicator : public Communicator {
   }
 
   void abort(const std::string& reason) override {
-    Fault f = Fault::aborted(rank(), name(), reason);
-    Fault winner = st_->faults->publish(f);
-    st_->set_fault(winner.kind == Fault::kAbort ? f.to_exception() : winner.to_exception());
+    FaultRecord f = FaultRecord::aborted(rank(), name(), reason);
+    FaultRecord winner = st_->faults->publish(f);
+    st_->set_fault(winner.kind == FaultRecord::kAbort ? f.to_exception() : winner.to_exception());
     std::vector<std::weak_ptr<Communicator>> children;
     {
       std::lock_guard<std::mutex> lock(st_->mu);

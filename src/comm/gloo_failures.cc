@@ -13,7 +13,7 @@ namespace {
 constexpr Ms kBlameWait{1000};
 
 // A Gloo timeout: find the peers that did not time out with us (they are the stuck ones).
-Fault timeout_fault(GlooState& st, const std::string& desc, uint64_t seq) {
+FaultRecord timeout_fault(GlooState& st, const std::string& desc, uint64_t seq) {
   const std::string base = st.prefix + "/timedout/" + std::to_string(seq) + "/";
   std::vector<int> suspects;
   try {
@@ -32,8 +32,8 @@ Fault timeout_fault(GlooState& st, const std::string& desc, uint64_t seq) {
       if (r != st.rank) suspects.push_back(r);
     }
   }
-  Fault f;
-  f.kind = Fault::kTimeout;
+  FaultRecord f;
+  f.kind = FaultRecord::kTimeout;
   f.rank = st.rank;
   f.peers = suspects;
   f.message = desc + " on communicator '" + st.name + "' timed out after " +
@@ -45,7 +45,7 @@ Fault timeout_fault(GlooState& st, const std::string& desc, uint64_t seq) {
 
 // A broken connection: the store names the dead peer (its store connection dropped too);
 // otherwise match Gloo's message against the peers' pair addresses.
-Fault lost_fault(GlooState& st, const std::string& desc, const std::string& what) {
+FaultRecord lost_fault(GlooState& st, const std::string& desc, const std::string& what) {
   {
     std::unique_lock<std::mutex> lock(st.mu);
     st.cv.wait_for(lock, kBlameWait, [&] { return st.fault != nullptr; });
@@ -61,8 +61,8 @@ Fault lost_fault(GlooState& st, const std::string& desc, const std::string& what
     }
   } catch (const Error&) {
   }
-  Fault f;
-  f.kind = Fault::kLost;
+  FaultRecord f;
+  f.kind = FaultRecord::kLost;
   f.rank = peer;
   f.message = desc + " on communicator '" + st.name + "': lost " +
               (peer >= 0 ? "rank " + std::to_string(peer) : std::string("a peer")) +

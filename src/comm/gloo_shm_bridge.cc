@@ -25,7 +25,7 @@ void shm_all_reduce(GlooState& st, Task& t, const at::Tensor& in, at::Tensor& ou
     return;
   } catch (const Failure& w) {
     const std::string where = t.desc + " on communicator '" + st.name + "'";
-    Fault f;
+    FaultRecord f;
     switch (w.kind) {
       case Failure::kCancelled: {
         std::lock_guard<std::mutex> lock(st.mu);
@@ -42,7 +42,7 @@ void shm_all_reduce(GlooState& st, Task& t, const at::Tensor& in, at::Tensor& ou
             mismatch_text(w.ranks[0], text(w.count, w.signature), text(in.numel(), signature)));
       }
       case Failure::kTimedOut:
-        f.kind = Fault::kTimeout;
+        f.kind = FaultRecord::kTimeout;
         f.rank = st.rank;
         f.peers = w.ranks;
         f.message = where + " timed out after " + std::to_string(st.timeout.count()) +
@@ -50,7 +50,7 @@ void shm_all_reduce(GlooState& st, Task& t, const at::Tensor& in, at::Tensor& ou
                     std::to_string(st.rank) + ")";
         break;
       case Failure::kPeerGone:
-        f.kind = Fault::kLost;
+        f.kind = FaultRecord::kLost;
         f.rank = w.ranks[0];
         f.message = where + ": lost rank " + std::to_string(w.ranks[0]) +
                     " (its process is gone; seen by rank " + std::to_string(st.rank) + ")";

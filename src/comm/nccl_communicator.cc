@@ -89,8 +89,8 @@ struct NcclState {
   }
 
   [[noreturn]] void fail_timeout(const std::string& what) {
-    Fault f;
-    f.kind = Fault::kTimeout;
+    FaultRecord f;
+    f.kind = FaultRecord::kTimeout;
     f.rank = rank;
     f.message = what + " on " + who() + " timed out after " + std::to_string(timeout.count()) +
                 " ms";
@@ -100,11 +100,11 @@ struct NcclState {
   }
 
   [[noreturn]] void fail_nccl(ncclResult_t r, const std::string& what) {
-    Fault f;
+    FaultRecord f;
     if (auto published = faults->current()) {
       f = *published;
     } else {
-      f.kind = (r == ncclRemoteError || r == ncclSystemError) ? Fault::kLost : Fault::kError;
+      f.kind = (r == ncclRemoteError || r == ncclSystemError) ? FaultRecord::kLost : FaultRecord::kError;
       f.rank = -1;
       f.message = what + " on " + who() + " failed: " + ncclGetErrorString(r) + " (" +
                   (comm ? ncclGetLastError(comm) : "") + ")";
@@ -175,11 +175,11 @@ class NcclCommunicator : public Communicator {
     st_->device = (opts.device >= 0 ? opts.device : launch_info().local_rank) % count;
     check_cuda(cudaSetDevice(st_->device), "cudaSetDevice");
     auto deadline = Clock::now() + st_->timeout;
-    Fault gone = Fault::gone(rank, opts.name, "cuda:" + std::to_string(st_->device));
+    FaultRecord gone = FaultRecord::gone(rank, opts.name, "cuda:" + std::to_string(st_->device));
     NcclState* raw = st_.get();
     st_->faults = std::make_unique<FaultChannel>(
         st_->store, st_->prefix, rank, gone,
-        [raw](const Fault& f) { raw->set_fault(f.to_exception()); });
+        [raw](const FaultRecord& f) { raw->set_fault(f.to_exception()); });
     if (parent_split == nullptr) {
       ncclUniqueId id;
       const std::string key = st_->prefix + "/nccl_id";
@@ -336,7 +336,7 @@ class NcclCommunicator : public Communicator {
   }
 
   void abort(const std::string& reason) override {
-    Fault f = Fault::aborted(rank(), name(), reason);
+    FaultRecord f = FaultRecord::aborted(rank(), name(), reason);
     st_->faults->publish(f);
     st_->set_fault(f.to_exception());
     std::vector<std::weak_ptr<Communicator>> children;

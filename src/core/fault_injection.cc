@@ -3,10 +3,9 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdlib>
-#include <mutex>
+#include <map>
 #include <thread>
 
 #include "tenax/core/config.h"
@@ -16,9 +15,6 @@
 namespace tenax {
 namespace {
 
-std::atomic<int64_t> g_s3_failures{0};
-std::once_flag g_s3_from_env;
-
 int64_t parse_number(const std::string& item, const std::string& text) {
   try {
     size_t used = 0;
@@ -27,6 +23,18 @@ int64_t parse_number(const std::string& item, const std::string& text) {
   } catch (...) {
   }
   throw ConfigError("TENAX_FAULT: '" + item + "': '" + text + "' is not a non-negative integer");
+}
+
+const std::map<std::string, FaultInjector::Kind> kKinds = {
+    {"kill", FaultInjector::Kind::kKill}, {"hang", FaultInjector::Kind::kHang},
+    {"exit", FaultInjector::Kind::kExit}, {"slow", FaultInjector::Kind::kSlow},
+    {"s3_fail", FaultInjector::Kind::kS3Fail}};
+
+const char* name_of(FaultInjector::Kind kind) {
+  for (const auto& [name, k] : kKinds) {
+    if (k == kind) return name.c_str();
+  }
+  return "?";
 }
 
 }  // namespace
@@ -55,20 +63,19 @@ FaultInjector::FaultInjector(const std::string& spec, int rank) : rank_(rank) {
       throw ConfigError("TENAX_FAULT: '" + item + "': expected kill@S, hang@S, exit@S (S: a step "
                         "or 'recovery'), slow=MS or s3_fail=N");
     }
-    f.kind = head.substr(0, sep);
-    const std::string when = head.substr(sep + 1);
-    f.value = head[sep] == '@' && when == "recovery" ? kAtRecovery : parse_number(item, when);
     const bool at_step = head[sep] == '@';
-    const bool ok = at_step ? (f.kind == "kill" || f.kind == "hang" || f.kind == "exit")
-                            : (f.kind == "slow" || f.kind == "s3_fail");
+    const auto kind = kKinds.find(head.substr(0, sep));
+    const bool ok = kind != kKinds.end() &&
+                    (at_step == (kind->second == Kind::kKill || kind->second == Kind::kHang ||
+                                 kind->second == Kind::kExit));
     if (!ok) {
       throw ConfigError("TENAX_FAULT: '" + item + "': unknown fault (expected kill@S, hang@S, "
                         "exit@S, slow=MS or s3_fail=N)");
     }
+    f.kind = kind->second;
+    const std::string when = head.substr(sep + 1);
+    f.value = at_step && when == "recovery" ? kAtRecovery : parse_number(item, when);
     if (f.rank >= 0 && f.rank != rank_) continue;
-    if (f.kind == "s3_fail") {
-      g_s3_failures.store(f.value);
-    }
     faults_.push_back(f);
   }
 }
@@ -81,44 +88,36 @@ FaultInjector FaultInjector::from_env(int rank) {
 
 void FaultInjector::at_step(int64_t step) const {
   for (const auto& f : faults_) {
-    if (f.kind == "slow") {
+    if (f.kind == Kind::kSlow) {
       std::this_thread::sleep_for(std::chrono::milliseconds(f.value));
-      continue;
+    } else if (f.kind != Kind::kS3Fail && f.value == step) {
+      fire(f, "at step " + std::to_string(step));
     }
-    if (f.kind == "s3_fail" || f.value != step) continue;
-    fire(f, "at step " + std::to_string(step));
   }
 }
 
 void FaultInjector::at_recovery() const {
   for (const auto& f : faults_) {
-    if (f.value == kAtRecovery && f.kind != "slow" && f.kind != "s3_fail") {
+    if (f.value == kAtRecovery && f.kind != Kind::kSlow && f.kind != Kind::kS3Fail) {
       fire(f, "during a recovery");
     }
   }
 }
 
-void FaultInjector::fire(const Fault& f, const std::string& when) const {
-  log(LogLevel::kWarning, "fault injection: " + f.kind + " rank " + std::to_string(rank_) + " " +
-                              when);
-  if (f.kind == "kill") ::kill(::getpid(), SIGKILL);
-  if (f.kind == "hang") ::kill(::getpid(), SIGSTOP);
-  if (f.kind == "exit") std::_Exit(1);
+int64_t FaultInjector::s3_failures() const {
+  int64_t n = 0;
+  for (const auto& f : faults_) {
+    if (f.kind == Kind::kS3Fail) n = f.value;
+  }
+  return n;
 }
 
-bool take_injected_s3_failure() {
-  std::call_once(g_s3_from_env, [] {
-    // A process without a FaultInjector (a tool, a test worker) still honours s3_fail.
-    if (g_s3_failures.load() == 0) {
-      const std::string& spec = settings().fault;
-      if (spec.find("s3_fail=") != std::string::npos) FaultInjector(spec, -1);
-    }
-  });
-  int64_t left = g_s3_failures.load();
-  while (left > 0) {
-    if (g_s3_failures.compare_exchange_weak(left, left - 1)) return true;
-  }
-  return false;
+void FaultInjector::fire(const Fault& f, const std::string& when) const {
+  log(LogLevel::kWarning, std::string("fault injection: ") + name_of(f.kind) + " rank " +
+                              std::to_string(rank_) + " " + when);
+  if (f.kind == Kind::kKill) ::kill(::getpid(), SIGKILL);
+  if (f.kind == Kind::kHang) ::kill(::getpid(), SIGSTOP);
+  if (f.kind == Kind::kExit) std::_Exit(1);
 }
 
 }  // namespace tenax

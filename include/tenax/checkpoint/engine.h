@@ -41,6 +41,9 @@ struct S3Options {
   int max_attempts = 6;           // per request, on 5xx, 429/503 throttling, connection errors
   std::chrono::milliseconds backoff{200};  // first retry delay, doubled each time (with jitter)
   std::chrono::seconds request_timeout{120};
+  // For tests: the first N PUTs are answered 503 SlowDown by the client itself, as a throttling
+  // endpoint would. -1: TENAX_FAULT's s3_fail=N for the launcher's rank (0 when none).
+  int64_t injected_failures = -1;
 };
 
 struct CheckpointOptions {

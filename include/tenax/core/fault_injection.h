@@ -23,10 +23,11 @@ namespace tenax {
 
 class FaultInjector {
  public:
+  enum class Kind { kKill, kHang, kExit, kSlow, kS3Fail };
   struct Fault {
-    std::string kind;  // "kill", "hang", "exit", "slow", "s3_fail"
-    int64_t value = 0; // the step (-1: at recovery), or the milliseconds, or the request count
-    int rank = -1;     // -1: every rank
+    Kind kind = Kind::kKill;
+    int64_t value = 0;  // the step (-1: at recovery), or the milliseconds, or the request count
+    int rank = -1;      // -1: every rank
   };
 
   // Parses `spec` for the process of rank `rank`. Throws ConfigError naming the bad item.
@@ -41,6 +42,10 @@ class FaultInjector {
   // Call when a re-formation begins (ElasticRunner does): fires the @recovery faults.
   void at_recovery() const;
 
+  // The PUTs the S3 tier answers itself with 503 SlowDown (s3_fail=N; 0 when none). The S3
+  // tier takes it from its options (S3Options::injected_failures).
+  int64_t s3_failures() const;
+
   bool empty() const { return faults_.empty(); }
   const std::vector<Fault>& faults() const { return faults_; }
 
@@ -51,9 +56,5 @@ class FaultInjector {
   int rank_;
   std::vector<Fault> faults_;
 };
-
-// For the S3 tier: true (and one fewer left) while injected S3 failures remain. Set by a
-// FaultInjector's s3_fail, or by TENAX_FAULT in a process that builds none.
-bool take_injected_s3_failure();
 
 }  // namespace tenax
