@@ -43,7 +43,7 @@ using detail::rank_file;
 using detail::step_dir;
 using Ms = std::chrono::milliseconds;
 
-class CheckpointEngine::Impl {
+class TENAX_INTERNAL CheckpointEngine::Impl {
  public:
   struct Job {
     int slot;

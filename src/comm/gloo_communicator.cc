@@ -78,7 +78,7 @@ class GlooCommunicator : public Communicator {
     st_->faults =
         std::make_unique<FaultChannel>(st_->store, st_->prefix, rank, gone,
                                        [raw](const FaultRecord& f) { raw->set_fault(f.to_exception()); });
-    worker_ = std::thread(worker_loop, st_);
+    worker_ = std::thread([st = st_] { worker_loop(st); });
   }
 
   ~GlooCommunicator() override {

@@ -61,7 +61,7 @@ struct WorkState {
 struct Task;
 
 // Everything a communicator shares with its worker and watcher threads.
-struct GlooState {
+struct TENAX_INTERNAL GlooState {
   // Set at construction, read-only after.
   int rank = 0, size = 1;
   std::string name, prefix, hostname;

@@ -49,7 +49,7 @@ void check_cuda(cudaError_t e, const std::string& what) {
   if (e != cudaSuccess) throw CommError(what + ": " + cudaGetErrorString(e));
 }
 
-struct NcclState {
+struct TENAX_INTERNAL NcclState {
   int rank = 0, size = 1, device = 0;
   std::string name, prefix;
   Ms timeout{30000};

@@ -26,7 +26,7 @@ using Clock = std::chrono::steady_clock;
 
 // Single-threaded poll() loop. Requests that wait for keys are parked and answered when the
 // keys appear or their deadline passes, so one slow waiter never blocks other clients.
-class StoreServer::Impl {
+class TENAX_INTERNAL StoreServer::Impl {
  public:
   Impl(int listen_fd, std::string token) : listen_fd_(listen_fd), token_(std::move(token)) {
     if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) throw StoreError("pipe failed");

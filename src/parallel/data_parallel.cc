@@ -14,7 +14,7 @@
 
 namespace tenax {
 
-class DataParallel::Impl : public std::enable_shared_from_this<DataParallel::Impl> {
+class TENAX_INTERNAL DataParallel::Impl : public std::enable_shared_from_this<DataParallel::Impl> {
  public:
   struct Slot {
     std::string name;

@@ -21,10 +21,11 @@
 #include "tenax/checkpoint/state.h"
 #include "tenax/comm/communicator.h"
 #include "tenax/comm/store.h"
+#include "tenax/core/export.h"
 
 namespace tenax {
 
-struct S3Options {
+struct TENAX_API S3Options {
   // http(s)://host:port of an S3-compatible endpoint; empty: AWS_ENDPOINT_URL_S3,
   // AWS_ENDPOINT_URL, else https://s3.<region>.amazonaws.com.
   std::string endpoint;
@@ -46,7 +47,7 @@ struct S3Options {
   int64_t injected_failures = -1;
 };
 
-struct CheckpointOptions {
+struct TENAX_API CheckpointOptions {
   std::string run = "tenax";   // names the shared-memory regions and the durable prefix
   // This rank's stable name in the memory tier ("" : "r<rank>"). Elastic training passes the
   // rendezvous id, so a member keeps its regions when a re-formation renumbers the ranks.
@@ -74,21 +75,21 @@ struct CheckpointOptions {
 };
 
 // Where restore() found the step.
-struct RestoreResult {
+struct TENAX_API RestoreResult {
   int64_t step = -1;
   std::string tier;      // "memory", "peer" (this rank's replica on its peer) or "durable"
   int64_t bytes = 0;     // bytes read by this rank
   bool resharded = false;
 };
 
-struct CheckpointStatus {
+struct TENAX_API CheckpointStatus {
   int64_t last_saved = -1;      // newest step in this rank's memory tier
   int64_t last_persisted = -1;  // newest step this rank finished writing to the durable tier
   int64_t pending_persist = -1; // step being persisted (or retried), -1 when none
   std::string last_error;       // the latest background failure, empty when none
 };
 
-class CheckpointEngine {
+class TENAX_API CheckpointEngine {
  public:
   // Collective over `comm` (its ranks save and restore together); `store` carries the
   // durable-tier commit protocol. Checks the durable tier now (a missing bucket, wrong

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "tenax/checkpoint/state.h"
+#include "tenax/core/export.h"
 #include "tenax/parallel/zero.h"
 
 namespace tenax {
@@ -22,8 +23,8 @@ namespace tenax {
 using NameMap = std::function<std::string(const std::string&)>;
 
 // Adds every parameter and buffer of `module` as "<prefix><name>".
-void add_module_state(StateDict& state, const torch::nn::Module& module,
-                      const std::string& prefix = "", const NameMap& rename = {});
+TENAX_API void add_module_state(StateDict& state, const torch::nn::Module& module,
+                                const std::string& prefix = "", const NameMap& rename = {});
 
 // Adds AdamW's state for every parameter of `module` the optimizer holds: "<prefix><name>.exp_avg"
 // and ".exp_avg_sq" (sharded like the parameter) and the integer "<prefix><name>.step".
@@ -31,26 +32,26 @@ void add_module_state(StateDict& state, const torch::nn::Module& module,
 // restore into a fresh optimizer has tensors to fill. The moments are live tensors; the step
 // counts are copies: call record_adamw_steps() before each save, and apply_adamw_steps()
 // after a restore to copy the restored counts back into the optimizer.
-void add_adamw_state(StateDict& state, torch::optim::AdamW& optimizer,
-                     const torch::nn::Module& module, const std::string& prefix = "optim.",
-                     const NameMap& rename = {});
-void record_adamw_steps(StateDict& state, torch::optim::AdamW& optimizer,
-                        const torch::nn::Module& module, const std::string& prefix = "optim.",
-                        const NameMap& rename = {});
-void apply_adamw_steps(const StateDict& state, torch::optim::AdamW& optimizer,
-                       const torch::nn::Module& module, const std::string& prefix = "optim.",
-                       const NameMap& rename = {});
+TENAX_API void add_adamw_state(StateDict& state, torch::optim::AdamW& optimizer,
+                               const torch::nn::Module& module,
+                               const std::string& prefix = "optim.", const NameMap& rename = {});
+TENAX_API void record_adamw_steps(StateDict& state, torch::optim::AdamW& optimizer,
+                                  const torch::nn::Module& module,
+                                  const std::string& prefix = "optim.", const NameMap& rename = {});
+TENAX_API void apply_adamw_steps(const StateDict& state, torch::optim::AdamW& optimizer,
+                                 const torch::nn::Module& module,
+                                 const std::string& prefix = "optim.", const NameMap& rename = {});
 
 // Adds ZeroAdamW's sharded state: "<prefix>exp_avg" and "<prefix>exp_avg_sq" as this rank's
 // part of flat vectors of total_numel() elements (padding left out), and "<prefix>step". A
 // checkpoint saved on one dp size restores on another (the flat order is the parameters'
 // order). Creates zero state before the first step. After a restore of the parameters and of
 // this state, call apply_zero_adamw_state().
-void add_zero_adamw_state(StateDict& state, ZeroAdamW& optimizer,
-                          const std::string& prefix = "zero.");
-void record_zero_adamw_step(StateDict& state, ZeroAdamW& optimizer,
-                            const std::string& prefix = "zero.");
-void apply_zero_adamw_state(const StateDict& state, ZeroAdamW& optimizer,
-                            const std::string& prefix = "zero.");
+TENAX_API void add_zero_adamw_state(StateDict& state, ZeroAdamW& optimizer,
+                                    const std::string& prefix = "zero.");
+TENAX_API void record_zero_adamw_step(StateDict& state, ZeroAdamW& optimizer,
+                                      const std::string& prefix = "zero.");
+TENAX_API void apply_zero_adamw_state(const StateDict& state, ZeroAdamW& optimizer,
+                                      const std::string& prefix = "zero.");
 
 }  // namespace tenax

@@ -12,16 +12,18 @@
 #include <string>
 #include <vector>
 
+#include "tenax/core/export.h"
+
 namespace tenax {
 
-struct TensorShard {
+struct TENAX_API TensorShard {
   std::string name;
   at::Tensor tensor;                  // this rank's part; save copies it, restore fills it
   std::vector<int64_t> global_shape;  // the whole tensor's shape
   std::vector<int64_t> offsets;       // index of the part's first element in each dimension
 };
 
-class StateDict {
+class TENAX_API StateDict {
  public:
   // A whole tensor. Throws ConfigError when `name` is already used.
   void add(const std::string& name, const at::Tensor& tensor);

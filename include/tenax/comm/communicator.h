@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "tenax/comm/store.h"
+#include "tenax/core/export.h"
 
 namespace tenax {
 
@@ -25,17 +26,17 @@ enum class Backend { kGloo, kNccl };
 enum class ReduceOp { kSum, kAvg, kMin, kMax, kProduct };
 
 // "gloo" / "nccl"; "sum" / "avg" / "min" / "max" / "prod".
-std::string to_string(Backend backend);
-std::string to_string(ReduceOp op);
+TENAX_API std::string to_string(Backend backend);
+TENAX_API std::string to_string(ReduceOp op);
 // Parses the names above. Throws ConfigError naming the bad value.
-Backend parse_backend(const std::string& name);
-ReduceOp parse_reduce_op(const std::string& name);
+TENAX_API Backend parse_backend(const std::string& name);
+TENAX_API ReduceOp parse_reduce_op(const std::string& name);
 
 // True iff this build has the NCCL backend and a CUDA device is visible.
-bool nccl_available();
+TENAX_API bool nccl_available();
 
 // A handle on an operation in flight.
-class Work {
+class TENAX_API Work {
  public:
   virtual ~Work() = default;
   // Blocks until the operation completes or fails. Throws its error (PeerLostError,
@@ -49,7 +50,7 @@ class Work {
 };
 using WorkHandle = std::shared_ptr<Work>;
 
-struct CommOptions {
+struct TENAX_API CommOptions {
   // Bound on every operation; defaults to TENAX_TIMEOUT or 30 s.
   std::chrono::milliseconds timeout{0};
   // Name used in error messages and as the store prefix (must be unique per communicator).
@@ -66,7 +67,7 @@ struct CommOptions {
   int device = -1;
 };
 
-class Communicator {
+class TENAX_API Communicator {
  public:
   virtual ~Communicator() = default;
 
@@ -154,14 +155,15 @@ class Communicator {
 // Total time the threads of this process have spent blocked in Work::wait (every blocking
 // operation waits through it), on any communicator, since the process started: the
 // communication that computation did not hide. Never decreases; take differences.
-std::chrono::nanoseconds communication_wait_time();
+TENAX_API std::chrono::nanoseconds communication_wait_time();
 
 // Builds a communicator of `size` ranks; every rank calls this with the same options.name and
 // a store reachable by all. The first call sets SIGPIPE to ignored (when it is at its default),
 // so writing to a socket whose peer is gone is an error, not the death of the process. Throws ConfigError for a bad rank/size/backend, StoreError or
 // TimeoutError when the others do not show up within the timeout.
-std::shared_ptr<Communicator> create_communicator(Backend backend,
-                                                  std::shared_ptr<TcpStore> store, int rank,
-                                                  int size, CommOptions options = {});
+TENAX_API std::shared_ptr<Communicator> create_communicator(Backend backend,
+                                                            std::shared_ptr<TcpStore> store,
+                                                            int rank, int size,
+                                                            CommOptions options = {});
 
 }  // namespace tenax

@@ -19,11 +19,12 @@
 #include "tenax/comm/communicator.h"
 #include "tenax/comm/store.h"
 #include "tenax/comm/store_server.h"
+#include "tenax/core/export.h"
 
 namespace tenax {
 
 // Who this process is, read from the environment alone (no connections made).
-struct LaunchInfo {
+struct TENAX_API LaunchInfo {
   std::string launcher;  // "tenaxrun", "torchrun", "mpirun", "slurm" or "single"
   int rank = 0;
   int size = 1;
@@ -40,13 +41,13 @@ struct LaunchInfo {
 
 // Reads the environment. Throws ConfigError naming the variable for a world size < 1, a rank
 // outside [0, size), or a malformed value.
-LaunchInfo detect_launch();
+TENAX_API LaunchInfo detect_launch();
 
 // detect_launch() of this process, read on the first call and returned unchanged after (a call
 // that throws is tried again by the next one). The layers take their launch defaults from it.
-const LaunchInfo& launch_info();
+TENAX_API const LaunchInfo& launch_info();
 
-struct InitOptions {
+struct TENAX_API InitOptions {
   Backend backend = Backend::kGloo;
   // Bound on every blocking call (default TENAX_TIMEOUT or 30 s).
   std::chrono::milliseconds timeout{0};
@@ -56,7 +57,7 @@ struct InitOptions {
 // duration of the job: on the rank that hosts the store in-process (rank 0 of a torchrun-style
 // or Slurm launch, a single process), `store_server` serves the others; it is null where the
 // store lives elsewhere (tenaxrun, TENAX_STORE_ADDR, mpirun's store process).
-struct World {
+struct TENAX_API World {
   LaunchInfo info;
   int rank = 0;
   int size = 1;
@@ -68,10 +69,10 @@ struct World {
 
 // Bootstraps from the environment and builds the world communicator (a collective: every rank
 // calls it). Throws ConfigError for bad input, StoreError/TimeoutError when peers do not arrive.
-World init(InitOptions options = {});
+TENAX_API World init(InitOptions options = {});
 
 // The first half of init(): identity and the store (hosted here when this rank must), no
 // communicator. Elastic training (ElasticRunner) builds its communicators per generation.
-World connect(InitOptions options = {});
+TENAX_API World connect(InitOptions options = {});
 
 }  // namespace tenax

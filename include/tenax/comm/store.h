@@ -11,9 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "tenax/core/export.h"
+
 namespace tenax {
 
-class Store {
+class TENAX_API Store {
  public:
   virtual ~Store() = default;
 
@@ -56,7 +58,7 @@ class Store {
 
 // A client of a StoreServer over TCP. Thread-safe: calls are serialized on one connection.
 // Every request is bounded by a deadline; losing the server is a StoreError naming its address.
-class TcpStore : public Store {
+class TENAX_API TcpStore : public Store {
  public:
   // Connects to host:port and authenticates with `token` (the server's shared secret).
   // Retries the connection until `timeout` passes. Throws StoreError when the server refuses

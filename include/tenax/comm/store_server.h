@@ -8,9 +8,11 @@
 #include <string>
 #include <thread>
 
+#include "tenax/core/export.h"
+
 namespace tenax {
 
-class StoreServer {
+class TENAX_API StoreServer {
  public:
   // Listens on host:port (port 0 picks a free one) and serves in a background thread.
   // Clients must present `token`. Throws StoreError when it cannot bind.

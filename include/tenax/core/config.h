@@ -10,10 +10,12 @@
 #include <optional>
 #include <string>
 
+#include "tenax/core/export.h"
+
 namespace tenax {
 
 // The S3 client's environment, as the AWS CLI reads it.
-struct AwsEnvironment {
+struct TENAX_API AwsEnvironment {
   std::string region;            // AWS_REGION, else AWS_DEFAULT_REGION
   std::string endpoint;          // AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL
   std::string access_key;        // AWS_ACCESS_KEY_ID
@@ -23,7 +25,7 @@ struct AwsEnvironment {
   std::string profile;           // AWS_PROFILE, else "default"
 };
 
-struct Settings {
+struct TENAX_API Settings {
   // TENAX_TIMEOUT (seconds, may be fractional), else 30 s: the default bound of every blocking
   // call.
   std::chrono::milliseconds timeout{30000};
@@ -46,20 +48,20 @@ struct Settings {
 // The settings, read from the environment on the first call and returned unchanged after.
 // Throws ConfigError naming the variable when one is malformed (TENAX_TIMEOUT not a positive
 // number, TENAX_SHM or TENAX_RESTART_COUNT not an integer); a later call tries again.
-const Settings& settings();
+TENAX_API const Settings& settings();
 
 // Returns the value of environment variable `name`, or nullopt when it is unset or empty. For
 // programs' own flags and for the bootstrap; the library's settings come from settings().
-std::optional<std::string> env_string(const char* name);
+TENAX_API std::optional<std::string> env_string(const char* name);
 
 // Returns the integer value of `name`, or `fallback` when unset.
 // Throws ConfigError naming the variable when it is set but not an integer.
-long long env_int(const char* name, long long fallback);
+TENAX_API long long env_int(const char* name, long long fallback);
 
 // Returns true iff `name` is set to 1/true/yes/on (case-insensitive).
-bool env_flag(const char* name);
+TENAX_API bool env_flag(const char* name);
 
 // settings().timeout. Throws ConfigError when TENAX_TIMEOUT is not a positive number.
-std::chrono::milliseconds default_timeout();
+TENAX_API std::chrono::milliseconds default_timeout();
 
 }  // namespace tenax

@@ -19,9 +19,11 @@
 #include <string>
 #include <vector>
 
+#include "tenax/core/export.h"
+
 namespace tenax {
 
-class FaultInjector {
+class TENAX_API FaultInjector {
  public:
   enum class Kind { kKill, kHang, kExit, kSlow, kS3Fail };
   struct Fault {

@@ -27,12 +27,13 @@
 #include "tenax/checkpoint/state.h"
 #include "tenax/comm/communicator.h"
 #include "tenax/comm/store.h"
+#include "tenax/core/export.h"
 #include "tenax/core/fault_injection.h"
 #include "tenax/elastic/rendezvous.h"
 
 namespace tenax {
 
-struct ElasticOptions {
+struct TENAX_API ElasticOptions {
   RendezvousOptions rendezvous;  // run name, min/max workers, join timeout, heartbeats
   // This worker's id: stable across its restarts so it finds its own memory snapshots. "":
   // launch_info().member (TENAX_MEMBER_ID, else "w<rank>").
@@ -52,7 +53,7 @@ struct ElasticOptions {
 };
 
 // The active world of one generation, as the job sees it.
-struct ElasticWorld {
+struct TENAX_API ElasticWorld {
   int64_t generation = 0;
   std::vector<std::string> members;  // the active members; a member's rank is its index
   int rank = 0, size = 1;
@@ -61,7 +62,7 @@ struct ElasticWorld {
 };
 
 // One re-formation, from the failure (or the joiner's arrival) to the first completed step.
-struct RecoveryEvent {
+struct TENAX_API RecoveryEvent {
   int64_t generation = 0;          // the generation formed
   std::string cause;               // "failure" or "join"
   std::string detected_by;         // the error, or "heartbeat of <id> stopped", or "<id> joined"
@@ -85,7 +86,7 @@ struct RecoveryEvent {
 };
 
 // What the runner drives. All methods run on active members only, collectively.
-class ElasticJob {
+class TENAX_API ElasticJob {
  public:
   virtual ~ElasticJob() = default;
   // Builds what depends on the world (mesh, model wrappers, optimizer, data loader) after each
@@ -103,7 +104,7 @@ class ElasticJob {
   virtual void after_reform(const RecoveryEvent& event) { (void)event; }
 };
 
-class ElasticRunner {
+class TENAX_API ElasticRunner {
  public:
   // Connects the rendezvous (starts heartbeating). Throws ConfigError for bad options (e.g.
   // min_workers smaller than group).

@@ -28,10 +28,11 @@
 #include <vector>
 
 #include "tenax/comm/store.h"
+#include "tenax/core/export.h"
 
 namespace tenax {
 
-struct RendezvousOptions {
+struct TENAX_API RendezvousOptions {
   std::string run = "tenax";
   int min_workers = 1;
   int max_workers = 1 << 20;
@@ -41,14 +42,14 @@ struct RendezvousOptions {
   std::chrono::milliseconds heartbeat_timeout{5000};  // silent this long: dead
 };
 
-struct Generation {
+struct TENAX_API Generation {
   int64_t number = 0;
   std::vector<std::string> members;  // the rank of a member is its index
   int rank = -1;                     // this member's
   int size() const { return static_cast<int>(members.size()); }
 };
 
-class Rendezvous {
+class TENAX_API Rendezvous {
  public:
   // `id` names this member (unique in the run, stable across its restarts if it should keep
   // its place). Starts heartbeating. Throws ConfigError for bad options.

@@ -13,10 +13,11 @@
 #include <vector>
 
 #include "tenax/comm/communicator.h"
+#include "tenax/core/export.h"
 
 namespace tenax {
 
-struct DataParallelOptions {
+struct TENAX_API DataParallelOptions {
   // Bytes of gradient per bucket (PyTorch's default), and a smaller first bucket so that
   // communication starts early in backward.
   int64_t bucket_cap_bytes = 25 << 20;
@@ -30,7 +31,7 @@ struct DataParallelOptions {
   DataParallelOptions& allow_unused(bool v) { find_unused_parameters = v; return *this; }
 };
 
-class DataParallel {
+class TENAX_API DataParallel {
  public:
   // Broadcasts `module`'s parameters and buffers from dp rank 0, then hooks its parameters.
   // Collective over `dp`. Throws ConfigError when parameters are not on the backend's device

@@ -9,10 +9,11 @@
 #include <string>
 
 #include "tenax/comm/communicator.h"
+#include "tenax/core/export.h"
 
 namespace tenax {
 
-struct MeshOptions {
+struct TENAX_API MeshOptions {
   int dp = 0;  // 0: world / (tp * pp)
   int tp = 1;
   int pp = 1;
@@ -24,7 +25,7 @@ struct MeshOptions {
   MeshOptions& dim_order(std::string v) { order = std::move(v); return *this; }
 };
 
-class ProcessMesh {
+class TENAX_API ProcessMesh {
  public:
   // Collective over `world`: every rank calls it with the same options. Throws ConfigError,
   // saying what would fit, when a size is < 1, when world % (tp * pp) != 0, when dp * tp * pp

@@ -12,12 +12,13 @@
 #include <memory>
 
 #include "tenax/comm/communicator.h"
+#include "tenax/core/export.h"
 
 namespace tenax {
 
 enum class PipelineScheduleKind { kGPipe, k1F1B };
 
-class PipelineSchedule {
+class TENAX_API PipelineSchedule {
  public:
   using StageFn = std::function<at::Tensor(const at::Tensor&)>;
   using LossFn = std::function<at::Tensor(const at::Tensor& output, const at::Tensor& target)>;

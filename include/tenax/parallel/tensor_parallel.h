@@ -13,19 +13,20 @@
 #include <memory>
 
 #include "tenax/comm/communicator.h"
+#include "tenax/core/export.h"
 
 namespace tenax {
 
 // Autograd-aware collectives on the tp group (the "f" and "g" operators of Megatron-LM):
 // identity forward / all-reduce backward, and the reverse; split / gather along the last dim.
-torch::Tensor copy_to_tensor_parallel(const torch::Tensor& x, Communicator& tp);
-torch::Tensor reduce_from_tensor_parallel(const torch::Tensor& x, Communicator& tp);
-torch::Tensor scatter_to_tensor_parallel(const torch::Tensor& x, Communicator& tp);
-torch::Tensor gather_from_tensor_parallel(const torch::Tensor& x, Communicator& tp);
+TENAX_API torch::Tensor copy_to_tensor_parallel(const torch::Tensor& x, Communicator& tp);
+TENAX_API torch::Tensor reduce_from_tensor_parallel(const torch::Tensor& x, Communicator& tp);
+TENAX_API torch::Tensor scatter_to_tensor_parallel(const torch::Tensor& x, Communicator& tp);
+TENAX_API torch::Tensor gather_from_tensor_parallel(const torch::Tensor& x, Communicator& tp);
 
 // Y = X Wᵀ + b with W split by output rows: rank k holds rows [k·out/tp, (k+1)·out/tp).
 // Output is this rank's slice of the last dim, or the whole of it with gather_output.
-class ColumnParallelLinearImpl : public torch::nn::Cloneable<ColumnParallelLinearImpl> {
+class TENAX_API ColumnParallelLinearImpl : public torch::nn::Cloneable<ColumnParallelLinearImpl> {
  public:
   // Throws ConfigError when tp does not divide `out`.
   ColumnParallelLinearImpl(int64_t in, int64_t out, std::shared_ptr<Communicator> tp,
@@ -47,7 +48,7 @@ TORCH_MODULE(ColumnParallelLinear);
 // With input_is_parallel the input is already this rank's slice of the last dim (as a
 // ColumnParallelLinear without gather_output produces). The partial products are all-reduced;
 // the bias is added once, after.
-class RowParallelLinearImpl : public torch::nn::Cloneable<RowParallelLinearImpl> {
+class TENAX_API RowParallelLinearImpl : public torch::nn::Cloneable<RowParallelLinearImpl> {
  public:
   // Throws ConfigError when tp does not divide `in`.
   RowParallelLinearImpl(int64_t in, int64_t out, std::shared_ptr<Communicator> tp,
@@ -67,7 +68,8 @@ TORCH_MODULE(RowParallelLinear);
 
 // An embedding table split by vocabulary rows: each rank looks up the ids it owns, the others
 // contribute zeros, and the partial results are all-reduced.
-class VocabParallelEmbeddingImpl : public torch::nn::Cloneable<VocabParallelEmbeddingImpl> {
+class TENAX_API VocabParallelEmbeddingImpl
+    : public torch::nn::Cloneable<VocabParallelEmbeddingImpl> {
  public:
   // Throws ConfigError when tp does not divide `vocab`.
   VocabParallelEmbeddingImpl(int64_t vocab, int64_t dim, std::shared_ptr<Communicator> tp);
@@ -88,7 +90,7 @@ TORCH_MODULE(VocabParallelEmbedding);
 // output projection is row-parallel, so the block communicates once in forward and once in
 // backward. Built from the same RNG draws as four torch::nn::Linear(dim, dim) layers created
 // in the order q, k, v, out. Input [batch, seq, dim]; `causal` masks future positions.
-class ParallelSelfAttentionImpl : public torch::nn::Cloneable<ParallelSelfAttentionImpl> {
+class TENAX_API ParallelSelfAttentionImpl : public torch::nn::Cloneable<ParallelSelfAttentionImpl> {
  public:
   // Throws ConfigError when heads does not divide dim or tp does not divide heads.
   ParallelSelfAttentionImpl(int64_t dim, int64_t heads, std::shared_ptr<Communicator> tp,
@@ -109,7 +111,8 @@ TORCH_MODULE(ParallelSelfAttention);
 // [k·V/tp, (k+1)·V/tp) of `logits`, shape [N, V/tp]) against `targets` [N] of global ids. The
 // full logits never exist on one rank: only per-row max, sum of exponentials and target logit
 // (3 × N floats) are all-reduced.
-torch::Tensor vocab_parallel_cross_entropy(const torch::Tensor& logits,
-                                           const torch::Tensor& targets, Communicator& tp);
+TENAX_API torch::Tensor vocab_parallel_cross_entropy(const torch::Tensor& logits,
+                                                     const torch::Tensor& targets,
+                                                     Communicator& tp);
 
 }  // namespace tenax

@@ -12,10 +12,11 @@
 #include <vector>
 
 #include "tenax/comm/communicator.h"
+#include "tenax/core/export.h"
 
 namespace tenax {
 
-class ZeroAdamW {
+class TENAX_API ZeroAdamW {
  public:
   // Collective over `dp`. Broadcasts `params` from dp rank 0. Throws ConfigError when the
   // parameters do not share one dtype or are not on the backend's device type.
@@ -54,6 +55,6 @@ class ZeroAdamW {
 
 // Bytes of state an optimizer holds for AdamW-style state (exp_avg, exp_avg_sq and, with
 // amsgrad, max_exp_avg_sq), summed over its parameters.
-int64_t adamw_state_bytes(const torch::optim::AdamW& optimizer);
+TENAX_API int64_t adamw_state_bytes(const torch::optim::AdamW& optimizer);
 
 }  // namespace tenax

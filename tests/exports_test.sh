@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The installed libtenax.so exports the public API and nothing of tenax::detail (nor any other
+# internal): it is built with hidden visibility and TENAX_API on include/tenax/.
+# Usage: exports_test.sh BUILD
+set -euo pipefail
+build=$1
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+cmake --install "$build" --prefix "$tmp/prefix" > /dev/null
+lib=$(ls "$tmp"/prefix/lib*/libtenax.so* | head -1)
+nm -D --defined-only -C "$lib" > "$tmp/symbols"
+status=0
+if grep -q 'tenax::detail' "$tmp/symbols"; then
+  echo "libtenax.so exports tenax::detail symbols:"; grep 'tenax::detail' "$tmp/symbols" | head -20
+  status=1
+fi
+# Internals outside tenax::detail stay inside too.
+for internal in 'tenax::reduce_kernel' 'tenax::create_gloo_communicator' 'tenax::net::'; do
+  if grep -q "$internal" "$tmp/symbols"; then echo "libtenax.so exports $internal"; status=1; fi
+done
+for public in 'tenax::init(' 'tenax::CheckpointEngine::save(' 'tenax::ElasticRunner::run(' \
+              'typeinfo for tenax::PeerLostError' 'tenax::ElasticRunner::ElasticRunner(' \
+              'tenax::DataParallel::DataParallel(' 'tenax::settings()'; do
+  if ! grep -qF "$public" "$tmp/symbols"; then echo "libtenax.so does not export $public"; status=1; fi
+done
+[ $status -eq 0 ] && echo "libtenax.so exports $(grep -c ' [TVWBDR] ' "$tmp/symbols") symbols, none internal"
+exit $status
