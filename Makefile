@@ -3,8 +3,12 @@
 #               under mpirun (dp=2 x tp=2) on the fortunes corpus; at step 150 one rank is
 #               killed and the other three re-form without it and finish the run
 #   make test   set up, build, and run the whole test suite through ctest
+#   make asan   the comm, checkpoint and elastic tests built with AddressSanitizer and
+#               UndefinedBehaviorSanitizer, in build-asan/
+#   make tsan   the same tests built with ThreadSanitizer, in build-tsan/
 
 BUILD ?= build
+, := ,
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 
@@ -13,7 +17,7 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 endif
 
-.PHONY: all setup configure build test demo collective-demo bench clean
+.PHONY: all setup configure build test demo collective-demo bench asan tsan clean
 
 all: build
 
@@ -50,5 +54,31 @@ bench: build
 	bench/compare_allreduce.sh 5 "2 4"
 	$(BUILD)/bench/tenax-kernels-bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 
+# The sanitizer builds: the test drivers of the comm, checkpoint and elastic layers (and what
+# they run: workers, tenaxrun, tenax-store, tenax-ckpt, llama_train), then those tests.
+# Suppressions (tests/sanitizers/) cover third-party code only.
+SAN_TARGETS := comm_tests ckpt_tests elastic_tests recovery_tests llama_prepare
+SAN_LABELS := ^(comm|checkpoint|elastic)$$
+SAN_FLAGS = -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENAX_SANITIZE=$(1)
+# Under mpirun, Open MPI's leaks are matched by library through full stacks (the fast unwinder
+# stops inside its plugins), so those tests run apart with the slow unwinder.
+ASAN_BASE := detect_leaks=1:abort_on_error=1:suppressions=$(CURDIR)/tests/sanitizers/asan.supp
+SAN_ENV := ASAN_OPTIONS=$(ASAN_BASE) \
+  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitizers/lsan.supp \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$(CURDIR)/tests/sanitizers/ubsan.supp \
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/sanitizers/tsan.supp \
+  OMPI_MCA_mca_base_component_disable_dlclose=1 PMIX_MCA_mca_base_component_disable_dlclose=1
+
+# ThreadSanitizer sees only instrumented code: LibTorch's OpenMP pool (libgomp, not
+# instrumented) would show as races, so ATen runs on the calling thread there.
+tsan: SAN_EXTRA := OMP_NUM_THREADS=1
+
+asan tsan: setup
+	cmake -S . -B build-$@ -G Ninja $(call SAN_FLAGS,$(if $(filter asan,$@),address$(,)undefined,thread))
+	cmake --build build-$@ -j $(JOBS) --target $(SAN_TARGETS)
+	cd build-$@ && $(SAN_ENV) $(SAN_EXTRA) ctest --output-on-failure -j 2 --timeout 900 -L '$(SAN_LABELS)' -E Mpirun
+	cd build-$@ && $(SAN_ENV) $(SAN_EXTRA) ASAN_OPTIONS=$(ASAN_BASE):fast_unwind_on_malloc=0 \
+	  ctest --output-on-failure -j 2 --timeout 900 -L '$(SAN_LABELS)' -R Mpirun
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan build-tsan
