@@ -15,9 +15,12 @@
 namespace tenax {
 
 std::optional<RestoreResult> CheckpointEngine::Impl::restore(StateDict& state) {
-  {  // every save so far committed in memory (persistence may go on)
+  {  // every save so far committed in memory and replicated (persistence may go on): the
+     // replicator writes the replica slots that the peer tier reads below
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, o_.timeout, [&] { return commits_.empty() && !committing_; });
+    cv_.wait_for(lock, o_.timeout, [&] {
+      return commits_.empty() && !committing_ && replications_.empty() && !replicating_;
+    });
   }
   std::string errors;
   if (auto r = restore_memory(state, errors)) return r;
