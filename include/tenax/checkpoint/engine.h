@@ -110,8 +110,9 @@ class TENAX_API CheckpointEngine {
   // persisted, in the durable tier (or its persistence failed: see status()). Bounded by `timeout`.
   void wait(std::chrono::milliseconds timeout = std::chrono::minutes(10));
 
-  // Collective. Fills the tensors of `state` in place (and its ints and blobs) from the newest
-  // complete step; nullopt when no tier holds one. Throws CheckpointError when steps exist but
+  // Collective. Waits (up to the engine's timeout) for this engine's saves to be committed and
+  // replicated, then fills the tensors of `state` in place (and its ints and blobs) from the
+  // newest complete step; nullopt when no tier holds one. Throws CheckpointError when steps exist but
   // none can be read. Every rank verifies a step's checksums before any rank writes into its
   // tensors, so a step that fails anywhere, and a restore that throws, leave `state` as it was.
   std::optional<RestoreResult> restore(StateDict& state);
