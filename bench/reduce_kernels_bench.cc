@@ -19,7 +19,7 @@ template <at::ScalarType D>
 void BM_TenaxSumKernel(benchmark::State& state) {
   const int64_t n = state.range(0);
   at::Tensor a = at::rand({n}).to(D), b = at::rand({n}).to(D), out = at::empty_like(a);
-  tenax::ReduceFn fn = tenax::reduce_kernel(D, tenax::ReduceOp::kSum);
+  tenax::detail::ReduceFn fn = tenax::detail::reduce_kernel(D, tenax::ReduceOp::kSum);
   for (auto _ : state) {
     fn(out.data_ptr(), a.data_ptr(), b.data_ptr(), n);
     benchmark::DoNotOptimize(out.data_ptr());

@@ -201,7 +201,7 @@ void mpi_exchange_store(LaunchInfo& info) {
   const bool local_job = info.local_size == info.size;
   char buf[512] = {0};
   if (info.rank == 0) {
-    std::string host = local_job ? "127.0.0.1" : net::reachable_host_address();
+    std::string host = local_job ? "127.0.0.1" : detail::net::reachable_host_address();
     std::string token = info.token.empty() ? random_token() : info.token;
     const int port = spawn_store_process(local_job ? "127.0.0.1" : "0.0.0.0",
                                          static_cast<int>(env_int("TENAX_STORE_PORT", 0)),
@@ -260,7 +260,7 @@ World init(InitOptions options) {
   CommOptions copts;
   copts.timeout = timeout;
   copts.name = "world";
-  if (info.local_size != info.size) copts.hostname = net::reachable_host_address();
+  if (info.local_size != info.size) copts.hostname = detail::net::reachable_host_address();
   w.comm = create_communicator(options.backend, w.store, info.rank, info.size, copts);
   return w;
 }

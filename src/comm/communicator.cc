@@ -59,7 +59,7 @@ ReduceOp parse_reduce_op(const std::string& name) {
 
 bool nccl_available() {
 #ifdef TENAX_HAS_NCCL
-  return nccl_device_count() > 0;
+  return detail::nccl_device_count() > 0;
 #else
   return false;
 #endif
@@ -96,10 +96,10 @@ std::shared_ptr<Communicator> create_communicator(Backend backend,
   ignore_sigpipe();
   switch (backend) {
     case Backend::kGloo:
-      return create_gloo_communicator(std::move(store), rank, size, options);
+      return detail::create_gloo_communicator(std::move(store), rank, size, options);
     case Backend::kNccl:
 #ifdef TENAX_HAS_NCCL
-      return create_nccl_communicator(std::move(store), rank, size, options);
+      return detail::create_nccl_communicator(std::move(store), rank, size, options);
 #else
       throw ConfigError("the nccl backend was not built (CUDA toolkit or NCCL not found at "
                         "configure time); use the gloo backend");

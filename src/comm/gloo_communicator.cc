@@ -404,7 +404,7 @@ class GlooCommunicator : public Communicator {
 
 }  // namespace
 
-std::shared_ptr<Communicator> create_gloo_communicator(std::shared_ptr<TcpStore> store, int rank,
+std::shared_ptr<Communicator> detail::create_gloo_communicator(std::shared_ptr<TcpStore> store, int rank,
                                                        int size, const CommOptions& options) {
   return std::make_shared<GlooCommunicator>(std::move(store), rank, size, options);
 }

@@ -7,9 +7,9 @@
 
 #include "tenax/comm/communicator.h"
 
-namespace tenax {
+namespace tenax::detail {
 
 std::shared_ptr<Communicator> create_gloo_communicator(std::shared_ptr<TcpStore> store, int rank,
                                                        int size, const CommOptions& options);
 
-}  // namespace tenax
+}  // namespace tenax::detail

@@ -9,7 +9,7 @@
 
 #include "tenax/comm/store.h"
 
-namespace tenax {
+namespace tenax::detail {
 
 class GlooStoreAdapter : public gloo::rendezvous::Store {
  public:
@@ -34,4 +34,4 @@ class GlooStoreAdapter : public gloo::rendezvous::Store {
   std::chrono::milliseconds timeout_;
 };
 
-}  // namespace tenax
+}  // namespace tenax::detail

@@ -390,7 +390,7 @@ class NcclCommunicator : public Communicator {
 
 }  // namespace
 
-int nccl_device_count() {
+int detail::nccl_device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
     cudaGetLastError();
@@ -399,7 +399,7 @@ int nccl_device_count() {
   return n;
 }
 
-std::shared_ptr<Communicator> create_nccl_communicator(std::shared_ptr<TcpStore> store, int rank,
+std::shared_ptr<Communicator> detail::create_nccl_communicator(std::shared_ptr<TcpStore> store, int rank,
                                                        int size, const CommOptions& options) {
   return std::make_shared<NcclCommunicator>(std::move(store), rank, size, options);
 }

@@ -9,7 +9,7 @@
 
 #include "tenax/comm/communicator.h"
 
-namespace tenax {
+namespace tenax::detail {
 
 // Number of visible CUDA devices (0 when the driver or devices are missing). Never throws.
 int nccl_device_count();
@@ -17,4 +17,4 @@ int nccl_device_count();
 std::shared_ptr<Communicator> create_nccl_communicator(std::shared_ptr<TcpStore> store, int rank,
                                                        int size, const CommOptions& options);
 
-}  // namespace tenax
+}  // namespace tenax::detail

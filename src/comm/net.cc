@@ -15,7 +15,7 @@
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 
-namespace tenax::net {
+namespace tenax::detail::net {
 namespace {
 
 int remaining_ms(Deadline deadline) {
@@ -182,4 +182,4 @@ std::string reachable_host_address() {
   return "127.0.0.1";
 }
 
-}  // namespace tenax::net
+}  // namespace tenax::detail::net

@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <string>
 
-namespace tenax::net {
+namespace tenax::detail::net {
 
 using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;
@@ -34,4 +34,4 @@ bool recv_frame(int fd, std::string* body, Deadline deadline, const std::string&
 // non-loopback IPv4 address of the host name, else 127.0.0.1.
 std::string reachable_host_address();
 
-}  // namespace tenax::net
+}  // namespace tenax::detail::net

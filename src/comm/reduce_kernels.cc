@@ -13,7 +13,7 @@
 
 #include "tenax/core/error.h"
 
-namespace tenax {
+namespace tenax::detail {
 namespace {
 
 struct Sum { template <class T> static T apply(T a, T b) { return a + b; } };
@@ -189,4 +189,4 @@ ReduceFn reduce_kernel(c10::ScalarType dtype, ReduceOp op) {
   throw ConfigError("unknown reduce op");
 }
 
-}  // namespace tenax
+}  // namespace tenax::detail

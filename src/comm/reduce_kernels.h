@@ -10,7 +10,7 @@
 
 #include "tenax/comm/communicator.h"
 
-namespace tenax {
+namespace tenax::detail {
 
 using ReduceFn = void (*)(void* out, const void* a, const void* b, size_t n);
 
@@ -21,4 +21,4 @@ ReduceFn reduce_kernel(c10::ScalarType dtype, ReduceOp op);
 // True iff tenax's collectives accept `dtype`.
 bool is_supported_dtype(c10::ScalarType dtype);
 
-}  // namespace tenax
+}  // namespace tenax::detail

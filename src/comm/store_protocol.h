@@ -10,7 +10,7 @@
 
 #include "tenax/core/error.h"
 
-namespace tenax::store_wire {
+namespace tenax::detail::store_wire {
 
 enum class Op : uint8_t {
   kHello = 1,         // token                      -> kOk | kError(msg)
@@ -78,4 +78,4 @@ class Decoder {
   const char* end_;
 };
 
-}  // namespace tenax::store_wire
+}  // namespace tenax::detail::store_wire

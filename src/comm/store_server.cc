@@ -18,10 +18,10 @@
 
 namespace tenax {
 
-using store_wire::Decoder;
-using store_wire::Encoder;
-using store_wire::Op;
-using store_wire::Status;
+using detail::store_wire::Decoder;
+using detail::store_wire::Encoder;
+using detail::store_wire::Op;
+using detail::store_wire::Status;
 using Clock = std::chrono::steady_clock;
 
 // Single-threaded poll() loop. Requests that wait for keys are parked and answered when the
@@ -385,7 +385,7 @@ class TENAX_INTERNAL StoreServer::Impl {
 };
 
 StoreServer::StoreServer(const std::string& host, int port, std::string token) {
-  int fd = net::listen_tcp(host, port, &port_);
+  int fd = detail::net::listen_tcp(host, port, &port_);
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
   impl_ = std::make_unique<Impl>(fd, std::move(token));
 }

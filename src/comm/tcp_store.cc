@@ -8,10 +8,10 @@
 
 namespace tenax {
 
-using store_wire::Decoder;
-using store_wire::Encoder;
-using store_wire::Op;
-using store_wire::Status;
+using detail::store_wire::Decoder;
+using detail::store_wire::Encoder;
+using detail::store_wire::Op;
+using detail::store_wire::Status;
 
 namespace {
 // Slack on top of a server-side wait, so the client never gives up before the server answers.
@@ -21,7 +21,7 @@ constexpr std::chrono::milliseconds kReplySlack{5000};
 std::shared_ptr<TcpStore> TcpStore::connect(const std::string& host, int port,
                                             const std::string& token,
                                             std::chrono::milliseconds timeout) {
-  int fd = net::connect_tcp(host, port, net::deadline_after(timeout));
+  int fd = detail::net::connect_tcp(host, port, detail::net::deadline_after(timeout));
   std::shared_ptr<TcpStore> store(new TcpStore(host, port, token, fd));
   store->set_timeout(timeout);
   std::string reply = store->call(Encoder().u8(uint8_t(Op::kHello)).str(token).bytes(),
@@ -46,10 +46,10 @@ std::string TcpStore::call(const std::string& request, std::chrono::milliseconds
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) throw StoreError("store client for " + address() + " is closed");
   const std::string what = "store at " + address();
-  auto deadline = net::deadline_after(timeout_ + wait_budget + kReplySlack);
+  auto deadline = detail::net::deadline_after(timeout_ + wait_budget + kReplySlack);
   std::string reply;
-  if (!net::send_frame(fd_, request, deadline, what) ||
-      !net::recv_frame(fd_, &reply, deadline, what)) {
+  if (!detail::net::send_frame(fd_, request, deadline, what) ||
+      !detail::net::recv_frame(fd_, &reply, deadline, what)) {
     throw StoreError("lost the connection to the store at " + address() +
                      " (the process hosting it died or closed it)");
   }
@@ -151,10 +151,10 @@ void TcpStore::close() noexcept {
   if (closed_) return;
   closed_ = true;
   std::string reply;
-  auto deadline = net::deadline_after(std::chrono::milliseconds(1000));
+  auto deadline = detail::net::deadline_after(std::chrono::milliseconds(1000));
   try {
-    if (net::send_frame(fd_, Encoder().u8(uint8_t(Op::kBye)).bytes(), deadline, "bye")) {
-      net::recv_frame(fd_, &reply, deadline, "bye");
+    if (detail::net::send_frame(fd_, Encoder().u8(uint8_t(Op::kBye)).bytes(), deadline, "bye")) {
+      detail::net::recv_frame(fd_, &reply, deadline, "bye");
     }
   } catch (const std::exception&) {
   }

@@ -34,7 +34,7 @@ TEST_P(HalfKernelTest, MatchesTorchRoundingBitForBit) {
   y[5] = std::numeric_limits<float>::quiet_NaN();
   x[17] = std::numeric_limits<float>::infinity();
   at::Tensor out = at::empty_like(x);
-  tenax::reduce_kernel(dtype, op)(out.data_ptr(), x.data_ptr(), y.data_ptr(), n);
+  tenax::detail::reduce_kernel(dtype, op)(out.data_ptr(), x.data_ptr(), y.data_ptr(), n);
   at::Tensor want = torch_reference(x, y, op);
   at::Tensor both_nan = at::isnan(out) & at::isnan(want);
   at::Tensor equal = out.view(at::kShort).eq(want.view(at::kShort)) | both_nan;
@@ -54,7 +54,7 @@ TEST(ReduceKernelTest, FloatMinMaxPropagateNaNLikeTorch) {
   x[30] = std::numeric_limits<float>::quiet_NaN();
   for (ReduceOp op : {ReduceOp::kMin, ReduceOp::kMax}) {
     at::Tensor out = at::empty_like(x);
-    tenax::reduce_kernel(at::kFloat, op)(out.data_ptr(), x.data_ptr(), y.data_ptr(), 37);
+    tenax::detail::reduce_kernel(at::kFloat, op)(out.data_ptr(), x.data_ptr(), y.data_ptr(), 37);
     at::Tensor want = torch_reference(x, y, op);
     EXPECT_TRUE(at::allclose(out, want, 0, 0, /*equal_nan=*/true));
   }
@@ -62,7 +62,7 @@ TEST(ReduceKernelTest, FloatMinMaxPropagateNaNLikeTorch) {
 
 TEST(ReduceKernelTest, InPlaceOutputAliasingAnInputIsCorrect) {
   at::Tensor a = at::arange(1031, at::kFloat), b = at::ones({1031});
-  tenax::reduce_kernel(at::kFloat, ReduceOp::kSum)(a.data_ptr(), a.data_ptr(), b.data_ptr(), 1031);
+  tenax::detail::reduce_kernel(at::kFloat, ReduceOp::kSum)(a.data_ptr(), a.data_ptr(), b.data_ptr(), 1031);
   EXPECT_TRUE(a.equal(at::arange(1031, at::kFloat) + 1));
 }
 
