@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cmath>
 #include <cstdio>
@@ -271,11 +272,17 @@ TEST(FaultInjectionTest, ASlowRankShowsAsCommunicationTimeOnTheOthers) {
                            std::chrono::seconds(120));
   for (const auto& r : results) ASSERT_EQ(r.exit_code, 0) << dump(results);
   // Rank 0 waits for rank 1 in the gradient all-reduce: most of the 1000 ms rank 1 sleeps,
-  // less the compute rank 0 does meanwhile (a few hundred ms on two busy cores).
-  std::regex comm(R"(step +6/6 .*\+ comm ([0-9.]+) \+)");
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(results[0].output, m, comm)) << dump(results);
-  EXPECT_GT(std::stod(m[1]), 500.0) << dump(results);
+  // less the compute rank 0 does meanwhile (a few hundred ms, up to 700 when another test
+  // shares the two cores). The median over steps 2-6, so one loaded step does not decide.
+  std::regex comm(R"(step +[2-6]/6 .*\+ comm ([0-9.]+) \+)");
+  std::vector<double> waits;
+  const std::string& out = results[0].output;
+  for (std::sregex_iterator it(out.begin(), out.end(), comm), end; it != end; ++it) {
+    waits.push_back(std::stod((*it)[1]));
+  }
+  ASSERT_EQ(waits.size(), 5u) << dump(results);
+  std::sort(waits.begin(), waits.end());
+  EXPECT_GT(waits[2], 400.0) << dump(results);
 }
 
 TEST(FaultInjectionTest, ABadFaultSpecIsOneClearMessage) {
