@@ -112,12 +112,11 @@ class TENAX_INTERNAL CheckpointEngine::Impl {
                       const std::map<std::string, std::string>& blobs);
   // The blobs of a verified snapshot, by name.
   static std::map<std::string, std::string> blobs_of(const Layout& layout, const char* data);
+  using Snapshots = std::map<int64_t, std::pair<int, Layout>>;  // step -> (slot, layout)
   // Committed snapshots of a memory tier (own or replica) usable for this restore, by step.
   // `rank`: the rank that saved them (this one, or the peer source for replicas).
-  std::map<int64_t, std::pair<int, Layout>> usable_snapshots(detail::MemoryTier& tier, int rank,
-                                                             const StateDict* state,
-                                                             std::string& errors);
-  using Snapshots = std::map<int64_t, std::pair<int, Layout>>;  // step -> (slot, layout)
+  Snapshots usable_snapshots(detail::MemoryTier& tier, int rank, const StateDict* state,
+                             std::string& errors);
   // A rank's source of a memory-tier restore: its own slot, or a replica received from its peer.
   struct MemorySource {
     Layout layout;

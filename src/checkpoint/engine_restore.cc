@@ -71,9 +71,9 @@ std::map<std::string, std::string> CheckpointEngine::Impl::blobs_of(const Layout
 
 // Committed snapshots of a memory tier (own or replica) usable for this restore, by step.
 // `rank`: the rank that saved them (this one, or the peer source for replicas).
-std::map<int64_t, std::pair<int, Layout>> CheckpointEngine::Impl::usable_snapshots(
+CheckpointEngine::Impl::Snapshots CheckpointEngine::Impl::usable_snapshots(
     detail::MemoryTier& tier, int rank, const StateDict* state, std::string& errors) {
-  std::map<int64_t, std::pair<int, Layout>> usable;
+  Snapshots usable;
   for (auto [slot, step] : tier.committed()) {
     auto& r = tier.region(slot);
     try {

@@ -53,6 +53,12 @@ void RunLoop::run() {
   }
 }
 
+Generation RunLoop::active_part(const Generation& gen) const {
+  Generation active = gen;
+  active.members.resize(gen.size() / o_.group * o_.group);
+  return active;
+}
+
 bool RunLoop::job_finished() {
   if (!rdzv_.finished()) return false;
   if (started_) CheckpointEngine::remove_memory(o_.checkpoint.run);
@@ -76,14 +82,13 @@ Generation RunLoop::form() {
 
 std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point began,
                                       Clock::time_point formed) {
-  const int active_size = gen.size() / o_.group * o_.group;
+  const Generation active_gen = active_part(gen);
+  const int active_size = active_gen.size();
   const bool active = gen.rank < active_size;
   CommOptions co;
   co.timeout = o_.comm_timeout;
   co.name = "elastic/" + o_.rendezvous.run + "/g" + std::to_string(gen.number);
   gcomm_ = create_communicator(Backend::kGloo, store_, gen.rank, gen.size(), co);
-  Generation active_gen = gen;
-  active_gen.members.resize(active_size);
   if (active) {
     co.name += "/active";
     acomm_ = create_communicator(o_.backend, store_, gen.rank, active_size, co);
@@ -132,9 +137,7 @@ std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point b
 }
 
 RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
-  Generation active_gen = gen;
-  active_gen.members.resize(acomm_->size());
-  Watchdog watchdog(rdzv_, active_gen, acomm_, o_.rendezvous.heartbeat_interval);
+  Watchdog watchdog(rdzv_, active_part(gen), acomm_, o_.rendezvous.heartbeat_interval);
   at::Tensor flag = at::full({1}, 0, at::kLong);
   int64_t saved = step;  // the newest step in the memory tier
   for (step_ = step; step_ < steps_; ++step_) {
@@ -179,7 +182,7 @@ void RunLoop::fail(const Generation& gen, const CommError& e) {
   if (!recovery_.open()) recovery_.failure(e.what(), step_, 0);
   log(LogLevel::kWarning, "elastic: " + member_ + ": generation " + std::to_string(gen.number) +
                               " failed: " + recovery_.event().detected_by + "; re-forming");
-  if (gen.rank < gen.size() / o_.group * o_.group) job_.before_reform(recovery_.event());
+  if (gen.rank < active_part(gen).size()) job_.before_reform(recovery_.event());
   abort_communicators();  // peers still blocked in this generation fail now
   engine_.reset();        // the memory tier keeps its snapshots
 }

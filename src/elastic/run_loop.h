@@ -41,6 +41,9 @@ class RunLoop {
  private:
   enum class Ended { kDone, kJoinerWaits, kStandby };
 
+  // The active members of `gen`: the largest multiple of `group` ranks, in rendezvous order
+  // (the rest wait as standby).
+  Generation active_part(const Generation& gen) const;
   // True once the job has ended (removing this host's snapshots when this member trained).
   bool job_finished();
   // Joins the next generation; the recovery in progress learns its members.
