@@ -4,8 +4,10 @@
 
 #include <mutex>
 
+#include "comm/backend_communicator.h"
 #include "comm/gloo_communicator.h"
 #include "comm/wait_clock.h"
+#include "tenax/core/config.h"
 #include "tenax/core/error.h"
 
 #ifdef TENAX_HAS_NCCL
@@ -20,6 +22,15 @@ std::atomic<int64_t> g_wait_ns{0};
 }  // namespace
 
 namespace detail {
+void CommIdentity::init(std::shared_ptr<TcpStore> s, int r, int n, const CommOptions& opts) {
+  rank = r;
+  size = n;
+  name = opts.name;
+  prefix = "tenax/comm/" + opts.name;
+  timeout = opts.timeout.count() > 0 ? opts.timeout : default_timeout();
+  store = std::move(s);
+}
+
 void add_communication_wait(std::chrono::nanoseconds elapsed) {
   g_wait_ns.fetch_add(elapsed.count(), std::memory_order_relaxed);
 }

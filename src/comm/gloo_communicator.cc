@@ -37,16 +37,11 @@ namespace {
 
 using namespace detail;
 
-class GlooCommunicator : public Communicator {
+class GlooCommunicator : public BackendCommunicator {
  public:
   GlooCommunicator(std::shared_ptr<TcpStore> store, int rank, int size, const CommOptions& opts)
       : st_(std::make_shared<GlooState>()) {
-    st_->rank = rank;
-    st_->size = size;
-    st_->name = opts.name;
-    st_->prefix = "tenax/comm/" + opts.name;
-    st_->timeout = opts.timeout.count() > 0 ? opts.timeout : default_timeout();
-    st_->store = std::move(store);
+    st_->init(std::move(store), rank, size, opts);
 
     st_->hostname = !opts.hostname.empty()         ? opts.hostname
                     : !settings().hostname.empty() ? settings().hostname
@@ -92,11 +87,7 @@ class GlooCommunicator : public Communicator {
     worker_.detach();
   }
 
-  int rank() const override { return st_->rank; }
-  int size() const override { return st_->size; }
   Backend backend() const override { return Backend::kGloo; }
-  const std::string& name() const override { return st_->name; }
-  Ms timeout() const override { return st_->timeout; }
 
   using Communicator::all_reduce_async;
   WorkHandle all_reduce_async(const at::Tensor& input, const at::Tensor& output,
@@ -341,8 +332,7 @@ class GlooCommunicator : public Communicator {
     opts.shared_memory = st_->shared_memory;
     auto child = std::make_shared<GlooCommunicator>(st_->store, new_rank,
                                                     static_cast<int>(members.size()), opts);
-    std::lock_guard<std::mutex> lock(st_->mu);
-    st_->children.push_back(child);
+    children_.add(child);
     return child;
   }
 
@@ -350,20 +340,11 @@ class GlooCommunicator : public Communicator {
     FaultRecord f = FaultRecord::aborted(rank(), name(), reason);
     FaultRecord winner = st_->faults->publish(f);
     st_->set_fault(winner.kind == FaultRecord::kAbort ? f.to_exception() : winner.to_exception());
-    std::vector<std::weak_ptr<Communicator>> children;
-    {
-      std::lock_guard<std::mutex> lock(st_->mu);
-      children = st_->children;
-    }
-    for (auto& weak : children) {
-      if (auto c = weak.lock()) c->abort(reason);
-    }
+    children_.abort_all(reason);
   }
 
  private:
-  OpContext ctx(const char* op) const {
-    return OpContext{st_->name, st_->rank, st_->size, op, /*cuda=*/false};
-  }
+  const CommIdentity& identity() const override { return *st_; }
 
   static WorkHandle done() { return std::make_shared<CompletedWork>(); }
 

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "comm/argument_checks.h"
+#include "comm/backend_communicator.h"
 #include "comm/fault.h"
 #include "comm/gloo_allreduce_cache.h"
 #include "comm/shm_allreduce.h"
@@ -61,14 +62,11 @@ struct WorkState {
 struct Task;
 
 // Everything a communicator shares with its worker and watcher threads.
-struct TENAX_INTERNAL GlooState {
-  // Set at construction, read-only after.
-  int rank = 0, size = 1;
-  std::string name, prefix, hostname;
-  Ms timeout{30000};
+struct TENAX_INTERNAL GlooState : CommIdentity {
+  // Set at construction, read-only after (and the identity).
+  std::string hostname;
   bool debug_collectives = false;  // check every collective's arguments across ranks
   bool shared_memory = true;       // all-reduce through shared memory when all ranks are local
-  std::shared_ptr<TcpStore> store;
   std::unique_ptr<FaultChannel> faults;
   std::shared_ptr<gloo::transport::Device> device;
   std::shared_ptr<gloo::rendezvous::Context> ctx;
@@ -82,7 +80,6 @@ struct TENAX_INTERNAL GlooState {
   std::exception_ptr fault;  // set once, when the communicator breaks
   uint64_t next_seq = 0;
   std::vector<gloo::transport::UnboundBuffer*> active;  // cancelled by abort()
-  std::vector<std::weak_ptr<Communicator>> children;    // split from this one; aborted with it
   // Every WorkState's members.
 
   std::atomic<bool> broken{false};  // fault != nullptr, readable without the lock

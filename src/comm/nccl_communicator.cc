@@ -7,8 +7,9 @@
 #include <mutex>
 #include <thread>
 
-#include "comm/fault.h"
 #include "comm/argument_checks.h"
+#include "comm/backend_communicator.h"
+#include "comm/fault.h"
 #include "comm/wait_clock.h"
 #include "tenax/comm/init.h"
 #include "tenax/core/config.h"
@@ -49,11 +50,8 @@ void check_cuda(cudaError_t e, const std::string& what) {
   if (e != cudaSuccess) throw CommError(what + ": " + cudaGetErrorString(e));
 }
 
-struct TENAX_INTERNAL NcclState {
-  int rank = 0, size = 1, device = 0;
-  std::string name, prefix;
-  Ms timeout{30000};
-  std::shared_ptr<TcpStore> store;
+struct TENAX_INTERNAL NcclState : CommIdentity {
+  int device = 0;
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
   std::mutex mu;
@@ -156,17 +154,12 @@ class NcclWork : public Work {
   std::function<void()> finish_;
 };
 
-class NcclCommunicator : public Communicator {
+class NcclCommunicator : public BackendCommunicator {
  public:
   NcclCommunicator(std::shared_ptr<TcpStore> store, int rank, int size, const CommOptions& opts,
                    ncclComm_t parent_split = nullptr)
       : st_(std::make_shared<NcclState>()) {
-    st_->rank = rank;
-    st_->size = size;
-    st_->name = opts.name;
-    st_->prefix = "tenax/comm/" + opts.name;
-    st_->timeout = opts.timeout.count() > 0 ? opts.timeout : default_timeout();
-    st_->store = std::move(store);
+    st_->init(std::move(store), rank, size, opts);
     int count = nccl_device_count();
     if (count == 0) {
       throw ConfigError("rank " + std::to_string(rank) + ": the nccl backend needs a CUDA device "
@@ -210,11 +203,7 @@ class NcclCommunicator : public Communicator {
     if (st_->stream) cudaStreamDestroy(st_->stream);
   }
 
-  int rank() const override { return st_->rank; }
-  int size() const override { return st_->size; }
   Backend backend() const override { return Backend::kNccl; }
-  const std::string& name() const override { return st_->name; }
-  Ms timeout() const override { return st_->timeout; }
 
   using Communicator::all_reduce_async;
   WorkHandle all_reduce_async(const at::Tensor& input, const at::Tensor& output,
@@ -330,8 +319,7 @@ class NcclCommunicator : public Communicator {
     opts.timeout = st_->timeout;
     opts.name = st_->name + ".split" + std::to_string(++splits_) + ".color" + std::to_string(color);
     auto made = std::make_shared<NcclCommunicator>(st_->store, child_rank, child_size, opts, child);
-    std::lock_guard<std::mutex> lock(children_mu_);
-    children_.push_back(made);
+    children_.add(made);
     return made;
   }
 
@@ -339,20 +327,11 @@ class NcclCommunicator : public Communicator {
     FaultRecord f = FaultRecord::aborted(rank(), name(), reason);
     st_->faults->publish(f);
     st_->set_fault(f.to_exception());
-    std::vector<std::weak_ptr<Communicator>> children;
-    {
-      std::lock_guard<std::mutex> lock(children_mu_);
-      children = children_;
-    }
-    for (auto& weak : children) {
-      if (auto c = weak.lock()) c->abort(reason);
-    }
+    children_.abort_all(reason);
   }
 
  private:
-  OpContext ctx(const char* op) const {
-    return OpContext{st_->name, st_->rank, st_->size, op, /*cuda=*/true};
-  }
+  const CommIdentity& identity() const override { return *st_; }
 
   // Orders the call after LibTorch's default stream, issues it, and returns a Work that copies
   // `staged` back into `user` when they differ (non-contiguous user tensors).
@@ -384,8 +363,6 @@ class NcclCommunicator : public Communicator {
   std::shared_ptr<NcclState> st_;
   void* barrier_buf_ = nullptr;
   int splits_ = 0;
-  std::mutex children_mu_;
-  std::vector<std::weak_ptr<Communicator>> children_;  // split from this one; aborted with it
 };
 
 }  // namespace
