@@ -24,11 +24,13 @@ class LlamaJob : public tenax::ElasticJob {
     leader_ = world.rank == 0;
     log_.set_world(world.size, leader_);
     if (leader_) {
+      std::string hosts;
+      for (const auto& h : world.hosts) hosts += (hosts.empty() ? "" : " ") + h;
       std::printf("llama_train: generation %lld: %d ranks dp=%d tp=%d pp=%d, micro-batch %lld x "
-                  "%lld accumulation steps (global batch %lld)\n",
+                  "%lld accumulation steps (global batch %lld); hosts by rank: %s\n",
                   (long long)world.generation, world.size, t.dp, t.tp, t.pp,
                   (long long)t.micro_batch, (long long)(t.global_batch / (t.micro_batch * t.dp)),
-                  (long long)t.global_batch);
+                  (long long)t.global_batch, hosts.c_str());
       std::fflush(stdout);
     }
   }

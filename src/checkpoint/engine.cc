@@ -5,10 +5,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <random>
 
 #include "checkpoint/crc32c.h"
 #include "checkpoint/engine_impl.h"
+#include "checkpoint/replica_placement.h"
 #include "tenax/comm/init.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
@@ -57,10 +60,7 @@ CheckpointEngine::Impl::Impl(CheckpointOptions o, std::shared_ptr<Communicator> 
   prefix_ = "ckpt/" + o_.run + "/" + std::to_string(id.item<int64_t>()) + "/";
   if (o_.peer && comm_->size() > 1) {
     const int world = comm_->size();
-    int offset = o_.peer_offset;
-    if (offset <= 0) offset = launch_info().local_size;
-    if (offset <= 0 || offset % world == 0) offset = 1;
-    peer_offset_ = offset % world;
+    peer_offset_ = replica_offset();
     peer_dst_ = (comm_->rank() + peer_offset_) % world;
     peer_src_ = (comm_->rank() - peer_offset_ + world) % world;
     // A communicator of its own: replication never queues behind training's collectives.
@@ -83,6 +83,51 @@ CheckpointEngine::Impl::Impl(CheckpointOptions o, std::shared_ptr<Communicator> 
       persist_loop();
     });
   }
+}
+
+namespace {
+
+// Host names travel as fixed 64-byte records of an all-gather.
+constexpr int64_t kHostBytes = 64;
+
+std::vector<std::string> all_hosts(Communicator& comm) {
+  char name[kHostBytes] = {0};
+  ::gethostname(name, sizeof(name) - 1);
+  at::Tensor mine = at::full({kHostBytes}, 0, at::kByte);
+  std::memcpy(mine.data_ptr(), name, std::strlen(name));
+  at::Tensor all = at::full({comm.size() * kHostBytes}, 0, at::kByte);
+  comm.all_gather(all, mine);
+  std::vector<std::string> hosts;
+  for (int r = 0; r < comm.size(); ++r) {
+    const char* p = static_cast<const char*>(all.data_ptr()) + r * kHostBytes;
+    hosts.emplace_back(p, strnlen(p, kHostBytes));
+  }
+  return hosts;
+}
+
+}  // namespace
+
+int CheckpointEngine::Impl::replica_offset() {
+  const int world = comm_->size();
+  if (o_.peer_offset > 0 && o_.peer_offset % world != 0) return o_.peer_offset % world;
+  const int preferred = launch_info().local_size;
+  const std::vector<std::string> hosts = all_hosts(*comm_);
+  const auto shift = detail::replica_shift(hosts, preferred);
+  if (comm_->rank() == 0 && std::count(hosts.begin(), hosts.end(), hosts[0]) < world) {
+    std::string by_rank;
+    for (const auto& h : hosts) by_rank += " " + h;
+    if (shift) {
+      log(LogLevel::kInfo, "checkpoint '" + o_.run + "': replicas at rank + " +
+                               std::to_string(*shift) + ", each on another host; hosts by rank:" +
+                               by_rank);
+    } else {
+      log(LogLevel::kWarning, "checkpoint '" + o_.run + "': no placement puts every replica on "
+                              "another host (hosts by rank:" + by_rank + "); a host's crash "
+                              "may lose a snapshot and its replica");
+    }
+  }
+  if (shift) return *shift;
+  return preferred > 0 && preferred % world != 0 ? preferred % world : 1;
 }
 
 CheckpointEngine::Impl::~Impl() {

@@ -71,7 +71,10 @@ class TENAX_INTERNAL CheckpointEngine::Impl {
   // The committer thread's body.
   void commit_loop();
 
-  // --- the peer tier (engine_replicate.cc) ---
+  // --- the peer tier (engine_replicate.cc; the placement in engine.cc) ---
+  // The shift of peer replicas: the explicit peer_offset, else one that puts every replica on
+  // another host (a collective: gathers the hosts), else the ranks per host.
+  int replica_offset();
   // The replicator thread's body.
   // Sends every committed snapshot to the peer and receives the source rank's into a replica
   // slot, in commit order (every rank commits the same steps, so the exchanges pair up).

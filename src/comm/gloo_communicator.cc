@@ -43,9 +43,12 @@ class GlooCommunicator : public BackendCommunicator {
       : st_(std::make_shared<GlooState>()) {
     st_->init(std::move(store), rank, size, opts);
 
+    // Where peers reach this rank: as configured, else the address this host reaches the store
+    // from (loopback when the store is local).
     st_->hostname = !opts.hostname.empty()         ? opts.hostname
                     : !settings().hostname.empty() ? settings().hostname
-                                                   : "127.0.0.1";
+                                                   : st_->store->local_address();
+    if (st_->hostname.empty()) st_->hostname = "127.0.0.1";
     st_->debug_collectives = opts.debug_collectives.value_or(settings().debug_collectives);
     st_->shared_memory = opts.shared_memory.value_or(settings().shared_memory);
     gloo::transport::tcp::attr attr;

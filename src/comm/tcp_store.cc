@@ -1,3 +1,5 @@
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -36,17 +38,29 @@ std::shared_ptr<TcpStore> TcpStore::connect(const std::string& host, int port,
 }
 
 TcpStore::TcpStore(std::string host, int port, std::string token, int fd)
-    : host_(std::move(host)), port_(port), token_(std::move(token)), fd_(fd) {}
+    : host_(std::move(host)), port_(port), token_(std::move(token)), fd_(fd) {
+  sockaddr_in addr{};
+  socklen_t len = sizeof(addr);
+  char buf[INET_ADDRSTRLEN] = {0};
+  if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+      addr.sin_family == AF_INET && ::inet_ntop(AF_INET, &addr.sin_addr, buf, sizeof(buf))) {
+    local_address_ = buf;
+  }
+}
 
 TcpStore::~TcpStore() { close(); }
 
 std::string TcpStore::address() const { return host_ + ":" + std::to_string(port_); }
 
+
 std::string TcpStore::call(const std::string& request, std::chrono::milliseconds wait_budget) {
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) throw StoreError("store client for " + address() + " is closed");
   const std::string what = "store at " + address();
-  auto deadline = detail::net::deadline_after(timeout_ + wait_budget + kReplySlack);
+  // A call the server answers at once is bounded by timeout(); one it may hold (a wait) by
+  // the wait plus timeout() plus slack.
+  auto deadline = detail::net::deadline_after(
+      wait_budget.count() > 0 ? timeout_ + wait_budget + kReplySlack : timeout_);
   std::string reply;
   if (!detail::net::send_frame(fd_, request, deadline, what) ||
       !detail::net::recv_frame(fd_, &reply, deadline, what)) {

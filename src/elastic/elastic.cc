@@ -36,6 +36,7 @@ ElasticRunner::ElasticRunner(ElasticOptions options, std::shared_ptr<TcpStore> s
     o_.checkpoint.run = o_.rendezvous.run;
   }
   o_.checkpoint.member = member_;
+  o_.rendezvous.group = o_.group;
   if (o_.comm_timeout.count() <= 0) o_.comm_timeout = default_timeout();
   if (!o_.faults) own_faults_ = FaultInjector::from_env(launch_info().rank);
   rdzv_ = std::make_unique<Rendezvous>(store_, member_, o_.rendezvous);
@@ -51,7 +52,14 @@ void ElasticRunner::run(ElasticJob& job, int64_t steps) {
     log(LogLevel::kInfo, "elastic: recovery " + ev.to_json());
     if (on_event) on_event(ev);
   });
-  loop.run();
+  rdzv_->set_on_fenced([&loop](const std::string& why) { loop.fenced(why); });
+  try {
+    loop.run();
+  } catch (...) {
+    rdzv_->set_on_fenced(nullptr);
+    throw;
+  }
+  rdzv_->set_on_fenced(nullptr);
 }
 
 }  // namespace tenax

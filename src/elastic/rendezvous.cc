@@ -2,8 +2,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
+#include <unistd.h>
 
+#include <algorithm>
+#include <map>
+
+#include "elastic/member_order.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
 
@@ -48,9 +52,16 @@ Rendezvous::Rendezvous(std::shared_ptr<TcpStore> store, std::string id, Rendezvo
   // Heartbeats on a connection of their own, so a long get() never delays them. When this
   // process dies the store sees that connection drop and marks the member gone.
   beat_store_ = store_->clone();
+  beat_store_->set_timeout(o_.heartbeat_timeout);
   beat_store_->delete_key(key("gone/" + id_));
   beat_store_->set_on_disconnect(key("gone/" + id_), "1");
   beat_store_->add(key("hb/" + id_), 1);
+  if (o_.host.empty()) {
+    char name[256] = {0};
+    ::gethostname(name, sizeof(name) - 1);
+    o_.host = name;
+  }
+  store_->set(key("host/" + id_), o_.host);
   beat_ = std::thread([this, hb = key("hb/" + id_)] { beat_loop(hb); });
 }
 
@@ -64,8 +75,16 @@ void Rendezvous::beat_loop(const std::string& hb_key) {
     } catch (const std::exception& e) {
       lock.lock();
       // interrupt() from the destructor makes the add throw: that is a stop, not a failure.
-      if (!beat_stop_) {
-        log(LogLevel::kWarning, "rendezvous: heartbeat failed: " + std::string(e.what()));
+      if (beat_stop_) return;
+      const std::string why = "its heartbeat could not reach the store within " +
+                              std::to_string(o_.heartbeat_timeout.count()) + " ms (" + e.what() +
+                              ")";
+      auto fenced = std::move(on_fenced_);
+      lock.unlock();
+      if (fenced) {
+        fenced(why);
+      } else {
+        log(LogLevel::kWarning, "rendezvous: " + id_ + ": " + why + "; heartbeats stop");
       }
       return;
     }
@@ -87,6 +106,11 @@ Rendezvous::~Rendezvous() {
   beat_.join();
 }
 
+void Rendezvous::set_on_fenced(std::function<void(const std::string& why)> handler) {
+  std::lock_guard<std::mutex> lock(beat_mu_);
+  on_fenced_ = std::move(handler);
+}
+
 std::vector<std::string> Rendezvous::joined(int64_t n) {
   const std::string k = key("g" + std::to_string(n) + "/joined");
   return parse_list(k, store_->try_get(k));
@@ -103,7 +127,16 @@ void Rendezvous::close(int64_t n, const std::vector<std::string>& arrivals,
   };
   std::stable_sort(order.begin(), order.end(),
                    [&](const std::string& a, const std::string& b) { return place(a) < place(b); });
+  order = detail::group_by_host(order, hosts_of(order), o_.group);
   store_->compare_set(key("g" + std::to_string(n) + "/final"), "", nlohmann::json(order).dump());
+}
+
+std::map<std::string, std::string> Rendezvous::hosts_of(const std::vector<std::string>& ids) {
+  std::map<std::string, std::string> hosts;
+  for (const auto& id : ids) {
+    if (auto h = store_->try_get(key("host/" + id))) hosts[id] = *h;
+  }
+  return hosts;
 }
 
 bool Rendezvous::previous_all_in(const std::vector<std::string>& previous,
@@ -177,6 +210,11 @@ Generation Rendezvous::next(const std::function<void()>& on_joined) {
         auto me = std::find(gen.members.begin(), gen.members.end(), id_);
         if (me == gen.members.end()) break;  // closed without us (full): try the next one
         gen.rank = static_cast<int>(me - gen.members.begin());
+        const auto hosts = hosts_of(gen.members);
+        for (const auto& m : gen.members) {
+          auto it = hosts.find(m);
+          gen.hosts.push_back(it == hosts.end() ? "" : it->second);
+        }
         last_members_ = gen.members;
         return gen;
       }

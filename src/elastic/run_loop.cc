@@ -2,8 +2,11 @@
 
 #include <ATen/ops/full.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <thread>
 
+#include "elastic/member_order.h"
 #include "elastic/watchdog.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
@@ -55,7 +58,9 @@ void RunLoop::run() {
 
 Generation RunLoop::active_part(const Generation& gen) const {
   Generation active = gen;
-  active.members.resize(gen.size() / o_.group * o_.group);
+  const int n = detail::members_in_whole_blocks(gen.hosts, o_.group);
+  active.members.resize(n);
+  if (!active.hosts.empty()) active.hosts.resize(n);
   return active;
 }
 
@@ -92,7 +97,8 @@ std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point b
   if (active) {
     co.name += "/active";
     acomm_ = create_communicator(o_.backend, store_, gen.rank, active_size, co);
-    job_.setup(ElasticWorld{gen.number, active_gen.members, gen.rank, active_size, acomm_, store_});
+    job_.setup(ElasticWorld{gen.number, active_gen.members, gen.rank, active_size, acomm_, store_,
+                             active_gen.hosts});
   }
   StateDict none;
   StateDict& state = active ? job_.state() : none;
@@ -158,9 +164,11 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
       engine_->save(step_ + 1, job_.state());
       saved = step_ + 1;
     }
+    completed_ = step_ + 1;
     if (recovery_.open()) publish_(recovery_.complete(ms_between(step_start, Clock::now())));
   }
   if (step_ >= steps_) {
+    finishing_ = true;
     engine_->wait();
     acomm_->barrier();
     if (gen.rank == 0) rdzv_.finish();
@@ -175,6 +183,17 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
   recovery_.join("a member joined");
   job_.before_reform(recovery_.event());
   return Ended::kJoinerWaits;
+}
+
+void RunLoop::fenced(const std::string& why) {
+  if (finishing_) return;
+  log(LogLevel::kError, "elastic: " + member_ + " is fenced out: " + why +
+                            "; the others re-form without it. It completed " +
+                            std::to_string(completed_.load()) + " steps; leaving with status " +
+                            std::to_string(kFencedExitCode) + " (its snapshots stay in this "
+                            "host's memory; restarted, it rejoins as a new member)");
+  std::fflush(stdout);
+  std::_Exit(kFencedExitCode);
 }
 
 void RunLoop::fail(const Generation& gen, const CommError& e) {

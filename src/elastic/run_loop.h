@@ -3,6 +3,7 @@
 // One ElasticRunner::run(): the generations of a job, each lived as named phases (internal to
 // the elastic layer).
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -37,6 +38,10 @@ class RunLoop {
 
   // Until the job is done (returns) or a failure is not recovered from (throws).
   void run();
+
+  // This member was fenced out (the rendezvous heartbeat thread calls it): unless the job is
+  // finishing, says so and ends the process with kFencedExitCode.
+  void fenced(const std::string& why);
 
  private:
   enum class Ended { kDone, kJoinerWaits, kStandby };
@@ -76,6 +81,9 @@ class RunLoop {
   bool started_ = false;               // some generation has trained (state exists)
   int reformations_ = 0;
   int64_t step_ = -1;  // the step in progress (-1: none)
+  // Read by fenced() on the heartbeat thread.
+  std::atomic<int64_t> completed_{0};   // steps completed in this process
+  std::atomic<bool> finishing_{false};  // the last step is done
 };
 
 }  // namespace tenax::detail

@@ -4,8 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <map>
+#include <memory>
 #include <thread>
 
+#include "elastic/member_order.h"
 #include "tenax/comm/store.h"
 #include "tenax/comm/store_server.h"
 #include "tenax/core/error.h"
@@ -108,3 +111,47 @@ TEST_F(RendezvousUnitTest, AMemberArrivingAfterTheJobEndedIsToldSoInsteadOfWaiti
 }
 
 }  // namespace
+
+TEST_F(RendezvousUnitTest, AGenerationKeepsEachHostsMembersTogetherWhateverTheArrivalOrder) {
+  // Arrivals alternate between two hosts; tensor-parallel groups of 2 must not span them.
+  const std::vector<std::pair<std::string, std::string>> arrivals = {
+      {"w0", "h1"}, {"w2", "h2"}, {"w1", "h1"}, {"w3", "h2"}};
+  std::vector<std::unique_ptr<tenax::Rendezvous>> members;
+  for (const auto& [id, host] : arrivals) {
+    auto o = options("hosts");
+    o.min_workers = o.max_workers = 4;
+    o.host = host;
+    o.group = 2;
+    members.push_back(std::make_unique<tenax::Rendezvous>(store_, id, o));
+  }
+  std::vector<tenax::Generation> gens(members.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < members.size(); ++i) {
+    threads.emplace_back([&, i] { gens[i] = members[i]->next(); });
+    std::this_thread::sleep_for(20ms);  // arrive in the order above
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& g : gens) {
+    EXPECT_EQ(g.members, (std::vector<std::string>{"w0", "w1", "w2", "w3"}));
+    EXPECT_EQ(g.hosts, (std::vector<std::string>{"h1", "h1", "h2", "h2"}));
+  }
+}
+
+TEST(MemberOrderTest, AHostsMembersBeyondItsLastWholeGroupWaitAtTheEnd) {
+  using tenax::detail::group_by_host;
+  const std::map<std::string, std::string> host_of = {
+      {"a", "h1"}, {"b", "h1"}, {"c", "h1"}, {"d", "h2"}, {"e", "h3"}, {"f", "h3"}};
+  const auto order = group_by_host({"a", "d", "b", "e", "c", "f"}, host_of, 2);
+  EXPECT_EQ(order, (std::vector<std::string>{"a", "b", "e", "f", "c", "d"}));
+  std::vector<std::string> hosts;
+  for (const auto& m : order) hosts.push_back(host_of.at(m));
+  // c (h1) and d (h2) would make a group across two hosts: they wait as standby.
+  EXPECT_EQ(tenax::detail::members_in_whole_blocks(hosts, 2), 4);
+}
+
+TEST(MemberOrderTest, WithOneHostOrNoneKnownTheOrderIsKeptAndWholeGroupsCount) {
+  using tenax::detail::group_by_host;
+  EXPECT_EQ(group_by_host({"c", "a", "b"}, {}, 2), (std::vector<std::string>{"c", "a", "b"}));
+  EXPECT_EQ(tenax::detail::members_in_whole_blocks({"", "", ""}, 2), 2);
+  EXPECT_EQ(tenax::detail::members_in_whole_blocks({"h", "h", "h", "h", "h"}, 2), 4);
+}

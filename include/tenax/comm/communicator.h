@@ -55,7 +55,8 @@ struct TENAX_API CommOptions {
   std::chrono::milliseconds timeout{0};
   // Name used in error messages and as the store prefix (must be unique per communicator).
   std::string name = "world";
-  // Address other ranks use to reach this one (default: TENAX_HOSTNAME, else 127.0.0.1).
+  // Address other ranks use to reach this one (default: TENAX_HOSTNAME, else the address this
+  // host reaches the store from: loopback for a local store).
   std::string hostname;
   // Check every collective's shapes and dtypes across ranks before it runs, not only large
   // ones (one extra small exchange per call). Unset: TENAX_DEBUG_COLLECTIVES.

@@ -101,6 +101,10 @@ class TENAX_API TcpStore : public Store {
 
   const std::string& host() const { return host_; }
   int port() const { return port_; }
+  // This end's IPv4 address on the connection to the server, as connected: where processes on
+  // other hosts that reach the server the same way reach this one ("127.0.0.1" when the server
+  // is local; empty if unknown).
+  const std::string& local_address() const { return local_address_; }
   const std::string& token() const { return token_; }
 
  private:
@@ -114,6 +118,7 @@ class TENAX_API TcpStore : public Store {
   mutable std::mutex mu_;
   int fd_;
   bool closed_ = false;
+  std::string local_address_;
 };
 
 }  // namespace tenax

@@ -59,7 +59,11 @@ struct TENAX_API ElasticWorld {
   int rank = 0, size = 1;
   std::shared_ptr<Communicator> comm;  // over the active members
   std::shared_ptr<TcpStore> store;
+  std::vector<std::string> hosts;  // hosts[i]: the host of members[i] ("" when unknown)
 };
+
+// The exit status of a process whose elastic member was fenced out (ElasticRunner::run).
+inline constexpr int kFencedExitCode = 75;
 
 // One re-formation, from the failure (or the joiner's arrival) to the first completed step.
 struct TENAX_API RecoveryEvent {
@@ -120,6 +124,12 @@ class TENAX_API ElasticRunner {
   // the snapshots stay in this host's memory (and what was persisted in the durable tier), so a
   // relaunch of the same run resumes after the last completed step. Rethrows errors that are
   // not communication failures.
+  //
+  // A member cut off from the store (its host partitioned, or the store's host lost) for the
+  // heartbeat timeout is fenced out: the others re-form without it, so it must not train on.
+  // It logs why and how many steps it completed, and ends the process with kFencedExitCode;
+  // its snapshots stay in its host's memory, and restarted (by its agent) it rejoins as a new
+  // member.
   void run(ElasticJob& job, int64_t steps);
 
   // Events so far, oldest first; `on_event` (optional) is called with each as it completes.

@@ -40,11 +40,17 @@ struct TENAX_API RendezvousOptions {
   std::chrono::milliseconds last_call{1000};          // once min is met, wait this for more
   std::chrono::milliseconds heartbeat_interval{500};
   std::chrono::milliseconds heartbeat_timeout{5000};  // silent this long: dead
+  // This member's host (empty: its hostname). A generation's rank order keeps each host's
+  // members together, in blocks of `group` (a tensor-parallel group never spans two hosts);
+  // members beyond a host's last whole block come after every host's blocks.
+  std::string host;
+  int group = 1;
 };
 
 struct TENAX_API Generation {
   int64_t number = 0;
   std::vector<std::string> members;  // the rank of a member is its index
+  std::vector<std::string> hosts;    // hosts[i]: the host of members[i] ("" when unknown)
   int rank = -1;                     // this member's
   int size() const { return static_cast<int>(members.size()); }
 };
@@ -86,13 +92,22 @@ class TENAX_API Rendezvous {
 
   const std::string& id() const { return id_; }
 
+  // Called (on the heartbeat thread, once) when a heartbeat cannot reach the store within
+  // heartbeat_timeout: the others count this member dead by then and re-form without it, so it
+  // is fenced out and must stop training. `why` says what failed. Without a handler the
+  // heartbeat stops with a warning.
+  void set_on_fenced(std::function<void(const std::string& why)> handler);
+
  private:
   std::string key(const std::string& suffix) const { return "rdzv/" + o_.run + "/" + suffix; }
   std::vector<std::string> joined(int64_t n);
+  // The hosts recorded by the members `ids` (those that recorded one).
+  std::map<std::string, std::string> hosts_of(const std::vector<std::string>& ids);
   // True iff every member of the previous generation is in `ids` or gone.
   bool previous_all_in(const std::vector<std::string>& previous,
                        const std::vector<std::string>& ids);
-  // Writes generation n's final list: `previous`'s members first, in order, then joiners.
+  // Writes generation n's final list: `previous`'s members first, in order, then joiners,
+  // grouped by host (RendezvousOptions::host).
   void close(int64_t n, const std::vector<std::string>& arrivals,
              const std::vector<std::string>& previous);
 
@@ -106,12 +121,14 @@ class TENAX_API Rendezvous {
   };
   std::map<std::string, Seen> seen_;
 
-  // The heartbeat thread: adds 1 to hb/<id> every heartbeat_interval on beat_store_ until
-  // stopped. Protected by beat_mu_: beat_stop_.
+  // The heartbeat thread: adds 1 to hb/<id> every heartbeat_interval on beat_store_ (whose
+  // calls time out after heartbeat_timeout) until stopped or fenced. Protected by beat_mu_:
+  // beat_stop_, on_fenced_.
   void beat_loop(const std::string& hb_key);
   std::mutex beat_mu_;
   std::condition_variable beat_cv_;
   bool beat_stop_ = false;
+  std::function<void(const std::string&)> on_fenced_;
   std::thread beat_;
 };
 
