@@ -110,24 +110,12 @@ class GlooCommunicator : public BackendCommunicator {
                      at::Tensor in = in_place ? out.work : input.contiguous();
                      if (st.size == 1) {
                        if (!in_place) out.work.copy_(in);
-                     } else if (shared_memory(st)) {
-                       shm_all_reduce(st, t, in, out.work, fn, op);
+                     } else if (ShmAllReduce* shm = shared_memory(st)) {
+                       shm_all_reduce(st, t, *shm, {}, in, out.work, fn, op);
+                     } else if (Hierarchy* h = hierarchy(st)) {
+                       hierarchical_all_reduce(st, t, *h, in, out.work, fn, op);
                      } else {
-                       gloo::AllreduceOptions* o = st.allreduce_cache.find(in, out.work, fn);
-                       if (o == nullptr) {
-                         auto fresh = std::make_unique<gloo::AllreduceOptions>(st.ctx);
-                         with_storage_type(input.scalar_type(), [&](auto tag) {
-                           using T = decltype(tag);
-                           if (!in_place)
-                             fresh->setInput<T>(static_cast<T*>(in.data_ptr()), in.numel());
-                           fresh->setOutput<T>(out.ptr<T>(), out.numel());
-                         });
-                         fresh->setReduceFunction(fn);
-                         fresh->setTimeout(st.timeout);
-                         fresh->setMaxSegmentSize(kAllreduceSegmentBytes);
-                         o = st.allreduce_cache.insert(in, out.work, fn, std::move(fresh));
-                       }
-                       gloo::allreduce(*o);
+                       ring_all_reduce(st, st.ctx, st.allreduce_cache, in, out.work, fn);
                      }
                      if (op == ReduceOp::kAvg) divide_for_avg(out.work, st.size);
                      out.finish();

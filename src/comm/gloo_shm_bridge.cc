@@ -14,16 +14,19 @@ ShmAllReduce* shared_memory(GlooState& st) {
   return st.shm.get();
 }
 
-void shm_all_reduce(GlooState& st, Task& t, const at::Tensor& in, at::Tensor& out, ReduceFn fn,
-                    ReduceOp op) {
+void shm_all_reduce(GlooState& st, Task& t, ShmAllReduce& shm, const std::vector<int>& ranks,
+                    const at::Tensor& in, at::Tensor& out, ReduceFn fn, ReduceOp op) {
   const uint64_t signature =
       (static_cast<uint64_t>(in.scalar_type()) << 8) | static_cast<uint64_t>(op);
   using Failure = ShmAllReduce::WaitFailure;
   try {
-    st.shm->all_reduce(out.data_ptr(), in.data_ptr(), static_cast<size_t>(in.numel()),
-                       in.element_size(), fn, signature, st.broken);
+    shm.all_reduce(out.data_ptr(), in.data_ptr(), static_cast<size_t>(in.numel()),
+                   in.element_size(), fn, signature, st.broken);
     return;
-  } catch (const Failure& w) {
+  } catch (Failure w) {
+    if (!ranks.empty()) {
+      for (int& r : w.ranks) r = ranks[r];
+    }
     const std::string where = t.desc + " on communicator '" + st.name + "'";
     FaultRecord f;
     switch (w.kind) {

@@ -61,6 +61,15 @@ struct WorkState {
 
 struct Task;
 
+// The hierarchical all-reduce's groups, for a communicator whose ranks are on several hosts
+// (gloo_hierarchical.cc). Worker thread only.
+struct Hierarchy {
+  std::vector<int> local;             // the ranks on this host, ascending; local[0] leads it
+  std::unique_ptr<ShmAllReduce> shm;  // over `local` (null when the host has one rank)
+  std::shared_ptr<gloo::rendezvous::Context> leaders;  // over every host's leader (leaders only)
+  AllreduceCache cache;                                // the leaders' ring options
+};
+
 // Everything a communicator shares with its worker and watcher threads.
 struct TENAX_INTERNAL GlooState : CommIdentity {
   // Set at construction, read-only after (and the identity).
@@ -91,6 +100,10 @@ struct TENAX_INTERNAL GlooState : CommIdentity {
   // by the first all_reduce.
   std::unique_ptr<ShmAllReduce> shm;
   bool shm_tried = false;
+  // Across hosts: reduce within each host through shared memory, all-reduce between the hosts'
+  // leaders over sockets, then share the result within each host (null: the flat ring).
+  std::unique_ptr<Hierarchy> hierarchy;
+  bool hierarchy_tried = false;
   struct SignatureCheck {
     std::array<int64_t, 4> mine{};
     std::vector<int64_t> all;
@@ -200,9 +213,23 @@ inline void divide_for_avg(at::Tensor& t, int size) {
 // no shared memory. Null when the ranks are not all on this host. Worker thread only
 // (gloo_shm_bridge.cc).
 ShmAllReduce* shared_memory(GlooState& st);
-// All-reduces `in` into `out` through it; its early ends become the communicator's faults.
-void shm_all_reduce(GlooState& st, Task& t, const at::Tensor& in, at::Tensor& out, ReduceFn fn,
-                    ReduceOp op);
+// All-reduces `in` into `out` through `shm`, whose rank i is the communicator's ranks[i] (all of
+// them in order when `ranks` is empty); its early ends become the communicator's faults.
+void shm_all_reduce(GlooState& st, Task& t, ShmAllReduce& shm, const std::vector<int>& ranks,
+                    const at::Tensor& in, at::Tensor& out, ReduceFn fn, ReduceOp op);
+
+// Gloo's ring all-reduce of `in` into `out` over `ctx`, its options kept in `cache`.
+void ring_all_reduce(GlooState& st, const std::shared_ptr<gloo::rendezvous::Context>& ctx,
+                     AllreduceCache& cache, const at::Tensor& in, at::Tensor& out, ReduceFn fn);
+
+// The hierarchy of `st`, set up by the first all_reduce that cannot use shared memory alone (a
+// collective): null when every rank is on one host, when every host has one rank, or when
+// shared memory is off. Worker thread only (gloo_hierarchical.cc).
+Hierarchy* hierarchy(GlooState& st);
+// All-reduces `in` into `out` through it: the host's reduction in shared memory, the leaders'
+// ring over sockets, the leader's result shared in memory.
+void hierarchical_all_reduce(GlooState& st, Task& t, Hierarchy& h, const at::Tensor& in,
+                             at::Tensor& out, ReduceFn fn, ReduceOp op);
 
 // Exchanges what each rank passed to operation `t` and throws ConfigError naming the first rank
 // that passed something else (gloo_call_check.cc). Worker thread only.
