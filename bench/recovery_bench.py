@@ -10,14 +10,15 @@ machine, same model, same ranks, the same kill -9 sent by this script to the sec
            its agent): goodput = the time the counted steps take at the run's own median step
            time / the wall time from the first step to the last: the fraction of wall time
            spent on steps that count (detection, restarts, re-formation and redone steps are
-           the rest).
+           the rest). Systems: tenax, tenax-spares (tenaxrun --spares 1: a warm spare takes
+           the killed worker's place) and torchrun, in that order (--systems).
 
   overhead REPS runs of each variant without failures, alternating: llama_train static, with
            --elastic (snapshot and peer copy every step), with a peer copy every 10th snapshot,
            with a snapshot every 10th step, and the DDP reference; medians of the wall time.
 
 Usage: python3 bench/recovery_bench.py kill [--reps 5] [--step 30]
-       python3 bench/recovery_bench.py goodput [--steps 900] [--period 60]
+       python3 bench/recovery_bench.py goodput [--steps 900] [--period 60] [--systems ...]
        python3 bench/recovery_bench.py overhead [--reps 5] [--steps 150]
 """
 import argparse, os, re, shutil, signal, statistics, subprocess, sys, threading, time
@@ -35,9 +36,10 @@ def command(system, steps, nproc, tag, extra=()):
         return [TENAXRUN, "--nproc-per-node", str(nproc), TRAIN, "--preset", "tiny",
                 "--global-batch", "12", "--micro-batch", "4", "--steps", str(steps),
                 "--log-interval", "1", "--eval-interval", "0", "--data", DATA], "llama_train"
-    if system == "tenax":
-        return [TENAXRUN, "--nproc-per-node", str(nproc), "--nnodes", "1:1", "--max-restarts",
-                "100", TRAIN, "--elastic", "--preset", "tiny", "--global-batch", "12",
+    if system in ("tenax", "tenax-spares"):
+        spares = ["--spares", "1"] if system == "tenax-spares" else []
+        return [TENAXRUN, "--nproc-per-node", str(nproc), *spares, "--nnodes", "1:1",
+                "--max-restarts", "100", TRAIN, "--elastic", "--preset", "tiny", "--global-batch", "12",
                 "--micro-batch", "4", "--steps", str(steps), "--log-interval", "1", "--data",
                 DATA, "--ckpt-run", tag, "--min-workers", str(nproc - 1), *extra], "llama_train"
     interval = "5" if system == "torchrun" else "0.5"
@@ -160,7 +162,7 @@ def kill_mode(a):
 def goodput_mode(a):
     print("| system | steps | wall (s) | kills | median step (s) | goodput |")
     print("|---|---|---|---|---|---|")
-    for system in ["tenax", "torchrun"]:
+    for system in a.systems.split(","):
         tag = f"goodput-{os.getpid()}-{system}"
         cleanup(tag)
         run = Run(system, a.steps, a.nproc, tag)
@@ -219,6 +221,9 @@ def main():
     p.add_argument("--nproc", type=int, default=3)
     p.add_argument("--steps", type=int, default=900)
     p.add_argument("--period", type=float, default=60.0)
+    p.add_argument("--systems", default="tenax,tenax-spares,torchrun",
+                   help="goodput: comma-separated, of tenax, tenax-spares (tenaxrun --spares 1), "
+                        "torchrun")
     a = p.parse_args()
     for f in (TRAIN, TENAXRUN, DATA):
         if not os.path.exists(f):

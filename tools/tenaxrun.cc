@@ -2,7 +2,7 @@
 //
 //   tenaxrun --nproc-per-node N [--timeout SEC] PROGRAM [ARGS...]
 //   tenaxrun --nproc-per-node N --nnodes MIN:MAX [--max-restarts K] [--node-rank R]
-//            [--rdzv-endpoint HOST:PORT [--host-store]] PROGRAM [ARGS...]
+//            [--spares S] [--rdzv-endpoint HOST:PORT [--host-store]] PROGRAM [ARGS...]
 //
 // Hosts the store (or uses the one at --rdzv-endpoint, hosting it there with --host-store),
 // gives each rank RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
@@ -18,6 +18,9 @@
 // and TENAX_RESTART_COUNT. A worker that fails does not stop the others (they re-form without
 // it); it is restarted, up to K restarts in all, and rejoins. Every exit and restart is reported
 // on stderr. Exits 0 when a worker finished the job (status 0), else with the first failure's.
+// --spares S starts S more workers per host (ids continue after the host's N) that load, build
+// and join as warm standby: workers get TENAX_ACTIVE_WORKERS = MAX*N, the job trains on that
+// many, and a spare takes a lost worker's place at the next re-formation with no process start.
 //
 // Flags are Abseil flags, spelled with dashes or underscores (--nproc-per-node, --nproc_per_node),
 // each followed by its value or joined to it by "="; the first argument that is not a flag (or
@@ -53,6 +56,7 @@ ABSL_FLAG(int, max_restarts, 0, "elastic: restarts of failed workers, in all");
 ABSL_FLAG(int, node_rank, 0, "this host's index among the job's hosts");
 ABSL_FLAG(std::string, rdzv_endpoint, "", "HOST:PORT of the job's store, shared by every host");
 ABSL_FLAG(bool, host_store, false, "serve the store at --rdzv-endpoint from this host");
+ABSL_FLAG(int, spares, 0, "elastic: warm spare workers per host, started ahead as standby");
 
 namespace {
 
@@ -83,7 +87,7 @@ std::string dashed(std::string name) {
 
 // The smallest value of each integer flag.
 const std::map<std::string, int> kLowest = {
-    {"nproc_per_node", 1}, {"max_restarts", 0}, {"node_rank", 0}};
+    {"nproc_per_node", 1}, {"max_restarts", 0}, {"node_rank", 0}, {"spares", 0}};
 
 [[noreturn]] void bad_integer(const std::string& name, const std::string& text) {
   usage(dashed(name) + " must be a " + (kLowest.at(name) > 0 ? "positive" : "non-negative") +
@@ -132,7 +136,8 @@ int parse_flags(int argc, char** argv, std::set<std::string>& given) {
 
 // What this agent runs, from its flags.
 struct Plan {
-  int nproc = 0, min_nodes = 1, max_nodes = 1, max_restarts = 0, node_rank = 0;
+  int nproc = 0, min_nodes = 1, max_nodes = 1, max_restarts = 0, node_rank = 0, spares = 0;
+  int workers() const { return nproc + spares; }  // processes this agent runs
   bool elastic = false, host_store = false;
   std::string timeout, endpoint;
   char** program = nullptr;  // null-terminated, as execvp wants it
@@ -148,6 +153,7 @@ Plan read_plan(int argc, char** argv) {
   p.node_rank = absl::GetFlag(FLAGS_node_rank);
   p.endpoint = absl::GetFlag(FLAGS_rdzv_endpoint);
   p.host_store = absl::GetFlag(FLAGS_host_store);
+  p.spares = absl::GetFlag(FLAGS_spares);
   p.elastic = given.count("nnodes") > 0 || given.count("max_restarts") > 0;
   if (given.count("nnodes")) {
     const std::string v = absl::GetFlag(FLAGS_nnodes);
@@ -168,6 +174,8 @@ Plan read_plan(int argc, char** argv) {
     usage("--rdzv-endpoint must be HOST:PORT");
   }
   if (p.nproc < 1) usage("--nproc-per-node is required");
+  if (p.spares < 0) usage("--spares must be 0 or more");
+  if (p.spares > 0 && !p.elastic) usage("--spares needs an elastic job (--nnodes or --max-restarts)");
   if (first >= argc) usage("no program given");
   if (p.host_store && p.endpoint.empty()) usage("--host-store needs --rdzv-endpoint");
   p.program = argv + first;
@@ -246,7 +254,8 @@ Store start_store(const Plan& plan) {
 // and ends when every rank has exited.
 class Agent {
  public:
-  Agent(const Plan& plan, const Store& store) : plan_(plan), store_(store), ranks_(plan.nproc) {}
+  Agent(const Plan& plan, const Store& store)
+      : plan_(plan), store_(store), ranks_(plan.workers()) {}
 
   // Forks local rank `local` with the launcher's environment. False when it could not.
   bool spawn(int local, int restart_count);
@@ -254,7 +263,7 @@ class Agent {
   int supervise();
 
  private:
-  int global_rank(int local) const { return plan_.node_rank * plan_.nproc + local; }
+  int global_rank(int local) const { return plan_.node_rank * plan_.workers() + local; }
   // The child's side of spawn(): environment, then exec. Never returns.
   [[noreturn]] void exec_rank(int local, int restart_count);
   void relay_output();
@@ -274,12 +283,12 @@ class Agent {
 
 void Agent::exec_rank(int local, int restart_count) {
   const int r = global_rank(local);
-  const int world = plan_.elastic ? plan_.max_nodes * plan_.nproc : plan_.nproc;
+  const int world = plan_.elastic ? plan_.max_nodes * plan_.workers() : plan_.nproc;
   setpgid(0, 0);  // a rank and everything it starts get signals together
   setenv("RANK", std::to_string(r).c_str(), 1);
   setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
   setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
-  setenv("LOCAL_WORLD_SIZE", std::to_string(plan_.nproc).c_str(), 1);
+  setenv("LOCAL_WORLD_SIZE", std::to_string(plan_.workers()).c_str(), 1);
   setenv("MASTER_ADDR", store_.host.c_str(), 1);
   setenv("MASTER_PORT", store_.port.c_str(), 1);
   setenv("TENAX_STORE_ADDR", (store_.host + ":" + store_.port).c_str(), 1);
@@ -287,7 +296,11 @@ void Agent::exec_rank(int local, int restart_count) {
   setenv("TENAX_LAUNCHER", "tenaxrun", 1);
   if (plan_.elastic) {
     setenv("TENAX_MIN_WORKERS", std::to_string(plan_.min_nodes * plan_.nproc).c_str(), 1);
-    setenv("TENAX_MAX_WORKERS", std::to_string(plan_.max_nodes * plan_.nproc).c_str(), 1);
+    setenv("TENAX_MAX_WORKERS", std::to_string(plan_.max_nodes * plan_.workers()).c_str(), 1);
+    // With spares, the job trains on the ranks it asked for; the spares wait as standby.
+    if (plan_.spares > 0) {
+      setenv("TENAX_ACTIVE_WORKERS", std::to_string(plan_.max_nodes * plan_.nproc).c_str(), 1);
+    }
     setenv("TENAX_MEMBER_ID", ("w" + std::to_string(r)).c_str(), 1);
     setenv("TENAX_RESTART_COUNT", std::to_string(restart_count).c_str(), 1);
   }
@@ -328,7 +341,7 @@ bool Agent::spawn(int local, int restart_count) {
 void Agent::relay_output() {
   std::vector<pollfd> fds;
   std::vector<std::pair<int, bool>> owners;  // (local rank, is_stderr)
-  for (int r = 0; r < plan_.nproc; ++r) {
+  for (int r = 0; r < plan_.workers(); ++r) {
     if (ranks_[r].out_fd >= 0) {
       fds.push_back({ranks_[r].out_fd, POLLIN, 0});
       owners.emplace_back(r, false);
@@ -395,7 +408,7 @@ void Agent::reap() {
   int status = 0;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-    for (int r = 0; r < plan_.nproc; ++r) {
+    for (int r = 0; r < plan_.workers(); ++r) {
       if (ranks_[r].pid != pid || ranks_[r].exited) continue;
       ranks_[r].exited = true;
       ranks_[r].status = status;
@@ -445,7 +458,7 @@ int main(int argc, char** argv) {
   sigaction(SIGHUP, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
   Agent agent(plan, store);
-  for (int r = 0; r < plan.nproc; ++r) {
+  for (int r = 0; r < plan.workers(); ++r) {
     if (!agent.spawn(r, 0)) return 1;
   }
   return agent.supervise();

@@ -70,6 +70,8 @@ ABSL_FLAG(int, min_workers, 0, "--elastic: fewest workers to train with (0: TENA
           "else tp*pp)");
 ABSL_FLAG(int, max_workers, 0, "--elastic: most workers (0: TENAX_MAX_WORKERS, else the launch "
           "world size)");
+ABSL_FLAG(int, max_active, 0, "--elastic: train on at most this many workers, the others warm "
+          "spares (0: TENAX_ACTIVE_WORKERS, set by tenaxrun --spares; else all)");
 ABSL_FLAG(double, heartbeat_timeout, 5.0, "--elastic: seconds of silence before a worker is "
           "declared dead");
 ABSL_FLAG(double, join_timeout, 60.0, "--elastic: seconds to wait for --min-workers to join");
@@ -186,6 +188,7 @@ llama::ElasticRunOptions elastic_options_from_flags(const llama::TrainOptions& o
   r.last_call = ms(absl::GetFlag(FLAGS_last_call));
   eo.elastic.checkpoint = checkpoint_options_from_flags();
   eo.elastic.snapshot_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_ckpt_every));
+  eo.elastic.max_active = absl::GetFlag(FLAGS_max_active);
   return eo;
 }
 

@@ -136,6 +136,10 @@ void fetch_items(Communicator& comm, const detail::Plan& plan, const std::vector
         for (const auto& b : l.blobs) out.local_blobs.append(base + b.offset, b.nbytes);
         out.where[it] = out.local_blobs.data();
       }
+    } else if (detail::item_bytes(offers, it) == 0) {
+      // Nothing to receive (a snapshot without blobs, taken by a member that has none of its
+      // own, such as a spare that never trained): the item is there, empty.
+      out.where[it] = out.local_blobs.data();
     } else {
       out.received[it.holder].resize(out.received[it.holder].size() +
                                      detail::item_bytes(offers, it));

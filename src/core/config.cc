@@ -48,6 +48,7 @@ Settings read_settings() {
   s.log_level = env_string("TENAX_LOG_LEVEL").value_or("");
   s.fault = env_string("TENAX_FAULT").value_or("");
   s.restart_count = env_int("TENAX_RESTART_COUNT", 0);
+  s.active_workers = env_int("TENAX_ACTIVE_WORKERS", 0);
   s.aws = read_aws();
   return s;
 }

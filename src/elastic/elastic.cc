@@ -37,6 +37,12 @@ ElasticRunner::ElasticRunner(ElasticOptions options, std::shared_ptr<TcpStore> s
   }
   o_.checkpoint.member = member_;
   o_.rendezvous.group = o_.group;
+  if (o_.max_active <= 0) o_.max_active = static_cast<int>(settings().active_workers);
+  if (o_.max_active > 0 && o_.max_active < o_.group) {
+    throw ConfigError("elastic: max_active (" + std::to_string(o_.max_active) +
+                      ") is smaller than one model replica (group of " + std::to_string(o_.group) +
+                      " ranks)");
+  }
   if (o_.comm_timeout.count() <= 0) o_.comm_timeout = default_timeout();
   if (!o_.faults) own_faults_ = FaultInjector::from_env(launch_info().rank);
   rdzv_ = std::make_unique<Rendezvous>(store_, member_, o_.rendezvous);

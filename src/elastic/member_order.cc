@@ -1,6 +1,8 @@
 #include "elastic/member_order.h"
 
 #include <algorithm>
+#include <cctype>
+#include <tuple>
 
 namespace tenax::detail {
 
@@ -25,6 +27,18 @@ std::vector<std::string> group_by_host(const std::vector<std::string>& order,
   }
   blocks.insert(blocks.end(), rest.begin(), rest.end());
   return blocks;
+}
+
+bool natural_less(const std::string& a, const std::string& b) {
+  auto split = [](const std::string& id) {
+    size_t i = id.size();
+    while (i > 0 && std::isdigit(static_cast<unsigned char>(id[i - 1]))) --i;
+    // Leading zeros aside, a longer number is a larger one.
+    size_t z = i;
+    while (z + 1 < id.size() && id[z] == '0') ++z;
+    return std::make_tuple(id.substr(0, i), id.size() - z, id.substr(z));
+  };
+  return split(a) < split(b);
 }
 
 int members_in_whole_blocks(const std::vector<std::string>& hosts, int group) {

@@ -118,15 +118,21 @@ std::vector<std::string> Rendezvous::joined(int64_t n) {
 
 void Rendezvous::close(int64_t n, const std::vector<std::string>& arrivals,
                        const std::vector<std::string>& previous) {
-  // Members of the previous generation first, in their old order; then joiners by arrival.
+  // Members of the previous generation first, in their old order; then joiners by arrival. The
+  // first generation in natural id order.
   std::vector<std::string> order = arrivals;
   if (static_cast<int>(order.size()) > o_.max_workers) order.resize(o_.max_workers);
   auto place = [&](const std::string& id) {
     auto it = std::find(previous.begin(), previous.end(), id);
     return it == previous.end() ? previous.size() : static_cast<size_t>(it - previous.begin());
   };
-  std::stable_sort(order.begin(), order.end(),
-                   [&](const std::string& a, const std::string& b) { return place(a) < place(b); });
+  if (previous.empty()) {
+    std::sort(order.begin(), order.end(), detail::natural_less);
+  } else {
+    std::stable_sort(order.begin(), order.end(), [&](const std::string& a, const std::string& b) {
+      return place(a) < place(b);
+    });
+  }
   order = detail::group_by_host(order, hosts_of(order), o_.group);
   store_->compare_set(key("g" + std::to_string(n) + "/final"), "", nlohmann::json(order).dump());
 }
@@ -166,7 +172,7 @@ bool Rendezvous::finished() { return store_->try_get(key("done")).has_value(); }
 Generation Rendezvous::next(const std::function<void()>& on_joined) {
   store_->delete_key(key("gone/" + id_));  // back, if someone had given up on us
   bool announced = false;
-  const auto deadline = Clock::now() + o_.join_timeout;
+  auto deadline = Clock::now() + o_.join_timeout;
   for (;;) {
     int64_t n = store_->add(key("current"), 0);
     if (n == 0) {
@@ -225,6 +231,10 @@ Generation Rendezvous::next(const std::function<void()>& on_joined) {
       if (!first && now >= next_liveness_check) {
         next_liveness_check = now + o_.heartbeat_interval;
         for (const auto& id : dead_members(previous)) mark_gone(id);
+        // Members of the previous generation still alive and not here are training on: a
+        // joiner waits for them (as a spare when they have no need of it) for as long as they
+        // live; the join timeout counts once none is left.
+        if (!previous_all_in(previous.members, ids)) deadline = now + o_.join_timeout;
       }
       if (count >= o_.max_workers ||
           (min_met && (first ? now - *min_met >= o_.last_call : previous_all_in(previous.members, ids)))) {

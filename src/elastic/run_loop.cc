@@ -2,6 +2,7 @@
 
 #include <ATen/ops/full.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
@@ -58,7 +59,8 @@ void RunLoop::run() {
 
 Generation RunLoop::active_part(const Generation& gen) const {
   Generation active = gen;
-  const int n = detail::members_in_whole_blocks(gen.hosts, o_.group);
+  int n = detail::members_in_whole_blocks(gen.hosts, o_.group);
+  if (o_.max_active > 0) n = std::min(n, o_.max_active / o_.group * o_.group);
   active.members.resize(n);
   if (!active.hosts.empty()) active.hosts.resize(n);
   return active;
@@ -120,9 +122,10 @@ std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point b
     log(LogLevel::kInfo, "elastic: " + member_ + " is standby in generation " +
                              std::to_string(gen.number) + " (" + std::to_string(gen.size()) +
                              " members, " + std::to_string(active_size) + " active)");
-    while (!rdzv_.finished() && !rdzv_.superseded(gen)) {
-      std::this_thread::sleep_for(o_.rendezvous.heartbeat_interval);
-    }
+    // A standby (a warm spare) is what a re-formation waits for: look often.
+    const auto poll = std::min<std::chrono::milliseconds>(o_.rendezvous.heartbeat_interval,
+                                                          std::chrono::milliseconds(50));
+    while (!rdzv_.finished() && !rdzv_.superseded(gen)) std::this_thread::sleep_for(poll);
     return std::nullopt;
   }
   engine_ = std::make_unique<CheckpointEngine>(copts, acomm_, store_);
@@ -143,7 +146,11 @@ std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point b
 }
 
 RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
-  Watchdog watchdog(rdzv_, active_part(gen), acomm_, o_.rendezvous.heartbeat_interval);
+  // With the active world at max_active, a joiner only adds a spare: training goes on.
+  const bool full =
+      o_.max_active > 0 && active_part(gen).size() >= o_.max_active / o_.group * o_.group;
+  Watchdog watchdog(rdzv_, active_part(gen), acomm_, o_.rendezvous.heartbeat_interval,
+                    /*joiners_interrupt=*/!full);
   at::Tensor flag = at::full({1}, 0, at::kLong);
   int64_t saved = step;  // the newest step in the memory tier
   for (step_ = step; step_ < steps_; ++step_) {

@@ -6,10 +6,13 @@
 namespace tenax::detail {
 
 Watchdog::Watchdog(Rendezvous& rdzv, const Generation& active, std::shared_ptr<Communicator> comm,
-                   std::chrono::milliseconds interval)
-    : rdzv_(rdzv), active_(active), comm_(std::move(comm)), interval_(interval), thread_([this] {
-        loop();
-      }) {}
+                   std::chrono::milliseconds interval, bool joiners_interrupt)
+    : rdzv_(rdzv),
+      active_(active),
+      comm_(std::move(comm)),
+      interval_(interval),
+      joiners_interrupt_(joiners_interrupt),
+      thread_([this] { loop(); }) {}
 
 Watchdog::~Watchdog() {
   {
@@ -52,7 +55,7 @@ std::string Watchdog::check() {
         return id + " left generation " + std::to_string(active_.number) + " to recover";
       }
     }
-    join_waiting_ = true;
+    if (joiners_interrupt_) join_waiting_ = true;
     return "";
   } catch (const std::exception& e) {
     return std::string("the store failed: ") + e.what();

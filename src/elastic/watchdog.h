@@ -22,8 +22,9 @@ namespace tenax::detail {
 // is recovering) aborts too. The destructor stops the thread without waiting out an interval.
 class Watchdog {
  public:
+  // `joiners_interrupt` false: joiners never raise join_waiting() (they wait as spares).
   Watchdog(Rendezvous& rdzv, const Generation& active, std::shared_ptr<Communicator> comm,
-           std::chrono::milliseconds interval);
+           std::chrono::milliseconds interval, bool joiners_interrupt = true);
   ~Watchdog();
   Watchdog(const Watchdog&) = delete;
   Watchdog& operator=(const Watchdog&) = delete;
@@ -42,6 +43,7 @@ class Watchdog {
   const Generation active_;
   const std::shared_ptr<Communicator> comm_;
   const std::chrono::milliseconds interval_;
+  const bool joiners_interrupt_;
   std::atomic<bool> join_waiting_{false};
 
   mutable std::mutex mu_;

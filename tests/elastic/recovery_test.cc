@@ -332,6 +332,34 @@ TEST_F(RecoveryTest, TenaxrunRestartsAKilledWorkerWhichRejoinsWithItsStateFromPe
   EXPECT_GT(joiner["bytes"].get<int64_t>(), 0);
 }
 
+TEST_F(RecoveryTest, AWarmSpareTakesAKilledWorkersPlaceAndItsRestartWaitsAsTheNextSpare) {
+  // Three workers train, a fourth waits as a spare. w1 dies at step 10: the survivors re-form
+  // with the spare and stay at dp=3; restarted, w1 joins as the new spare without stopping
+  // anyone (one re-formation in all).
+  std::vector<std::string> cmd = {TENAXRUN, "--nproc-per-node", "3", "--spares", "1",
+                                  "--nnodes", "1:1", "--max-restarts", "1", "env",
+                                  "TENAX_FAULT=kill@10:rank=1"};
+  for (const auto& a : args({"--min-workers", "2"})) cmd.push_back(a);
+  auto r = run_command(cmd, {}, std::chrono::seconds(180));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("tenaxrun: worker w1 exited with status 137; restarting it"),
+            std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("generation 1: 3 ranks dp=3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("generation 2: 3 ranks dp=3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("w3 is standby in generation 1"), std::string::npos) << r.output;
+  const auto evs = events(r.output);
+  ASSERT_EQ(evs.size(), 1u) << r.output;
+  EXPECT_EQ(evs[0]["cause"], "failure") << r.output;
+  // The spare took w1's place, or (when the restarted w1 was back in time for the
+  // re-formation) w1 kept it and w3 stayed the spare.
+  EXPECT_TRUE(evs[0]["lost"] == nlohmann::json({"w1"}) || evs[0]["lost"].empty()) << r.output;
+  EXPECT_EQ(evs[0]["resumed_step"], evs[0]["failed_step"]) << r.output;
+  EXPECT_NE(r.output.find("llama_train: done, 24 steps, 1 re-formations"), std::string::npos)
+      << r.output;
+  expect_every_step_logged(r.output);
+  expect_baseline_loss(r.output);
+}
+
 TEST_F(RecoveryTest, ARestartedWorkerMakesTheMeshWholeAndTheStandbyActiveAgain) {
   // dp=2 x tp=2 loses w1: dp=1 x tp=2 and a standby; w1 restarted rejoins: dp=2 x tp=2 again.
   std::vector<std::string> cmd = {TENAXRUN, "--nproc-per-node", "4", "--nnodes", "1:1",

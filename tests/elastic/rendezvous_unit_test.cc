@@ -155,3 +155,12 @@ TEST(MemberOrderTest, WithOneHostOrNoneKnownTheOrderIsKeptAndWholeGroupsCount) {
   EXPECT_EQ(tenax::detail::members_in_whole_blocks({"", "", ""}, 2), 2);
   EXPECT_EQ(tenax::detail::members_in_whole_blocks({"h", "h", "h", "h", "h"}, 2), 4);
 }
+
+TEST(MemberOrderTest, IdsCompareByTheirTrailingNumber) {
+  using tenax::detail::natural_less;
+  EXPECT_TRUE(natural_less("w2", "w10"));
+  EXPECT_FALSE(natural_less("w10", "w2"));
+  EXPECT_TRUE(natural_less("a9", "b1"));
+  EXPECT_TRUE(natural_less("w", "w0"));
+  EXPECT_FALSE(natural_less("w3", "w3"));
+}

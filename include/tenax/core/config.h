@@ -42,12 +42,16 @@ struct TENAX_API Settings {
   std::string fault;
   // TENAX_RESTART_COUNT: how many times an agent has restarted this worker (0 when unset).
   int64_t restart_count = 0;
+  // TENAX_ACTIVE_WORKERS: the most workers an elastic job trains on, the rest warm spares
+  // (0 when unset: no limit). Set by tenaxrun --spares.
+  int64_t active_workers = 0;
   AwsEnvironment aws;
 };
 
 // The settings, read from the environment on the first call and returned unchanged after.
 // Throws ConfigError naming the variable when one is malformed (TENAX_TIMEOUT not a positive
-// number, TENAX_SHM or TENAX_RESTART_COUNT not an integer); a later call tries again.
+// number, TENAX_SHM, TENAX_RESTART_COUNT or TENAX_ACTIVE_WORKERS not an integer); a later call
+// tries again.
 TENAX_API const Settings& settings();
 
 // Returns the value of environment variable `name`, or nullopt when it is unset or empty. For

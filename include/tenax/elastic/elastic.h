@@ -40,6 +40,12 @@ struct TENAX_API ElasticOptions {
   std::string member;
   // Ranks per model replica (tp·pp): the active world is the largest multiple of it.
   int group = 1;
+  // Train on at most this many members (0: all that form whole groups). The others wait as
+  // warm spares (process started, job built, in the rendezvous): one takes a lost member's
+  // place at the next re-formation, and a worker that joins while the active world is full
+  // waits as a spare without interrupting training. 0: TENAX_ACTIVE_WORKERS when the launcher
+  // sets it (tenaxrun --spares).
+  int max_active = 0;
   Backend backend = Backend::kGloo;
   std::chrono::milliseconds comm_timeout{0};  // bound on every collective (0: TENAX_TIMEOUT)
   // Memory (and peer, and durable) tiers. run "" : the rendezvous run. member and generation

@@ -68,8 +68,10 @@ class TENAX_API Rendezvous {
   // returns it once closed with this member in it. `joined`, when given, runs once this
   // member's id is in the generation's list (e.g. to abort the old communicator, so members
   // still blocked in it come to the rendezvous too). Returns a generation without members
-  // (rank -1) when the job ends (finish()) while it waits. Throws TimeoutError saying how many
-  // joined when fewer than min_workers join within join_timeout.
+  // (rank -1) when the job ends (finish()) while it waits. While members of the previous
+  // generation are alive and training without it, it waits for them (a warm spare waits so
+  // until one is lost); otherwise throws TimeoutError saying how many joined when fewer than
+  // min_workers join within join_timeout.
   Generation next(const std::function<void()>& joined = {});
 
   // True iff a generation newer than `gen` has been opened: its members must call next().
