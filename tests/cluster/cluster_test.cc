@@ -183,7 +183,8 @@ TEST_F(ClusterTest, TheHierarchicalAllReduceAcrossUnevenHostsMatchesTheReference
 // host against the store that h1's tenaxrun serves.
 class ElasticClusterTest : public ClusterTest {
  protected:
-  static constexpr int kSteps = 30;
+  // Long enough that a failure at step 10 lands mid-job on a loaded machine.
+  static constexpr int kSteps = 60;
   static constexpr int kStorePort = 29400;
   static constexpr int kFencedExit = 75;  // tenax::kFencedExitCode, as tenaxrun passes it on
 
@@ -358,7 +359,7 @@ TEST_F(ElasticClusterTest, ANodeCrashLosesNoCompletedStepAndTheLostStateComesFro
 }
 
 TEST_F(ElasticClusterTest, APartitionedHostIsFencedOutWhileTheOthersGoOnAndRejoinsWhenHealed) {
-  constexpr int kLong = 70;  // room for the healed host to rejoin before the end
+  constexpr int kLong = 80;  // room for the healed host to rejoin before the end
   SimCluster c({"h1", "h2", "h3"});
   Agents a = start_agents(c, "2:3", kLong);
   ASSERT_TRUE(wait_for(a, step_line(10, kLong))) << all(a);
@@ -400,7 +401,7 @@ TEST_F(ElasticClusterTest, APartitionedHostIsFencedOutWhileTheOthersGoOnAndRejoi
 }
 
 TEST_F(ElasticClusterTest, ABrandNewHostReplacesACrashedOneAndTheJobIsBackAtFullSize) {
-  constexpr int kLong = 70;
+  constexpr int kLong = 80;
   SimCluster c({"h1", "h2", "h3"});
   Agents a = start_agents(c, "2:3", kLong);
   ASSERT_TRUE(wait_for(a, step_line(10, kLong))) << all(a);
