@@ -58,14 +58,13 @@ void ElasticRunner::run(ElasticJob& job, int64_t steps) {
     log(LogLevel::kInfo, "elastic: recovery " + ev.to_json());
     if (on_event) on_event(ev);
   });
+  // The loop answers for this member's fencing while it runs, however it ends.
+  struct FenceHandler {
+    Rendezvous& rdzv;
+    ~FenceHandler() { rdzv.set_on_fenced(nullptr); }
+  } handler{*rdzv_};
   rdzv_->set_on_fenced([&loop](const std::string& why) { loop.fenced(why); });
-  try {
-    loop.run();
-  } catch (...) {
-    rdzv_->set_on_fenced(nullptr);
-    throw;
-  }
-  rdzv_->set_on_fenced(nullptr);
+  loop.run();
 }
 
 }  // namespace tenax

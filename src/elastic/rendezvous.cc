@@ -32,6 +32,26 @@ std::vector<std::string> parse_list(const std::string& key,
   }
 }
 
+// A closed generation's record (`g<N>/final`): {"members": [ids], "hosts": [their hosts]}.
+Generation parse_final(const std::string& key, const std::optional<std::string>& text) {
+  Generation gen;
+  if (!text || text->empty()) return gen;
+  try {
+    const auto j = nlohmann::json::parse(*text);
+    gen.members = j.at("members").get<std::vector<std::string>>();
+    gen.hosts = j.at("hosts").get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw StoreError("rendezvous: the record under '" + key +
+                     "' is not a closed generation's members and hosts (" + e.what() + ")");
+  }
+  if (gen.hosts.size() != gen.members.size()) {
+    throw StoreError("rendezvous: the record under '" + key + "' has " +
+                     std::to_string(gen.members.size()) + " members and " +
+                     std::to_string(gen.hosts.size()) + " hosts");
+  }
+  return gen;
+}
+
 std::string join_ids(const std::vector<std::string>& ids) {
   std::string s;
   for (const auto& id : ids) s += (s.empty() ? "" : ", ") + id;
@@ -133,8 +153,15 @@ void Rendezvous::close(int64_t n, const std::vector<std::string>& arrivals,
       return place(a) < place(b);
     });
   }
-  order = detail::group_by_host(order, hosts_of(order), o_.group);
-  store_->compare_set(key("g" + std::to_string(n) + "/final"), "", nlohmann::json(order).dump());
+  const auto host_of = hosts_of(order);
+  order = detail::group_by_host(order, host_of, o_.group);
+  std::vector<std::string> hosts;
+  for (const auto& id : order) {
+    auto it = host_of.find(id);
+    hosts.push_back(it == host_of.end() ? "" : it->second);
+  }
+  const nlohmann::json record = {{"members", order}, {"hosts", hosts}};
+  store_->compare_set(key("g" + std::to_string(n) + "/final"), "", record.dump());
 }
 
 std::map<std::string, std::string> Rendezvous::hosts_of(const std::vector<std::string>& ids) {
@@ -202,25 +229,18 @@ Generation Rendezvous::next(const std::function<void()>& on_joined) {
     // After the first generation, a generation closes only with every live member of the one
     // before (or at max_workers): a joiner alone must never form a second, split world while
     // the others train. Members whose heartbeat stopped are counted out here too.
-    Generation previous;
-    previous.number = n - 1;
     const std::string previous_key = key("g" + std::to_string(n - 1) + "/final");
-    previous.members = parse_list(previous_key, store_->try_get(previous_key));
+    Generation previous = parse_final(previous_key, store_->try_get(previous_key));
+    previous.number = n - 1;
     const bool first = previous.members.empty();
     auto next_liveness_check = Clock::now();
     for (;;) {
       if (auto final = store_->try_get(g + "/final")) {
-        Generation gen;
+        Generation gen = parse_final(g + "/final", final);
         gen.number = n;
-        gen.members = parse_list(g + "/final", final);
         auto me = std::find(gen.members.begin(), gen.members.end(), id_);
         if (me == gen.members.end()) break;  // closed without us (full): try the next one
         gen.rank = static_cast<int>(me - gen.members.begin());
-        const auto hosts = hosts_of(gen.members);
-        for (const auto& m : gen.members) {
-          auto it = hosts.find(m);
-          gen.hosts.push_back(it == hosts.end() ? "" : it->second);
-        }
         last_members_ = gen.members;
         return gen;
       }

@@ -146,10 +146,10 @@ std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point b
 }
 
 RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
+  const Generation active = active_part(gen);
   // With the active world at max_active, a joiner only adds a spare: training goes on.
-  const bool full =
-      o_.max_active > 0 && active_part(gen).size() >= o_.max_active / o_.group * o_.group;
-  Watchdog watchdog(rdzv_, active_part(gen), acomm_, o_.rendezvous.heartbeat_interval,
+  const bool full = o_.max_active > 0 && active.size() >= o_.max_active / o_.group * o_.group;
+  Watchdog watchdog(rdzv_, active, acomm_, o_.rendezvous.heartbeat_interval,
                     /*joiners_interrupt=*/!full);
   at::Tensor flag = at::full({1}, 0, at::kLong);
   int64_t saved = step;  // the newest step in the memory tier
