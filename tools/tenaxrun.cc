@@ -2,9 +2,11 @@
 //
 //   tenaxrun --nproc-per-node N [--timeout SEC] PROGRAM [ARGS...]
 //   tenaxrun --nproc-per-node N --nnodes MIN:MAX [--max-restarts K] [--node-rank R]
-//            [--spares S] [--rdzv-endpoint HOST:PORT [--host-store]] PROGRAM [ARGS...]
+//            [--spares S] [--rdzv-endpoint HOST:PORT [--host-store] | etcd://H:P,...]
+//            PROGRAM [ARGS...]
 //
-// Hosts the store (or uses the one at --rdzv-endpoint, hosting it there with --host-store),
+// Hosts the store (or uses the one at --rdzv-endpoint, hosting it there with --host-store, or
+// the etcd cluster it names: TENAX_STORE_ADDR=etcd://…, credentials from TENAX_ETCD_*),
 // gives each rank RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
 // TENAX_STORE_ADDR and TENAX_STORE_TOKEN (fresh, unless the environment has one), prefixes each
 // output line with "[rank N] " and forwards SIGINT/SIGTERM/SIGHUP to the ranks.
@@ -45,6 +47,7 @@
 #include <string>
 #include <vector>
 
+#include "tenax/comm/etcd_store.h"
 #include "tenax/comm/store_server.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
@@ -54,7 +57,9 @@ ABSL_FLAG(std::string, timeout, "", "TENAX_TIMEOUT of the ranks, in seconds");
 ABSL_FLAG(std::string, nnodes, "", "MIN:MAX hosts of an elastic job, one tenaxrun on each");
 ABSL_FLAG(int, max_restarts, 0, "elastic: restarts of failed workers, in all");
 ABSL_FLAG(int, node_rank, 0, "this host's index among the job's hosts");
-ABSL_FLAG(std::string, rdzv_endpoint, "", "HOST:PORT of the job's store, shared by every host");
+ABSL_FLAG(std::string, rdzv_endpoint, "",
+          "HOST:PORT of the job's store, or etcd://H1:P1,H2:P2[/prefix] for an etcd cluster; "
+          "shared by every host");
 ABSL_FLAG(bool, host_store, false, "serve the store at --rdzv-endpoint from this host");
 ABSL_FLAG(int, spares, 0, "elastic: warm spare workers per host, started ahead as standby");
 
@@ -75,7 +80,7 @@ struct Rank {
   std::fprintf(stderr,
                "tenaxrun: %s\nusage: tenaxrun --nproc-per-node N [--timeout SEC] [--nnodes "
                "MIN:MAX] [--max-restarts K] [--node-rank R] [--rdzv-endpoint HOST:PORT "
-               "[--host-store]] PROGRAM [ARGS...]\n",
+               "[--host-store] | etcd://HOST:PORT,...] PROGRAM [ARGS...]\n",
                msg.c_str());
   std::exit(2);
 }
@@ -170,8 +175,16 @@ Plan read_plan(int argc, char** argv) {
     p.max_nodes = colon == std::string::npos ? p.min_nodes : count(v.substr(colon + 1), "MAX");
     if (p.max_nodes < p.min_nodes) usage("--nnodes MIN:MAX needs MIN <= MAX");
   }
-  if (!p.endpoint.empty() && p.endpoint.find(':') == std::string::npos) {
-    usage("--rdzv-endpoint must be HOST:PORT");
+  const bool etcd = p.endpoint.rfind("etcd://", 0) == 0 || p.endpoint.rfind("etcds://", 0) == 0;
+  if (etcd) {
+    try {
+      tenax::EtcdOptions::parse(p.endpoint);
+    } catch (const tenax::Error& e) {
+      usage(std::string("--rdzv-endpoint: ") + e.what());
+    }
+    if (p.host_store) usage("--host-store serves a TCP store; an etcd cluster runs on its own");
+  } else if (!p.endpoint.empty() && p.endpoint.find(':') == std::string::npos) {
+    usage("--rdzv-endpoint must be HOST:PORT or etcd://HOST:PORT[,HOST:PORT...]");
   }
   if (p.nproc < 1) usage("--nproc-per-node is required");
   if (p.spares < 0) usage("--spares must be 0 or more");
@@ -226,6 +239,7 @@ int exit_code(int status) {
 // environment's token; otherwise the token is fresh.
 struct Store {
   std::string host = "127.0.0.1", port, token;
+  std::string etcd;  // the etcd address, when the store is an etcd cluster
   std::unique_ptr<tenax::StoreServer> server;
 };
 
@@ -236,7 +250,9 @@ Store start_store(const Plan& plan) {
   const auto env_token = tenax::env_string("TENAX_STORE_TOKEN");
   Store st;
   st.token = plan.endpoint.empty() || !env_token ? fresh : *env_token;
-  if (plan.endpoint.empty()) {
+  if (plan.endpoint.rfind("etcd", 0) == 0) {
+    st.etcd = plan.endpoint;
+  } else if (plan.endpoint.empty()) {
     st.server = std::make_unique<tenax::StoreServer>("127.0.0.1", 0, st.token);
     st.port = std::to_string(st.server->port());
   } else {
@@ -289,9 +305,13 @@ void Agent::exec_rank(int local, int restart_count) {
   setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
   setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
   setenv("LOCAL_WORLD_SIZE", std::to_string(plan_.workers()).c_str(), 1);
-  setenv("MASTER_ADDR", store_.host.c_str(), 1);
-  setenv("MASTER_PORT", store_.port.c_str(), 1);
-  setenv("TENAX_STORE_ADDR", (store_.host + ":" + store_.port).c_str(), 1);
+  if (store_.etcd.empty()) {
+    setenv("MASTER_ADDR", store_.host.c_str(), 1);
+    setenv("MASTER_PORT", store_.port.c_str(), 1);
+    setenv("TENAX_STORE_ADDR", (store_.host + ":" + store_.port).c_str(), 1);
+  } else {
+    setenv("TENAX_STORE_ADDR", store_.etcd.c_str(), 1);
+  }
   setenv("TENAX_STORE_TOKEN", store_.token.c_str(), 1);
   setenv("TENAX_LAUNCHER", "tenaxrun", 1);
   if (plan_.elastic) {

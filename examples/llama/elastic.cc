@@ -91,7 +91,7 @@ int64_t elastic_micro_batch(int64_t global_batch, int dp, int64_t wanted) {
 }
 
 void run_elastic(const ElasticRunOptions& options, StepLog& log,
-                 std::shared_ptr<tenax::TcpStore> store) {
+                 std::shared_ptr<tenax::Store> store) {
   tenax::ElasticOptions eo = options.elastic;
   eo.group = options.train.tp * options.train.pp;
   if (options.train.device == "cuda") eo.backend = tenax::Backend::kNccl;

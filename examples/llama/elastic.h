@@ -26,7 +26,7 @@ struct ElasticRunOptions {
 // line per recovery event on the first active rank. Returns on every member once the job is
 // done.
 void run_elastic(const ElasticRunOptions& options, StepLog& log,
-                 std::shared_ptr<tenax::TcpStore> store);
+                 std::shared_ptr<tenax::Store> store);
 
 // The micro-batch for `dp` ranks: the largest divisor of global_batch / dp not above `wanted`.
 // Throws ConfigError when dp does not divide global_batch.

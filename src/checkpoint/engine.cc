@@ -31,7 +31,7 @@ void background_priority(int nice) {
 }  // namespace
 
 CheckpointEngine::Impl::Impl(CheckpointOptions o, std::shared_ptr<Communicator> comm,
-                             std::shared_ptr<TcpStore> store)
+                             std::shared_ptr<Store> store)
     : o_(std::move(o)),
       comm_(std::move(comm)),
       store_(std::move(store)),
@@ -304,7 +304,7 @@ void CheckpointEngine::Impl::commit_loop() {
 }
 
 CheckpointEngine::CheckpointEngine(CheckpointOptions options, std::shared_ptr<Communicator> comm,
-                                   std::shared_ptr<TcpStore> store)
+                                   std::shared_ptr<Store> store)
     : impl_(std::make_unique<Impl>(std::move(options), std::move(comm), std::move(store))) {}
 CheckpointEngine::~CheckpointEngine() = default;
 void CheckpointEngine::save(int64_t step, const StateDict& state) { impl_->save(step, state); }

@@ -53,7 +53,7 @@ class TENAX_INTERNAL CheckpointEngine::Impl {
     bool replicate = true;
   };
 
-  Impl(CheckpointOptions o, std::shared_ptr<Communicator> comm, std::shared_ptr<TcpStore> store);
+  Impl(CheckpointOptions o, std::shared_ptr<Communicator> comm, std::shared_ptr<Store> store);
   ~Impl();
 
   // --- the caller's thread (engine.cc, engine_restore.cc) ---
@@ -156,7 +156,7 @@ class TENAX_INTERNAL CheckpointEngine::Impl {
   // Set at construction, read-only after.
   CheckpointOptions o_;
   std::shared_ptr<Communicator> comm_;  // training's: restore() and the engine-id broadcast
-  std::shared_ptr<TcpStore> store_;
+  std::shared_ptr<Store> store_;
   std::string member_;
   // The slots. A region's bytes are written by the thread that holds the slot (save() while
   // busy_, then the committer); the persister and the replicator read it while they pin it;
@@ -187,7 +187,7 @@ class TENAX_INTERNAL CheckpointEngine::Impl {
   std::string last_error_;
 
   // The persister thread only.
-  std::shared_ptr<TcpStore> persist_store_;    // its own connection
+  std::shared_ptr<Store> persist_store_;    // its own connection
   std::map<std::string, std::string> owners_;  // which rank stores each replicated part
   std::vector<detail::AlignedBuffer> spare_;   // buffers for the next copy_out
 

@@ -74,7 +74,7 @@ CheckpointEngine::Impl::Upload CheckpointEngine::Impl::copy_out(const Job& job) 
   const char* data = memory_.region(job.slot).data();
   const int rank = comm_->rank();
   const std::string file = rank_file(rank);
-  TcpStore& st = *persist_store_;
+  Store& st = *persist_store_;
   Upload up;
   up.step = job.step;
   up.ints = l.ints;
@@ -151,7 +151,7 @@ void CheckpointEngine::Impl::recycle(Upload& up) {
 void CheckpointEngine::Impl::persist(const Upload& up) {
   const int rank = comm_->rank(), world = comm_->size();
   const std::string dir = step_dir(o_.run, up.step);
-  TcpStore& st = *persist_store_;
+  Store& st = *persist_store_;
   const auto& objects = up.objects;
   detail::parallel_for(objects.size(), static_cast<size_t>(std::max(1, o_.s3.parallel_parts)),
                        [&](size_t k) {

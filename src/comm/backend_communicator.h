@@ -21,10 +21,10 @@ struct CommIdentity {
   std::string name;
   std::string prefix;  // the communicator's keys in the store: "tenax/comm/<name>"
   std::chrono::milliseconds timeout{30000};
-  std::shared_ptr<TcpStore> store;
+  std::shared_ptr<Store> store;
 
   // Fills the members from the constructor's arguments; a zero timeout means the default.
-  void init(std::shared_ptr<TcpStore> s, int r, int n, const CommOptions& opts);
+  void init(std::shared_ptr<Store> s, int r, int n, const CommOptions& opts);
 };
 
 class TENAX_INTERNAL BackendCommunicator : public Communicator {

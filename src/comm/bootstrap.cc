@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "comm/net.h"
+#include "tenax/comm/etcd_store.h"
 #include "tenax/comm/init.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
@@ -69,13 +70,18 @@ void check_identity(LaunchInfo& info, const char* rank_var, const char* size_var
 
 void parse_master(LaunchInfo& info) {
   if (auto addr = env_string("TENAX_STORE_ADDR")) {
+    info.host_store = false;
+    if (addr->rfind("etcd://", 0) == 0 || addr->rfind("etcds://", 0) == 0) {
+      EtcdOptions::parse(*addr);  // a malformed address fails here, naming it
+      info.store_address = *addr;
+      return;
+    }
     size_t colon = addr->rfind(':');
     if (colon == std::string::npos) {
-      throw ConfigError("TENAX_STORE_ADDR='" + *addr + "' must be host:port");
+      throw ConfigError("TENAX_STORE_ADDR='" + *addr + "' must be host:port or etcd://…");
     }
     info.store_host = addr->substr(0, colon);
     info.store_port = std::atoi(addr->c_str() + colon + 1);
-    info.host_store = false;
     return;
   }
   info.store_host = env_string("MASTER_ADDR").value_or("");
@@ -107,6 +113,7 @@ LaunchInfo detect_launch() {
     info.local_rank = std::max(0, env_rank_var("OMPI_COMM_WORLD_LOCAL_RANK"));
     info.local_size = static_cast<int>(env_int("OMPI_COMM_WORLD_LOCAL_SIZE", 1));
     check_identity(info, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE");
+    if (env_string("TENAX_STORE_ADDR")) parse_master(info);
   } else if (env_string("SLURM_PROCID")) {
     info.launcher = "slurm";
     info.rank = env_rank_var("SLURM_PROCID");
@@ -143,11 +150,11 @@ namespace {
 // survives rank 0's death. It leaves once it has had clients and none for 5 s (the job is
 // over), or when nobody came within `idle` of its start. Returns the bound port.
 int spawn_store_process(const std::string& bind_host, int port, const std::string& token,
-                        std::chrono::milliseconds idle) {
+                        std::chrono::milliseconds idle, const std::string& launcher) {
   int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw StoreError("mpirun bootstrap: pipe failed");
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw StoreError(launcher + " bootstrap: pipe failed");
   const pid_t child = ::fork();
-  if (child < 0) throw StoreError("mpirun bootstrap: fork failed for the store process");
+  if (child < 0) throw StoreError(launcher + " bootstrap: fork failed for the store process");
   if (child == 0) {
     ::setsid();
     if (::fork() != 0) ::_exit(0);  // the store is the grandchild: init reaps it
@@ -189,7 +196,7 @@ int spawn_store_process(const std::string& bind_host, int port, const std::strin
   }
   ::close(fds[0]);
   if (bound <= 0) {
-    throw StoreError("mpirun bootstrap: the store process could not listen on " + bind_host +
+    throw StoreError(launcher + " bootstrap: the store process could not listen on " + bind_host +
                      ":" + std::to_string(port));
   }
   return bound;
@@ -205,7 +212,8 @@ void mpi_exchange_store(LaunchInfo& info) {
     std::string token = info.token.empty() ? random_token() : info.token;
     const int port = spawn_store_process(local_job ? "127.0.0.1" : "0.0.0.0",
                                          static_cast<int>(env_int("TENAX_STORE_PORT", 0)),
-                                         token, default_timeout() + std::chrono::seconds(60));
+                                         token, default_timeout() + std::chrono::seconds(60),
+                                         "mpirun");
     std::snprintf(buf, sizeof(buf), "%s %d %s", host.c_str(), port, token.c_str());
   }
   int initialized = 0;
@@ -230,7 +238,7 @@ World connect(InitOptions options) {
   w.info = detect_launch();
   LaunchInfo& info = w.info;
   const auto timeout = options.timeout.count() > 0 ? options.timeout : default_timeout();
-  if (info.launcher == "mpirun") {
+  if (info.launcher == "mpirun" && info.store_host.empty() && info.store_address.empty()) {
     mpi_exchange_store(info);
   } else if (info.launcher == "single") {
     info.token = random_token();
@@ -242,11 +250,16 @@ World connect(InitOptions options) {
       log(LogLevel::kWarning, "TENAX_STORE_TOKEN is not set: the store accepts any client that "
                               "knows its address");
     }
+    // A process of its own, never this rank's: the job outlives rank 0.
     const bool local_job = info.local_size == info.size;
-    w.store_server = std::make_shared<StoreServer>(local_job ? info.store_host : "0.0.0.0",
-                                                   info.store_port, info.token);
+    spawn_store_process(local_job ? info.store_host : "0.0.0.0", info.store_port, info.token,
+                        timeout + std::chrono::seconds(60), info.launcher);
   }
-  w.store = TcpStore::connect(info.store_host, info.store_port, info.token, timeout);
+  if (!info.store_address.empty()) {
+    w.store = open_store(info.store_address, info.token, timeout);
+  } else {
+    w.store = TcpStore::connect(info.store_host, info.store_port, info.token, timeout);
+  }
   w.rank = info.rank;
   w.size = info.size;
   w.local_rank = info.local_rank;

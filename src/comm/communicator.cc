@@ -22,7 +22,7 @@ std::atomic<int64_t> g_wait_ns{0};
 }  // namespace
 
 namespace detail {
-void CommIdentity::init(std::shared_ptr<TcpStore> s, int r, int n, const CommOptions& opts) {
+void CommIdentity::init(std::shared_ptr<Store> s, int r, int n, const CommOptions& opts) {
   rank = r;
   size = n;
   name = opts.name;
@@ -94,7 +94,7 @@ void ignore_sigpipe() {
 }  // namespace
 
 std::shared_ptr<Communicator> create_communicator(Backend backend,
-                                                  std::shared_ptr<TcpStore> store, int rank,
+                                                  std::shared_ptr<Store> store, int rank,
                                                   int size, CommOptions options) {
   if (size < 1) {
     throw ConfigError("world size must be at least 1 (got " + std::to_string(size) + ")");

@@ -72,7 +72,7 @@ std::exception_ptr FaultRecord::to_exception() const {
 
 namespace tenax::detail {
 
-FaultChannel::FaultChannel(std::shared_ptr<TcpStore> store, std::string prefix, int rank,
+FaultChannel::FaultChannel(std::shared_ptr<Store> store, std::string prefix, int rank,
                            const FaultRecord& gone, std::function<void(const FaultRecord&)> on_fault)
     : store_(std::move(store)),
       fault_key_(prefix + "/fault"),

@@ -40,7 +40,7 @@ std::string join_ranks(const std::vector<int>& ranks);
 #include <thread>
 
 namespace tenax {
-class TcpStore;
+class Store;
 }  // namespace tenax
 
 namespace tenax::detail {
@@ -52,7 +52,7 @@ namespace tenax::detail {
 //  - publishes a fault (first writer wins) so every rank raises the same error.
 class FaultChannel {
  public:
-  FaultChannel(std::shared_ptr<TcpStore> store, std::string prefix, int rank,
+  FaultChannel(std::shared_ptr<Store> store, std::string prefix, int rank,
                const FaultRecord& gone, std::function<void(const FaultRecord&)> on_fault);
   // Calls stop().
   ~FaultChannel();
@@ -68,7 +68,7 @@ class FaultChannel {
  private:
   void watch();
 
-  std::shared_ptr<TcpStore> store_, watch_store_;
+  std::shared_ptr<Store> store_, watch_store_;
   std::string fault_key_, wake_key_;
   std::function<void(const FaultRecord&)> on_fault_;
   std::atomic<bool> stopping_{false};

@@ -39,7 +39,7 @@ using namespace detail;
 
 class GlooCommunicator : public BackendCommunicator {
  public:
-  GlooCommunicator(std::shared_ptr<TcpStore> store, int rank, int size, const CommOptions& opts)
+  GlooCommunicator(std::shared_ptr<Store> store, int rank, int size, const CommOptions& opts)
       : st_(std::make_shared<GlooState>()) {
     st_->init(std::move(store), rank, size, opts);
 
@@ -376,7 +376,7 @@ class GlooCommunicator : public BackendCommunicator {
 
 }  // namespace
 
-std::shared_ptr<Communicator> detail::create_gloo_communicator(std::shared_ptr<TcpStore> store, int rank,
+std::shared_ptr<Communicator> detail::create_gloo_communicator(std::shared_ptr<Store> store, int rank,
                                                        int size, const CommOptions& options) {
   return std::make_shared<GlooCommunicator>(std::move(store), rank, size, options);
 }

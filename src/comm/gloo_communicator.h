@@ -9,7 +9,7 @@
 
 namespace tenax::detail {
 
-std::shared_ptr<Communicator> create_gloo_communicator(std::shared_ptr<TcpStore> store, int rank,
+std::shared_ptr<Communicator> create_gloo_communicator(std::shared_ptr<Store> store, int rank,
                                                        int size, const CommOptions& options);
 
 }  // namespace tenax::detail

@@ -156,7 +156,7 @@ class NcclWork : public Work {
 
 class NcclCommunicator : public BackendCommunicator {
  public:
-  NcclCommunicator(std::shared_ptr<TcpStore> store, int rank, int size, const CommOptions& opts,
+  NcclCommunicator(std::shared_ptr<Store> store, int rank, int size, const CommOptions& opts,
                    ncclComm_t parent_split = nullptr)
       : st_(std::make_shared<NcclState>()) {
     st_->init(std::move(store), rank, size, opts);
@@ -376,7 +376,7 @@ int detail::nccl_device_count() {
   return n;
 }
 
-std::shared_ptr<Communicator> detail::create_nccl_communicator(std::shared_ptr<TcpStore> store, int rank,
+std::shared_ptr<Communicator> detail::create_nccl_communicator(std::shared_ptr<Store> store, int rank,
                                                        int size, const CommOptions& options) {
   return std::make_shared<NcclCommunicator>(std::move(store), rank, size, options);
 }

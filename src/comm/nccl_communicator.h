@@ -14,7 +14,7 @@ namespace tenax::detail {
 // Number of visible CUDA devices (0 when the driver or devices are missing). Never throws.
 int nccl_device_count();
 
-std::shared_ptr<Communicator> create_nccl_communicator(std::shared_ptr<TcpStore> store, int rank,
+std::shared_ptr<Communicator> create_nccl_communicator(std::shared_ptr<Store> store, int rank,
                                                        int size, const CommOptions& options);
 
 }  // namespace tenax::detail

@@ -71,7 +71,7 @@ size_t slot_bytes_for(int size) {
 
 }  // namespace
 
-std::unique_ptr<ShmAllReduce> ShmAllReduce::create(TcpStore& store, const std::string& prefix,
+std::unique_ptr<ShmAllReduce> ShmAllReduce::create(Store& store, const std::string& prefix,
                                                    int rank, int size, Ms timeout,
                                                    bool enabled) {
   if (size < 2) return nullptr;

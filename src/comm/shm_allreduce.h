@@ -30,7 +30,7 @@
 
 namespace tenax {
 
-class TcpStore;
+class Store;
 
 namespace detail {
 
@@ -49,7 +49,7 @@ class ShmAllReduce {
   // when all match, rank 0 creates the segment, the others map it, and rank 0 unlinks its name
   // once all have (so nothing outlives the processes). Returns null when the ranks are not all
   // on this host or any rank passed enabled = false.
-  static std::unique_ptr<ShmAllReduce> create(TcpStore& store, const std::string& prefix,
+  static std::unique_ptr<ShmAllReduce> create(Store& store, const std::string& prefix,
                                               int rank, int size,
                                               std::chrono::milliseconds timeout, bool enabled);
   ~ShmAllReduce();

@@ -1,18 +1,23 @@
 #include "tenax/comm/store_server.h"
 
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <fcntl.h>
 #include <list>
 #include <map>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "comm/net.h"
 #include "comm/store_protocol.h"
+#include "tenax/core/config.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
 
@@ -24,11 +29,52 @@ using detail::store_wire::Op;
 using detail::store_wire::Status;
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+// Equal iff `given` is `secret`, in time that depends on the secret's length only.
+bool same_secret(const std::string& given, const std::string& secret) {
+  unsigned char diff = given.size() != secret.size();
+  for (size_t i = 0; i < secret.size(); ++i) {
+    diff |= static_cast<unsigned char>(secret[i] ^ (given.empty() ? 0 : given[i % given.size()]));
+  }
+  return diff == 0;
+}
+
+std::string peer_of(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return "?";
+  char host[INET6_ADDRSTRLEN] = {0};
+  int port = 0;
+  if (addr.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<const sockaddr_in*>(&addr);
+    ::inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    port = ntohs(a->sin_port);
+  } else if (addr.ss_family == AF_INET6) {
+    auto* a = reinterpret_cast<const sockaddr_in6*>(&addr);
+    ::inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+    port = ntohs(a->sin6_port);
+  }
+  return std::string(host) + ":" + std::to_string(port);
+}
+
+}  // namespace
+
+StoreLimits StoreLimits::from_env() {
+  StoreLimits l;
+  const StoreServerEnvironment& env = settings().store_server;
+  if (env.max_frame > 0) l.max_frame = static_cast<size_t>(env.max_frame);
+  if (env.hello_timeout_ms > 0) l.hello_timeout = std::chrono::milliseconds(env.hello_timeout_ms);
+  if (env.max_unauthenticated > 0) l.max_unauthenticated = static_cast<int>(env.max_unauthenticated);
+  return l;
+}
+
 // Single-threaded poll() loop. Requests that wait for keys are parked and answered when the
 // keys appear or their deadline passes, so one slow waiter never blocks other clients.
 class TENAX_INTERNAL StoreServer::Impl {
  public:
-  Impl(int listen_fd, std::string token) : listen_fd_(listen_fd), token_(std::move(token)) {
+  Impl(int listen_fd, std::string token, StoreLimits limits)
+      : listen_fd_(listen_fd), token_(std::move(token)), limits_(limits) {
     if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) throw StoreError("pipe failed");
     thread_ = std::thread([this] { run(); });
   }
@@ -52,6 +98,7 @@ class TENAX_INTERNAL StoreServer::Impl {
  private:
   struct Conn {
     std::string in, out;
+    Clock::time_point accepted;
     bool authed = false;
     bool said_bye = false;
     bool parked = false;
@@ -77,9 +124,13 @@ class TENAX_INTERNAL StoreServer::Impl {
       }
       int timeout_ms = 1000;
       auto now = Clock::now();
-      for (auto& p : parked_) {
-        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(p.deadline - now).count();
+      auto until = [&](Clock::time_point deadline) {
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count();
         timeout_ms = static_cast<int>(std::max<long long>(0, std::min<long long>(timeout_ms, ms + 1)));
+      };
+      for (auto& p : parked_) until(p.deadline);
+      for (auto& [fd, c] : conns_) {
+        if (!c.authed) until(c.accepted + limits_.hello_timeout);
       }
       int rc = ::poll(fds.data(), fds.size(), timeout_ms);
       if (rc < 0 && errno != EINTR) break;
@@ -95,6 +146,7 @@ class TENAX_INTERNAL StoreServer::Impl {
         if (!alive) drop(fd);
       }
       expire_parked();
+      expire_hellos();
     }
   }
 
@@ -102,9 +154,81 @@ class TENAX_INTERNAL StoreServer::Impl {
     for (;;) {
       int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) return;
-      conns_.emplace(fd, Conn{});
-      clients_.store(static_cast<int>(conns_.size()));
+      // Room for the newcomer: the oldest connection still to authenticate goes.
+      int waiting = 0, oldest = -1;
+      for (auto& [other, c] : conns_) {
+        if (c.authed) continue;
+        ++waiting;
+        if (oldest < 0 || c.accepted < conns_[oldest].accepted) oldest = other;
+      }
+      if (waiting >= limits_.max_unauthenticated && oldest >= 0) {
+        refuse(oldest, "was the oldest of " + std::to_string(waiting) +
+                           " connections waiting to present the token (limit " +
+                           std::to_string(limits_.max_unauthenticated) + ")");
+      }
+      Conn c;
+      c.accepted = Clock::now();
+      conns_.emplace(fd, std::move(c));
     }
+  }
+
+  void expire_hellos() {
+    const auto now = Clock::now();
+    std::vector<int> late;
+    for (auto& [fd, c] : conns_) {
+      if (!c.authed && now - c.accepted > limits_.hello_timeout) late.push_back(fd);
+    }
+    for (int fd : late) {
+      refuse(fd, "did not present the token within " +
+                     std::to_string(limits_.hello_timeout.count()) + " ms");
+    }
+  }
+
+  // Why the bytes buffered from `c` break a limit ("" when they do not).
+  std::string over_limit(const Conn& c) const {
+    const size_t limit = c.authed ? limits_.max_frame : StoreLimits::kMaxHello;
+    if (c.in.size() >= 4) {
+      uint32_t len;
+      std::memcpy(&len, c.in.data(), 4);
+      if (len > limit) {
+        return "announced a frame of " + std::to_string(len) + " bytes (limit " +
+               std::to_string(limit) + (c.authed ? ")" : " before presenting the token)");
+      }
+    }
+    // Clients wait for each answer: more than two frames' worth queued is not a client's doing.
+    if (c.in.size() > 2 * (limit + 4)) {
+      return "sent " + std::to_string(c.in.size()) + " bytes ahead of its answers";
+    }
+    if (c.out.size() > 2 * (limits_.max_frame + 4)) {
+      return "left " + std::to_string(c.out.size()) + " bytes of answers unread";
+    }
+    return "";
+  }
+
+  // Drops `fd`, logging why: a few lines a second for each kind of reason, so that a flood of
+  // bad clients costs little and every kind still shows.
+  void refuse(int fd, const std::string& why) {
+    std::string kind;
+    for (char ch : why) {
+      if (!std::isdigit(static_cast<unsigned char>(ch))) kind += ch;
+    }
+    const auto now = Clock::now();
+    LogWindow& w = log_windows_[kind];
+    if (now - w.start > std::chrono::seconds(1)) {
+      if (w.muted > 0) {
+        log(LogLevel::kWarning, "store: dropped " + std::to_string(w.muted) +
+                                    " more clients that " + why);
+      }
+      w = LogWindow{now, 0, 0};
+    }
+    if (w.logged < 3) {
+      ++w.logged;
+      log(LogLevel::kWarning, "store: dropped client " + peer_of(fd) + ": it " + why);
+    } else {
+      ++w.muted;
+    }
+    conns_[fd].on_disconnect.clear();  // a refused client registered nothing that counts
+    drop(fd);
   }
 
   bool read_from(int fd) {
@@ -114,6 +238,11 @@ class TENAX_INTERNAL StoreServer::Impl {
       ssize_t k = ::recv(fd, buf, sizeof(buf), 0);
       if (k > 0) {
         c.in.append(buf, static_cast<size_t>(k));
+        const std::string why = over_limit(c);
+        if (!why.empty()) {
+          refuse(fd, why);
+          return false;  // dropped already; dropping again does nothing
+        }
         continue;
       }
       if (k < 0 && errno == EINTR) continue;
@@ -151,13 +280,18 @@ class TENAX_INTERNAL StoreServer::Impl {
     Decoder d(body);
     auto op = static_cast<Op>(d.u8());
     if (!c.authed) {
-      if (op != Op::kHello) return false;
-      if (d.str() != token_) {
+      if (op != Op::kHello) {
+        refuse_reason_ = "sent a request before presenting the token";
+        return false;
+      }
+      if (!same_secret(d.str(), token_)) {
         reply(c, Encoder().u8(uint8_t(Status::kError)).str("wrong store token").bytes());
         flush(fd);
+        refuse_reason_ = "presented a wrong token";
         return false;
       }
       c.authed = true;
+      clients_.fetch_add(1);
       reply(c, Encoder().u8(uint8_t(Status::kOk)).bytes());
       return true;
     }
@@ -349,9 +483,13 @@ class TENAX_INTERNAL StoreServer::Impl {
       std::string body = c.in.substr(4, len);
       c.in.erase(0, 4 + len);
       try {
-        if (!handle(fd, c, body)) return false;
+        if (!handle(fd, c, body)) {
+          if (!refuse_reason_.empty()) refuse(fd, std::exchange(refuse_reason_, std::string()));
+          return false;
+        }
       } catch (const StoreError&) {
-        return false;  // malformed request: drop the client
+        refuse(fd, "sent a malformed request");
+        return false;
       }
     }
     return flush(fd);
@@ -362,9 +500,9 @@ class TENAX_INTERNAL StoreServer::Impl {
     if (it == conns_.end()) return;
     auto on_disc = std::move(it->second.on_disconnect);
     parked_.remove_if([fd](const Parked& p) { return p.fd == fd; });
+    if (it->second.authed) clients_.fetch_sub(1);
     ::close(fd);
     conns_.erase(it);
-    clients_.store(static_cast<int>(conns_.size()));
     for (auto& [key, value] : on_disc) {
       if (data_.count(key) == 0) {
         log(LogLevel::kDebug, "store: client vanished, setting " + key);
@@ -375,6 +513,13 @@ class TENAX_INTERNAL StoreServer::Impl {
 
   int listen_fd_;
   std::string token_;
+  StoreLimits limits_;
+  std::string refuse_reason_;  // why handle() asked for a drop, to log
+  struct LogWindow {
+    Clock::time_point start;
+    int logged = 0, muted = 0;
+  };
+  std::map<std::string, LogWindow> log_windows_;
   int wake_[2] = {-1, -1};
   std::atomic<bool> stopping_{false};
   std::atomic<int> clients_{0};
@@ -384,10 +529,11 @@ class TENAX_INTERNAL StoreServer::Impl {
   std::list<Parked> parked_;
 };
 
-StoreServer::StoreServer(const std::string& host, int port, std::string token) {
+StoreServer::StoreServer(const std::string& host, int port, std::string token,
+                         StoreLimits limits) {
   int fd = detail::net::listen_tcp(host, port, &port_);
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
-  impl_ = std::make_unique<Impl>(fd, std::move(token));
+  impl_ = std::make_unique<Impl>(fd, std::move(token), limits);
 }
 
 StoreServer::~StoreServer() { stop(); }

@@ -154,9 +154,11 @@ void TcpStore::set_on_disconnect(const std::string& key, const std::string& valu
   call(Encoder().u8(uint8_t(Op::kOnDisconnect)).str(key).str(value).bytes(), {});
 }
 
-std::shared_ptr<TcpStore> TcpStore::clone() const {
+std::shared_ptr<Store> TcpStore::clone() const {
   return connect(host_, port_, token_, timeout_);
 }
+
+std::string TcpStore::describe() const { return "store at " + address(); }
 
 void TcpStore::interrupt() noexcept { ::shutdown(fd_, SHUT_RDWR); }
 

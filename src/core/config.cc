@@ -39,6 +39,16 @@ AwsEnvironment read_aws() {
   return a;
 }
 
+// A variable that, when set, must be a positive integer (0 when unset).
+int64_t positive(const char* name) {
+  const long long v = env_int(name, 0);
+  if (env_string(name) && v <= 0) {
+    throw ConfigError(std::string("environment variable ") + name + "='" + *env_string(name) +
+                      "' must be a positive integer");
+  }
+  return v;
+}
+
 Settings read_settings() {
   Settings s;
   s.timeout = parse_timeout();
@@ -50,6 +60,15 @@ Settings read_settings() {
   s.restart_count = env_int("TENAX_RESTART_COUNT", 0);
   s.active_workers = env_int("TENAX_ACTIVE_WORKERS", 0);
   s.aws = read_aws();
+  s.etcd.user = env_string("TENAX_ETCD_USER").value_or("");
+  s.etcd.password = env_string("TENAX_ETCD_PASSWORD").value_or("");
+  s.etcd.ca_file = env_string("TENAX_ETCD_CACERT").value_or("");
+  s.etcd.cert_file = env_string("TENAX_ETCD_CERT").value_or("");
+  s.etcd.key_file = env_string("TENAX_ETCD_KEY").value_or("");
+  s.etcd.lease_ttl_s = positive("TENAX_ETCD_LEASE_TTL");
+  s.store_server.max_frame = positive("TENAX_STORE_MAX_FRAME");
+  s.store_server.hello_timeout_ms = positive("TENAX_STORE_HELLO_TIMEOUT_MS");
+  s.store_server.max_unauthenticated = positive("TENAX_STORE_MAX_UNAUTHENTICATED");
   return s;
 }
 

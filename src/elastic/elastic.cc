@@ -22,7 +22,7 @@ std::string RecoveryEvent::to_json() const {
       .dump();
 }
 
-ElasticRunner::ElasticRunner(ElasticOptions options, std::shared_ptr<TcpStore> store)
+ElasticRunner::ElasticRunner(ElasticOptions options, std::shared_ptr<Store> store)
     : o_(std::move(options)), store_(std::move(store)) {
   if (o_.group < 1) throw ConfigError("elastic: group (tp*pp) must be at least 1");
   if (o_.rendezvous.min_workers < o_.group) {

@@ -60,7 +60,7 @@ std::string join_ids(const std::vector<std::string>& ids) {
 
 }  // namespace
 
-Rendezvous::Rendezvous(std::shared_ptr<TcpStore> store, std::string id, RendezvousOptions options)
+Rendezvous::Rendezvous(std::shared_ptr<Store> store, std::string id, RendezvousOptions options)
     : store_(std::move(store)), id_(std::move(id)), o_(std::move(options)) {
   if (id_.empty()) throw ConfigError("rendezvous: the member id is empty");
   if (o_.min_workers < 1 || o_.max_workers < o_.min_workers) {

@@ -23,7 +23,7 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 
 }  // namespace
 
-RunLoop::RunLoop(const ElasticOptions& options, std::shared_ptr<TcpStore> store, std::string member,
+RunLoop::RunLoop(const ElasticOptions& options, std::shared_ptr<Store> store, std::string member,
                  Rendezvous& rdzv, const FaultInjector* faults, ElasticJob& job, int64_t steps,
                  Publish publish)
     : o_(options),

@@ -32,7 +32,7 @@ class RunLoop {
  public:
   using Publish = std::function<void(const RecoveryEvent&)>;
   // `faults` (may be null) fire before each step and as re-formations begin.
-  RunLoop(const ElasticOptions& options, std::shared_ptr<TcpStore> store, std::string member,
+  RunLoop(const ElasticOptions& options, std::shared_ptr<Store> store, std::string member,
           Rendezvous& rdzv, const FaultInjector* faults, ElasticJob& job, int64_t steps,
           Publish publish);
 
@@ -65,7 +65,7 @@ class RunLoop {
   void abort_communicators();
 
   const ElasticOptions& o_;
-  const std::shared_ptr<TcpStore> store_;
+  const std::shared_ptr<Store> store_;
   const std::string member_;
   Rendezvous& rdzv_;
   ElasticJob& job_;

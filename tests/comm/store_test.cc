@@ -1,4 +1,6 @@
-// The TCP store against a real server on a loopback socket.
+// The Store contract, on both backends: the TCP store against a real server on a loopback
+// socket, and etcd against a real one-member etcd on loopback (skipped with one line where etcd
+// is not installed).
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -6,28 +8,46 @@
 #include <chrono>
 #include <thread>
 
+#include "support/etcd_cluster.h"
 #include "support/process.h"
+#include "tenax/comm/etcd_store.h"
 #include "tenax/comm/store.h"
 #include "tenax/comm/store_server.h"
 #include "tenax/core/error.h"
 
 using namespace std::chrono_literals;
+using tenax::Store;
 using tenax::StoreError;
 using tenax::StoreServer;
 using tenax::TcpStore;
 using tenax::TimeoutError;
+using tenax::testing::EtcdCluster;
 
 namespace {
 
-class StoreTest : public ::testing::Test {
+class StoreTest : public ::testing::TestWithParam<std::string> {
  protected:
-  StoreServer server_{"127.0.0.1", 0, "secret"};
-  std::shared_ptr<TcpStore> client() {
-    return TcpStore::connect("127.0.0.1", server_.port(), "secret", 5s);
+  void SetUp() override {
+    if (GetParam() == "tcp") {
+      server_ = std::make_unique<StoreServer>("127.0.0.1", 0, "secret");
+      address_ = "127.0.0.1:" + std::to_string(server_->port());
+    } else {
+      if (!EtcdCluster::available()) GTEST_SKIP() << "etcd is not installed (etcd-server)";
+      etcd_ = std::make_unique<EtcdCluster>(1);
+      address_ = etcd_->address("storetest");
+    }
   }
+  std::shared_ptr<Store> client() { return tenax::open_store(address_, "secret", 5s); }
+
+  std::unique_ptr<StoreServer> server_;
+  std::unique_ptr<EtcdCluster> etcd_;
+  std::string address_;
 };
 
-TEST_F(StoreTest, SetThenGetReturnsTheValueBinarySafe) {
+INSTANTIATE_TEST_SUITE_P(Backends, StoreTest, ::testing::Values("tcp", "etcd"),
+                         [](const auto& info) { return info.param; });
+
+TEST_P(StoreTest, SetThenGetReturnsTheValueBinarySafe) {
   auto s = client();
   std::string value("a\0b\xff", 4);
   s->set("k", value);
@@ -36,8 +56,9 @@ TEST_F(StoreTest, SetThenGetReturnsTheValueBinarySafe) {
   EXPECT_FALSE(s->try_get("absent").has_value());
 }
 
-TEST_F(StoreTest, GetWaitsForAKeySetLaterByAnotherClient) {
-  auto a = client(), b = client();
+TEST_P(StoreTest, GetWaitsForAKeySetLaterByAnotherClient) {
+  auto a = client();
+  auto b = client();
   std::thread setter([&] {
     std::this_thread::sleep_for(100ms);
     b->set("late", "v");
@@ -48,7 +69,7 @@ TEST_F(StoreTest, GetWaitsForAKeySetLaterByAnotherClient) {
   setter.join();
 }
 
-TEST_F(StoreTest, GetTimesOutWithAnErrorNamingTheKey) {
+TEST_P(StoreTest, GetTimesOutWithAnErrorNamingTheKey) {
   auto s = client();
   auto t0 = std::chrono::steady_clock::now();
   try {
@@ -63,7 +84,7 @@ TEST_F(StoreTest, GetTimesOutWithAnErrorNamingTheKey) {
   EXPECT_EQ(s->get("after", 1s), "1");
 }
 
-TEST_F(StoreTest, AddIsAtomicAcrossConcurrentClients) {
+TEST_P(StoreTest, AddIsAtomicAcrossConcurrentClients) {
   std::vector<std::thread> threads;
   for (int i = 0; i < 4; ++i) {
     threads.emplace_back([&] {
@@ -75,14 +96,14 @@ TEST_F(StoreTest, AddIsAtomicAcrossConcurrentClients) {
   EXPECT_EQ(client()->add("counter", 0), 1000);
 }
 
-TEST_F(StoreTest, CompareSetSwapsOnlyWhenTheValueMatches) {
+TEST_P(StoreTest, CompareSetSwapsOnlyWhenTheValueMatches) {
   auto s = client();
   EXPECT_EQ(s->compare_set("cas", "", "first"), "first");  // absent matches ""
   EXPECT_EQ(s->compare_set("cas", "", "second"), "first");
   EXPECT_EQ(s->compare_set("cas", "first", "third"), "third");
 }
 
-TEST_F(StoreTest, DeleteAndListByPrefix) {
+TEST_P(StoreTest, DeleteAndListByPrefix) {
   auto s = client();
   s->set("job/a", "1");
   s->set("job/b", "2");
@@ -94,7 +115,7 @@ TEST_F(StoreTest, DeleteAndListByPrefix) {
   EXPECT_EQ(s->list("job/"), (std::vector<std::string>{"job/b"}));
 }
 
-TEST_F(StoreTest, WaitForSeveralKeysNamesTheMissingOnes) {
+TEST_P(StoreTest, WaitForSeveralKeysNamesTheMissingOnes) {
   auto s = client();
   s->set("w1", "x");
   try {
@@ -108,8 +129,9 @@ TEST_F(StoreTest, WaitForSeveralKeysNamesTheMissingOnes) {
   s->wait({"w1", "w2"}, 1s);
 }
 
-TEST_F(StoreTest, WaitAnyReturnsTheKeyThatAppeared) {
-  auto a = client(), b = client();
+TEST_P(StoreTest, WaitAnyReturnsTheKeyThatAppeared) {
+  auto a = client();
+  auto b = client();
   std::thread setter([&] {
     std::this_thread::sleep_for(50ms);
     b->set("second", "v2");
@@ -120,26 +142,36 @@ TEST_F(StoreTest, WaitAnyReturnsTheKeyThatAppeared) {
   setter.join();
 }
 
-TEST_F(StoreTest, ClientWithAWrongTokenIsRefused) {
+TEST_P(StoreTest, ClientWithAWrongTokenIsRefused) {
+  if (GetParam() != "tcp") GTEST_SKIP() << "etcd refuses by credentials: EtcdStoreTest";
   try {
-    TcpStore::connect("127.0.0.1", server_.port(), "wrong", 2s);
+    TcpStore::connect("127.0.0.1", server_->port(), "wrong", 2s);
     FAIL() << "connected with a wrong token";
   } catch (const StoreError& e) {
     EXPECT_NE(std::string(e.what()).find("token"), std::string::npos) << e.what();
   }
 }
 
-TEST_F(StoreTest, ConnectionDroppedWithoutGoodbyeSetsTheRegisteredKey) {
+TEST_P(StoreTest, ClientKilledWithoutGoodbyeHasItsRegisteredKeySet) {
   auto watcher = client();
-  {
-    auto dying = client();
-    dying->set_on_disconnect("gone/7", "rank 7 died");
-    dying->interrupt();  // the socket closes with no goodbye, as when a process is killed
+  // A process of its own, killed as a crashed rank would be: no goodbye.
+  tenax::testing::Process dying({STORE_CLIENT, address_, "gone/7", "rank 7 died"},
+                                {{"TENAX_STORE_TOKEN", "secret"}, {"TENAX_ETCD_LEASE_TTL", "2"}});
+  for (int i = 0; i < 200 && dying.output().find("ready") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(50ms);
   }
-  EXPECT_EQ(watcher->get("gone/7", 2s), "rank 7 died");
+  ASSERT_NE(dying.output().find("ready"), std::string::npos) << dying.output();
+  EXPECT_FALSE(watcher->try_get("gone/7").has_value());
+  const auto t0 = std::chrono::steady_clock::now();
+  dying.kill(SIGKILL);
+  EXPECT_EQ(watcher->get("gone/7", 10s), "rank 7 died");
+  // At once on the TCP store; within the lease's TTL (2 s) and a watch slice on etcd.
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, GetParam() == "tcp" ? 1s : 4s);
+  // A key set this way is listed like any other.
+  EXPECT_EQ(watcher->list("gone/"), (std::vector<std::string>{"gone/7"}));
 }
 
-TEST_F(StoreTest, CleanCloseDoesNotSetTheRegisteredKey) {
+TEST_P(StoreTest, CleanCloseDoesNotSetTheRegisteredKey) {
   auto watcher = client();
   {
     auto leaving = client();

@@ -13,6 +13,7 @@
 #include <regex>
 #include <thread>
 
+#include "support/etcd_cluster.h"
 #include "support/process.h"
 #include "tenax/checkpoint/engine.h"
 #include "tenax/comm/store_server.h"
@@ -146,6 +147,21 @@ class RecoveryTest : public ::testing::Test {
     EXPECT_NEAR(loss, baseline(), 2e-3) << out;
   }
 
+  // Four ranks with rank 0 killed at step 12 (more environment in `env`): the other three
+  // re-form once without w0 and end on the uninterrupted run's loss.
+  static void expect_rank_zero_left_behind(const std::vector<std::string>& train,
+                                    std::map<std::string, std::string> env) {
+    env["TENAX_FAULT"] = "kill@12:rank=0";
+    auto results = run_ranks(4, train, env, std::chrono::seconds(180));
+    EXPECT_EQ(results[0].exit_code, 128 + SIGKILL) << dump(results);
+    for (int r : {1, 2, 3}) EXPECT_EQ(results[r].exit_code, 0) << dump(results);
+    const std::string out = all_output(results);
+    auto evs = events(out);
+    ASSERT_EQ(evs.size(), 1u) << out;
+    EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w0"}));
+    expect_baseline_loss(out);
+  }
+
   std::string run_;
 };
 
@@ -172,13 +188,41 @@ TEST_F(RecoveryTest, ARankKilledAtStep12OfFourIsLeftBehindAndNoCompletedStepIsLo
 }
 
 TEST_F(RecoveryTest, KillingRankZeroLeavesTheOthersTraining) {
-  auto results = run_ranks(4, args(), {{"TENAX_FAULT", "kill@12:rank=0"}},
-                           std::chrono::seconds(180));
-  for (int r : {1, 2, 3}) EXPECT_EQ(results[r].exit_code, 0) << dump(results);
-  const std::string out = all_output(results);
+  expect_rank_zero_left_behind(args(), {});
+}
+
+TEST_F(RecoveryTest, KillingRankZeroOfATorchrunStyleLaunchLeavesItsStoreProcessServing) {
+  // MASTER_PORT set: rank 0 starts the store, as a process of its own, not a thread of its own.
+  const std::string port = std::to_string(tenax::testing::free_port());
+  expect_rank_zero_left_behind(args(), {{"MASTER_ADDR", "127.0.0.1"},
+                                        {"MASTER_PORT", port},
+                                        {"TENAX_STORE_TOKEN", "torchrun-style"}});
+}
+
+TEST_F(RecoveryTest, OnAnEtcdStoreTheJobTrainsThroughTheLeadersDeathAndARankKilled) {
+  if (!tenax::testing::EtcdCluster::available()) GTEST_SKIP() << "etcd is not installed";
+  tenax::testing::EtcdCluster etcd(3);
+  std::vector<std::string> cmd = {TENAXRUN, "--nproc-per-node", "4", "--nnodes", "1:1",
+                                  "--rdzv-endpoint", etcd.address(run_), "env",
+                                  "TENAX_FAULT=kill@16:rank=2"};
+  for (const auto& a : args({"--min-workers", "2"})) cmd.push_back(a);
+  Process job(cmd, {});
+  // The etcd leader dies mid-job, before the rank does: the ranks fail over to the others.
+  const int leader = etcd.leader();
+  ASSERT_GE(leader, 0);
+  for (int i = 0; i < 1200 && job.output().find("step     6/") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_NE(job.output().find("step     6/"), std::string::npos) << job.output();
+  etcd.kill(leader);
+  const int code = job.wait(std::chrono::seconds(180));
+  const std::string out = job.output();
+  EXPECT_EQ(code, 0) << out;
   auto evs = events(out);
   ASSERT_EQ(evs.size(), 1u) << out;
-  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w0"}));
+  EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w2"}));
+  EXPECT_EQ(evs[0]["tier"], "memory");
+  expect_every_step_logged(out);
   expect_baseline_loss(out);
 }
 

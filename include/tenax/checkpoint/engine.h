@@ -95,7 +95,7 @@ class TENAX_API CheckpointEngine {
   // durable-tier commit protocol. Checks the durable tier now (a missing bucket, wrong
   // credentials or an unwritable directory is a CheckpointError here, not an hour later).
   CheckpointEngine(CheckpointOptions options, std::shared_ptr<Communicator> comm,
-                   std::shared_ptr<TcpStore> store);
+                   std::shared_ptr<Store> store);
   ~CheckpointEngine();  // waits for the memory commit of every save; abandons persistence
   CheckpointEngine(const CheckpointEngine&) = delete;
   CheckpointEngine& operator=(const CheckpointEngine&) = delete;

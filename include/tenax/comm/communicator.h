@@ -163,7 +163,7 @@ TENAX_API std::chrono::nanoseconds communication_wait_time();
 // so writing to a socket whose peer is gone is an error, not the death of the process. Throws ConfigError for a bad rank/size/backend, StoreError or
 // TimeoutError when the others do not show up within the timeout.
 TENAX_API std::shared_ptr<Communicator> create_communicator(Backend backend,
-                                                            std::shared_ptr<TcpStore> store,
+                                                            std::shared_ptr<Store> store,
                                                             int rank, int size,
                                                             CommOptions options = {});
 

@@ -3,13 +3,17 @@
 // Bootstrap: find out who we are from the launcher's environment, reach the store, and build
 // the world communicator. Supported launchers, tried in this order:
 //   tenaxrun / torchrun  RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
-//                        (TENAX_STORE_ADDR=host:port when the launcher hosts the store)
+//                        (TENAX_STORE_ADDR=host:port when the launcher hosts the store); rank 0
+//                        starts the store as a process of its own, as under mpirun
 //   mpirun (Open MPI)    OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE; rank 0 starts the
 //                        store as a process of its own (it outlives rank 0 and leaves 5 s
 //                        after its last client), its address is exchanged through MPI once,
 //                        then MPI is finalized
 //   Slurm (srun)         SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR/MASTER_PORT, or
 //                        the first host of SLURM_STEP_NODELIST and a port derived from the job id
+//                        (the store: a process of its own started by rank 0)
+// Under every launcher TENAX_STORE_ADDR=etcd://h1:2379,h2:2379[/prefix] puts the store on an
+// etcd cluster instead (EtcdOptions::parse): no process whose loss ends the job.
 //   nothing              a single process: world size 1
 // The store requires TENAX_STORE_TOKEN when set (launchers generate one).
 
@@ -32,7 +36,8 @@ struct TENAX_API LaunchInfo {
   int local_size = 1;
   std::string store_host;  // empty under mpirun and single (decided at init)
   int store_port = 0;
-  bool host_store = false;  // true iff this process must host the store (rank 0, torchrun/slurm)
+  std::string store_address;  // "etcd://…" when the store is etcd (then host/port are unused)
+  bool host_store = false;  // true iff this process must start the store (rank 0, torchrun/slurm)
   std::string token;
   // This worker's id in an elastic job, stable across its restarts: TENAX_MEMBER_ID, else
   // "w<rank>".
@@ -54,16 +59,16 @@ struct TENAX_API InitOptions {
 };
 
 // What init() returns: identity, the store, and the world communicator. Keep it alive for the
-// duration of the job: on the rank that hosts the store in-process (rank 0 of a torchrun-style
-// or Slurm launch, a single process), `store_server` serves the others; it is null where the
-// store lives elsewhere (tenaxrun, TENAX_STORE_ADDR, mpirun's store process).
+// duration of the job: in a single process `store_server` serves the store in-process; it is
+// null wherever the store lives elsewhere (tenaxrun, TENAX_STORE_ADDR, etcd, or the store
+// process rank 0 starts under mpirun, torchrun-style and Slurm launches).
 struct TENAX_API World {
   LaunchInfo info;
   int rank = 0;
   int size = 1;
   int local_rank = 0;
   std::shared_ptr<StoreServer> store_server;
-  std::shared_ptr<TcpStore> store;
+  std::shared_ptr<Store> store;
   std::shared_ptr<Communicator> comm;
 };
 

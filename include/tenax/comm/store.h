@@ -48,6 +48,37 @@ class TENAX_API Store {
   // Waits until every key in `keys` is set. Throws TimeoutError naming the missing keys.
   virtual void wait(const std::vector<std::string>& keys, std::chrono::milliseconds timeout) = 0;
 
+  // Waits until any key in `keys` is set; returns its index in `keys` and its value.
+  // Throws TimeoutError naming the keys when none is set within `timeout`.
+  virtual std::pair<size_t, std::string> wait_any(const std::vector<std::string>& keys,
+                                                  std::chrono::milliseconds timeout) = 0;
+
+  // Arranges for `key` to be set to `value` (if `key` is still absent) when this client goes
+  // away without close(): the way the others learn that this process died. Several may be
+  // registered; close() cancels them all. How soon after a death the key appears depends on
+  // the backend: at once on the TCP store (its connection drops), within the lease's TTL on
+  // etcd.
+  virtual void set_on_disconnect(const std::string& key, const std::string& value) = 0;
+
+  // Opens a second, independent client of the same store (for a thread that blocks in a wait
+  // while this one goes on serving calls). Throws StoreError when the store cannot be reached.
+  virtual std::shared_ptr<Store> clone() const = 0;
+
+  // Says goodbye (cancelling set_on_disconnect) and closes. Idempotent; never throws.
+  virtual void close() noexcept = 0;
+
+  // Unblocks a call in progress on another thread, which then throws StoreError. Never throws.
+  virtual void interrupt() noexcept = 0;
+
+  // Where the store is, for messages ("store at h1:29400", "etcd at h1:2379,h2:2379"). Never
+  // holds credentials.
+  virtual std::string describe() const = 0;
+
+  // This end's IPv4 address on its connection to the store: where processes on other hosts
+  // that reach the store the same way reach this one ("127.0.0.1" when the store is local;
+  // empty if unknown).
+  virtual std::string local_address() const = 0;
+
   // The default timeout for calls that do not take one.
   std::chrono::milliseconds timeout() const { return timeout_; }
   void set_timeout(std::chrono::milliseconds t) { timeout_ = t; }
@@ -78,33 +109,18 @@ class TENAX_API TcpStore : public Store {
   bool delete_key(const std::string& key) override;
   std::vector<std::string> list(const std::string& prefix) override;
   void wait(const std::vector<std::string>& keys, std::chrono::milliseconds timeout) override;
-
-  // Waits until any key in `keys` is set; returns its index in `keys` and its value.
-  // Throws TimeoutError naming the keys when none is set within `timeout`.
   std::pair<size_t, std::string> wait_any(const std::vector<std::string>& keys,
-                                          std::chrono::milliseconds timeout);
-
-  // Asks the server to set `key` to `value` (if `key` is still absent) when this connection
-  // drops without close(): the way the others learn that this process died. Several may be
-  // registered; close() cancels them all.
-  void set_on_disconnect(const std::string& key, const std::string& value);
-
-  // Opens a second, independent connection to the same server (for a thread that blocks in
-  // get() while this one goes on serving calls).
-  std::shared_ptr<TcpStore> clone() const;
-
-  // Says goodbye (cancelling set_on_disconnect) and closes. Idempotent; never throws.
-  void close() noexcept;
-
-  // Unblocks a call in progress on another thread, which then throws StoreError. Never throws.
-  void interrupt() noexcept;
+                                          std::chrono::milliseconds timeout) override;
+  // Registered with the server, which sets the key when this connection drops.
+  void set_on_disconnect(const std::string& key, const std::string& value) override;
+  std::shared_ptr<Store> clone() const override;
+  void close() noexcept override;
+  void interrupt() noexcept override;
+  std::string describe() const override;
+  std::string local_address() const override { return local_address_; }
 
   const std::string& host() const { return host_; }
   int port() const { return port_; }
-  // This end's IPv4 address on the connection to the server, as connected: where processes on
-  // other hosts that reach the server the same way reach this one ("127.0.0.1" when the server
-  // is local; empty if unknown).
-  const std::string& local_address() const { return local_address_; }
   const std::string& token() const { return token_; }
 
  private:

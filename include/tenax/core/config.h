@@ -25,6 +25,23 @@ struct TENAX_API AwsEnvironment {
   std::string profile;           // AWS_PROFILE, else "default"
 };
 
+// The etcd store's client environment (EtcdOptions::parse).
+struct TENAX_API EtcdEnvironment {
+  std::string user;       // TENAX_ETCD_USER
+  std::string password;   // TENAX_ETCD_PASSWORD (never logged)
+  std::string ca_file;    // TENAX_ETCD_CACERT
+  std::string cert_file;  // TENAX_ETCD_CERT
+  std::string key_file;   // TENAX_ETCD_KEY
+  int64_t lease_ttl_s = 0;  // TENAX_ETCD_LEASE_TTL (seconds; 0 when unset: the default)
+};
+
+// The TCP store server's limits (StoreLimits); 0 where unset: the defaults.
+struct TENAX_API StoreServerEnvironment {
+  int64_t max_frame = 0;            // TENAX_STORE_MAX_FRAME (bytes)
+  int64_t hello_timeout_ms = 0;     // TENAX_STORE_HELLO_TIMEOUT_MS
+  int64_t max_unauthenticated = 0;  // TENAX_STORE_MAX_UNAUTHENTICATED
+};
+
 struct TENAX_API Settings {
   // TENAX_TIMEOUT (seconds, may be fractional), else 30 s: the default bound of every blocking
   // call.
@@ -46,12 +63,15 @@ struct TENAX_API Settings {
   // (0 when unset: no limit). Set by tenaxrun --spares.
   int64_t active_workers = 0;
   AwsEnvironment aws;
+  EtcdEnvironment etcd;
+  StoreServerEnvironment store_server;
 };
 
 // The settings, read from the environment on the first call and returned unchanged after.
 // Throws ConfigError naming the variable when one is malformed (TENAX_TIMEOUT not a positive
-// number, TENAX_SHM, TENAX_RESTART_COUNT or TENAX_ACTIVE_WORKERS not an integer); a later call
-// tries again.
+// number, TENAX_SHM, TENAX_RESTART_COUNT or TENAX_ACTIVE_WORKERS not an integer,
+// TENAX_ETCD_LEASE_TTL or a TENAX_STORE_* limit not a positive integer); a later call tries
+// again.
 TENAX_API const Settings& settings();
 
 // Returns the value of environment variable `name`, or nullopt when it is unset or empty. For

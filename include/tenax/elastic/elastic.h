@@ -64,7 +64,7 @@ struct TENAX_API ElasticWorld {
   std::vector<std::string> members;  // the active members; a member's rank is its index
   int rank = 0, size = 1;
   std::shared_ptr<Communicator> comm;  // over the active members
-  std::shared_ptr<TcpStore> store;
+  std::shared_ptr<Store> store;
   std::vector<std::string> hosts;  // hosts[i]: the host of members[i] ("" when unknown)
 };
 
@@ -118,7 +118,7 @@ class TENAX_API ElasticRunner {
  public:
   // Connects the rendezvous (starts heartbeating). Throws ConfigError for bad options (e.g.
   // min_workers smaller than group).
-  ElasticRunner(ElasticOptions options, std::shared_ptr<TcpStore> store);
+  ElasticRunner(ElasticOptions options, std::shared_ptr<Store> store);
   ~ElasticRunner();
   ElasticRunner(const ElasticRunner&) = delete;
   ElasticRunner& operator=(const ElasticRunner&) = delete;
@@ -146,7 +146,7 @@ class TENAX_API ElasticRunner {
 
  private:
   ElasticOptions o_;
-  std::shared_ptr<TcpStore> store_;
+  std::shared_ptr<Store> store_;
   std::string member_;
   std::unique_ptr<Rendezvous> rdzv_;
   FaultInjector own_faults_{"", -1};  // from TENAX_FAULT when options.faults is null

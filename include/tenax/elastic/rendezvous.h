@@ -59,7 +59,7 @@ class TENAX_API Rendezvous {
  public:
   // `id` names this member (unique in the run, stable across its restarts if it should keep
   // its place). Starts heartbeating. Throws ConfigError for bad options.
-  Rendezvous(std::shared_ptr<TcpStore> store, std::string id, RendezvousOptions options = {});
+  Rendezvous(std::shared_ptr<Store> store, std::string id, RendezvousOptions options = {});
   ~Rendezvous();
   Rendezvous(const Rendezvous&) = delete;
   Rendezvous& operator=(const Rendezvous&) = delete;
@@ -113,7 +113,7 @@ class TENAX_API Rendezvous {
   void close(int64_t n, const std::vector<std::string>& arrivals,
              const std::vector<std::string>& previous);
 
-  std::shared_ptr<TcpStore> store_, beat_store_;
+  std::shared_ptr<Store> store_, beat_store_;
   std::string id_;
   RendezvousOptions o_;
   std::vector<std::string> last_members_;  // the previous generation this member was in

@@ -1,0 +1,140 @@
+// The etcd store against a real three-member etcd cluster on loopback: failover when the
+// leader or a minority of members is lost, a clear error when the quorum is, and
+// authentication. Skipped with one line where etcd is not installed.
+
+#include "tenax/comm/etcd_store.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "support/etcd_cluster.h"
+#include "tenax/core/error.h"
+
+using namespace std::chrono_literals;
+using tenax::ConfigError;
+using tenax::EtcdOptions;
+using tenax::EtcdStore;
+using tenax::StoreError;
+using tenax::testing::EtcdCluster;
+
+namespace {
+
+class EtcdStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!EtcdCluster::available()) GTEST_SKIP() << "etcd is not installed (etcd-server)";
+    cluster_ = std::make_unique<EtcdCluster>(3);
+  }
+  std::shared_ptr<EtcdStore> client(std::chrono::milliseconds timeout = 10s) {
+    return EtcdStore::connect(EtcdOptions::parse(cluster_->address("job")), timeout);
+  }
+  std::unique_ptr<EtcdCluster> cluster_;
+};
+
+TEST_F(EtcdStoreTest, CallsGoOnWhenTheLeaderIsKilledAndAWaitInProgressSurvives) {
+  auto a = client();
+  auto b = client();
+  a->set("before", "1");
+  const int leader = cluster_->leader();
+  ASSERT_GE(leader, 0);
+  std::thread setter([&] {
+    std::this_thread::sleep_for(300ms);
+    cluster_->kill(leader);
+    try {
+      b->set("after", "2");  // fails over to a member that has (or elects) a leader
+    } catch (const tenax::Error& e) {
+      ADD_FAILURE() << e.what();
+    }
+  });
+  std::string after;
+  try {
+    after = a->get("after", 20s);
+  } catch (const tenax::Error& e) {
+    ADD_FAILURE() << e.what();
+  }
+  setter.join();
+  EXPECT_EQ(after, "2");
+  EXPECT_EQ(a->get("before", 1s), "1");
+  EXPECT_EQ(a->add("n", 5), 5);
+  EXPECT_EQ(b->compare_set("cas", "", "x"), "x");
+  int new_leader = -1;
+  for (int i = 0; i < 50 && new_leader < 0; ++i) {
+    new_leader = cluster_->leader();
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_GE(new_leader, 0);
+  EXPECT_NE(new_leader, leader);
+}
+
+TEST_F(EtcdStoreTest, AMinorityOfMembersLostChangesNothing) {
+  auto s = client();
+  const int leader = cluster_->leader();
+  const int follower = (leader + 1) % cluster_->size();
+  cluster_->kill(follower);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(s->add("count", 1), i + 1);
+  EXPECT_EQ(s->list(""), (std::vector<std::string>{"count"}));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+}
+
+TEST_F(EtcdStoreTest, QuorumLostIsAStoreErrorNamingEtcdWithinTheTimeout) {
+  auto s = client(3s);
+  s->set("k", "v");
+  const int leader = cluster_->leader();
+  cluster_->kill(leader);
+  cluster_->kill((leader + 1) % cluster_->size());
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    s->set("k", "w");
+    FAIL() << "a write succeeded without a quorum";
+  } catch (const StoreError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("etcd at 127.0.0.1:"), std::string::npos) << what;
+    EXPECT_NE(what.find("quorum"), std::string::npos) << what;
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 6s);
+}
+
+TEST_F(EtcdStoreTest, AClientWithoutCredentialsIsRefusedAndThePasswordIsNeverShown) {
+  cluster_->enable_auth("s3cr3t-pw");
+  EtcdOptions o = EtcdOptions::parse(cluster_->address("job"));
+  try {
+    EtcdStore::connect(o, 5s)->set("k", "v");
+    FAIL() << "a client without credentials was served";
+  } catch (const StoreError& e) {
+    EXPECT_NE(std::string(e.what()).find("etcd at"), std::string::npos) << e.what();
+  }
+  o.user = "root";
+  o.password = "wrong-pw";
+  try {
+    EtcdStore::connect(o, 5s);
+    FAIL() << "a wrong password was accepted";
+  } catch (const StoreError& e) {
+    EXPECT_NE(std::string(e.what()).find("'root'"), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("wrong-pw"), std::string::npos) << e.what();
+  }
+  o.password = "s3cr3t-pw";
+  auto s = EtcdStore::connect(o, 5s);
+  s->set("k", "v");
+  EXPECT_EQ(s->get("k", 1s), "v");
+  EXPECT_EQ(s->add("n", 2), 2);
+}
+
+TEST(EtcdOptionsTest, AddressesParseAndMalformedOnesAreNamed) {
+  auto o = EtcdOptions::parse("etcd://h1:2379,h2:2379/jobs/42");
+  EXPECT_EQ(o.endpoints, (std::vector<std::string>{"h1:2379", "h2:2379"}));
+  EXPECT_EQ(o.prefix, "jobs/42/");
+  EXPECT_EQ(EtcdOptions::parse("etcd://h1:2379").prefix, "tenax/");
+  for (const char* bad : {"etcd://", "etcd://h1", "etcd://h1:x", "etcd://h1:2379,", "h1:2379"}) {
+    try {
+      EtcdOptions::parse(bad);
+      FAIL() << bad << " parsed";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace

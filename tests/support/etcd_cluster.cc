@@ -1,0 +1,162 @@
+#include "support/etcd_cluster.h"
+
+#include <unistd.h>
+
+#include <csignal>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <thread>
+
+namespace tenax::testing {
+
+namespace {
+const char* kEtcd = "/usr/bin/etcd";
+const char* kEtcdctl = "/usr/bin/etcdctl";
+}  // namespace
+
+bool EtcdCluster::available() {
+  return ::access(kEtcd, X_OK) == 0 && ::access(kEtcdctl, X_OK) == 0;
+}
+
+std::vector<std::string> EtcdCluster::member_command(const std::string& name, const std::string& ip,
+                                                     int client_port, int peer_port,
+                                                     const std::string& initial_cluster,
+                                                     const std::string& dir) {
+  const std::string client = "http://" + ip + ":" + std::to_string(client_port);
+  const std::string peer = "http://" + ip + ":" + std::to_string(peer_port);
+  return {kEtcd,
+          "--name",
+          name,
+          "--data-dir",
+          dir,
+          "--listen-client-urls",
+          client,
+          "--advertise-client-urls",
+          client,
+          "--listen-peer-urls",
+          peer,
+          "--initial-advertise-peer-urls",
+          peer,
+          "--initial-cluster",
+          initial_cluster,
+          "--initial-cluster-state",
+          "new",
+          "--initial-cluster-token",
+          "tenax-test",
+          "--log-level",
+          "warn",
+          "--logger",
+          "zap"};
+}
+
+EtcdCluster::EtcdCluster(int n) {
+  char tmpl[] = "/tmp/tenax-etcd-XXXXXX";
+  root_ = mkdtemp(tmpl);
+  for (int i = 0; i < n; ++i) {
+    Member m;
+    m.name = "m" + std::to_string(i);
+    m.dir = root_ + "/" + m.name;
+    m.client_port = free_port();
+    m.peer_port = free_port();
+    members_.push_back(std::move(m));
+  }
+  for (int i = 0; i < n; ++i) start(i);
+  wait_for_leader();
+}
+
+EtcdCluster::~EtcdCluster() {
+  for (int i = 0; i < size(); ++i) kill(i);
+  std::error_code ec;
+  std::filesystem::remove_all(root_, ec);
+}
+
+std::string EtcdCluster::initial_cluster() const {
+  std::string s;
+  for (const auto& m : members_) {
+    s += (s.empty() ? "" : ",") + m.name + "=http://127.0.0.1:" + std::to_string(m.peer_port);
+  }
+  return s;
+}
+
+std::vector<std::string> EtcdCluster::endpoints() const {
+  std::vector<std::string> e;
+  for (const auto& m : members_) e.push_back("127.0.0.1:" + std::to_string(m.client_port));
+  return e;
+}
+
+std::string EtcdCluster::address(const std::string& prefix) const {
+  std::string s = "etcd://";
+  for (const auto& e : endpoints()) s += (s.size() > 7 ? "," : "") + e;
+  return prefix.empty() ? s : s + "/" + prefix;
+}
+
+void EtcdCluster::start(int i) {
+  Member& m = members_[i];
+  if (m.proc) return;
+  m.proc = std::make_unique<Process>(
+      member_command(m.name, "127.0.0.1", m.client_port, m.peer_port, initial_cluster(), m.dir),
+      std::map<std::string, std::string>{});
+}
+
+void EtcdCluster::kill(int i) {
+  Member& m = members_[i];
+  if (!m.proc) return;
+  m.proc->kill(SIGKILL);
+  m.proc->wait(std::chrono::seconds(10));
+  m.proc.reset();
+}
+
+int EtcdCluster::leader() const {
+  std::string live;
+  for (int i = 0; i < size(); ++i) {
+    if (members_[i].proc) live += (live.empty() ? "" : ",") + endpoints()[i];
+  }
+  if (live.empty()) return -1;
+  std::map<std::string, std::string> env;
+  if (!password_.empty()) env["ETCDCTL_USER"] = "root:" + password_;
+  auto r = run_command(
+      {kEtcdctl, "--endpoints=" + live, "--command-timeout=2s", "endpoint", "status", "-w", "json"},
+      env, std::chrono::seconds(10));
+  const auto j = nlohmann::json::parse(
+      r.output.substr(std::min(r.output.find('['), r.output.size())), nullptr, false);
+  if (j.is_discarded() || !j.is_array()) return -1;
+  for (const auto& s : j) {
+    const auto& st = s["Status"];
+    if (st["header"]["member_id"] == st["leader"]) {
+      const std::string ep = s["Endpoint"].get<std::string>();
+      for (int i = 0; i < size(); ++i) {
+        if (endpoints()[i] == ep) return i;
+      }
+    }
+  }
+  return -1;
+}
+
+void EtcdCluster::wait_for_leader() const {
+  for (int i = 0; i < 150; ++i) {
+    if (leader() >= 0) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  std::string logs;
+  for (const auto& m : members_) {
+    if (m.proc) logs += m.name + ":\n" + m.proc->output() + "\n";
+  }
+  throw std::runtime_error("etcd cluster had no leader within 30 s\n" + logs);
+}
+
+void EtcdCluster::enable_auth(const std::string& password) {
+  std::string live;
+  for (int i = 0; i < size(); ++i) {
+    if (members_[i].proc) live += (live.empty() ? "" : ",") + endpoints()[i];
+  }
+  for (const auto& cmd : std::vector<std::vector<std::string>>{
+           {kEtcdctl, "--endpoints=" + live, "user", "add", "root:" + password},
+           {kEtcdctl, "--endpoints=" + live, "auth", "enable"}}) {
+    auto r = run_command(cmd, {}, std::chrono::seconds(20));
+    if (r.exit_code != 0) throw std::runtime_error("etcdctl failed: " + r.output);
+  }
+  password_ = password;
+}
+
+}  // namespace tenax::testing

@@ -1,0 +1,58 @@
+#pragma once
+
+// A real etcd cluster for tests (Debian's etcd-server): `n` members on loopback ports, each
+// with a scratch data directory, started together and waited for, killed and removed at the
+// end. Members can be killed and started again, and authentication switched on.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "support/process.h"
+
+namespace tenax::testing {
+
+class EtcdCluster {
+ public:
+  // True when the etcd binary is installed.
+  static bool available();
+  // The command line of one member `name` serving clients on ip:client_port and peers on
+  // ip:peer_port, joining `initial_cluster` ("n1=http://ip:port,…"), data in `dir`.
+  static std::vector<std::string> member_command(const std::string& name, const std::string& ip,
+                                                 int client_port, int peer_port,
+                                                 const std::string& initial_cluster,
+                                                 const std::string& dir);
+
+  // Starts `n` members and waits until the cluster has a leader. Throws std::runtime_error
+  // when it does not within 30 s.
+  explicit EtcdCluster(int n = 3);
+  ~EtcdCluster();
+  EtcdCluster(const EtcdCluster&) = delete;
+
+  int size() const { return static_cast<int>(members_.size()); }
+  // "127.0.0.1:port" of each member.
+  std::vector<std::string> endpoints() const;
+  // "etcd://127.0.0.1:p1,…/prefix".
+  std::string address(const std::string& prefix = "") const;
+  // The index of the member that leads now (asked of the live members), or -1.
+  int leader() const;
+  void kill(int i);
+  void start(int i);
+  bool running(int i) const { return members_[i].proc != nullptr; }
+  // Adds user root with `password` and turns authentication on.
+  void enable_auth(const std::string& password);
+
+ private:
+  struct Member {
+    std::string name, dir;
+    int client_port = 0, peer_port = 0;
+    std::unique_ptr<Process> proc;
+  };
+  std::string initial_cluster() const;
+  void wait_for_leader() const;
+  std::vector<Member> members_;
+  std::string root_;
+  std::string password_;
+};
+
+}  // namespace tenax::testing
