@@ -456,7 +456,8 @@ int Agent::supervise() {
     if (all_done) break;
   }
   if (plan_.elastic && finished_ && g_signal == 0) return 0;
-  if (first_failure_ == 0 && g_signal != 0) return 128 + g_signal;
+  // An elastic job told to stop (preemption) whose workers all saved and left cleanly: 0.
+  if (first_failure_ == 0 && g_signal != 0) return plan_.elastic && finished_ ? 0 : 128 + g_signal;
   return first_failure_;
 }
 

@@ -103,8 +103,15 @@ void run_elastic(const ElasticRunOptions& options, StepLog& log,
       std::fflush(stdout);
     }
   };
-  runner.run(job, options.train.steps);
-  if (job.leader()) {
+  const int64_t done = runner.run(job, options.train.steps);
+  if (job.leader() && done < options.train.steps) {
+    // Preempted (SIGTERM): the step reached is saved; a relaunch of the same run resumes there.
+    std::printf("llama_train: preempted after %lld of %lld steps, %zu re-formations; a relaunch "
+                "resumes from step %lld\n",
+                (long long)done, (long long)options.train.steps, runner.events().size(),
+                (long long)done);
+    std::fflush(stdout);
+  } else if (job.leader()) {
     std::printf("llama_train: done, %lld steps, %zu re-formations\n",
                 (long long)options.train.steps, runner.events().size());
     std::fflush(stdout);

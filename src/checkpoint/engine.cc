@@ -153,7 +153,7 @@ CheckpointEngine::Impl::~Impl() {
   }
 }
 
-void CheckpointEngine::Impl::save(int64_t step, const StateDict& state) {
+void CheckpointEngine::Impl::save(int64_t step, const StateDict& state, bool persist_now) {
   Layout layout = detail::plan(state);
   layout.run = o_.run;
   layout.step = step;
@@ -197,7 +197,7 @@ void CheckpointEngine::Impl::save(int64_t step, const StateDict& state) {
   // Every rank saves the same steps, so every rank replicates the same ones: the exchanges
   // pair up.
   commits_.push_back({slot, step, std::move(layout),
-                      durable_ != nullptr && saves_ % o_.persist_every == 0,
+                      durable_ != nullptr && (persist_now || saves_ % o_.persist_every == 0),
                       (saves_ - 1) % o_.replicate_every == 0});
   cv_.notify_all();
 }
@@ -307,7 +307,9 @@ CheckpointEngine::CheckpointEngine(CheckpointOptions options, std::shared_ptr<Co
                                    std::shared_ptr<Store> store)
     : impl_(std::make_unique<Impl>(std::move(options), std::move(comm), std::move(store))) {}
 CheckpointEngine::~CheckpointEngine() = default;
-void CheckpointEngine::save(int64_t step, const StateDict& state) { impl_->save(step, state); }
+void CheckpointEngine::save(int64_t step, const StateDict& state, bool persist_now) {
+  impl_->save(step, state, persist_now);
+}
 void CheckpointEngine::wait(Ms timeout) { impl_->wait(timeout); }
 std::optional<RestoreResult> CheckpointEngine::restore(StateDict& state) {
   return impl_->restore(state);

@@ -57,7 +57,7 @@ class TENAX_INTERNAL CheckpointEngine::Impl {
   ~Impl();
 
   // --- the caller's thread (engine.cc, engine_restore.cc) ---
-  void save(int64_t step, const StateDict& state);
+  void save(int64_t step, const StateDict& state, bool persist_now);
   void wait(Ms timeout);
   CheckpointStatus status() const;
   std::optional<RestoreResult> restore(StateDict& state);

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "elastic/preemption.h"
 #include "elastic/run_loop.h"
 #include "tenax/comm/init.h"
 #include "tenax/core/config.h"
@@ -50,7 +51,7 @@ ElasticRunner::ElasticRunner(ElasticOptions options, std::shared_ptr<Store> stor
 
 ElasticRunner::~ElasticRunner() = default;
 
-void ElasticRunner::run(ElasticJob& job, int64_t steps) {
+int64_t ElasticRunner::run(ElasticJob& job, int64_t steps) {
   const FaultInjector* faults = o_.faults ? o_.faults : &own_faults_;
   detail::RunLoop loop(o_, store_, member_, *rdzv_, faults, job, steps,
                        [this](const RecoveryEvent& ev) {
@@ -64,7 +65,8 @@ void ElasticRunner::run(ElasticJob& job, int64_t steps) {
     ~FenceHandler() { rdzv.set_on_fenced(nullptr); }
   } handler{*rdzv_};
   rdzv_->set_on_fenced([&loop](const std::string& why) { loop.fenced(why); });
-  loop.run();
+  detail::PreemptionSignal preemption;
+  return loop.run();
 }
 
 }  // namespace tenax

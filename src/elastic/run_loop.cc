@@ -1,6 +1,7 @@
 #include "elastic/run_loop.h"
 
 #include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -8,6 +9,7 @@
 #include <thread>
 
 #include "elastic/member_order.h"
+#include "elastic/preemption.h"
 #include "elastic/watchdog.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
@@ -35,12 +37,12 @@ RunLoop::RunLoop(const ElasticOptions& options, std::shared_ptr<Store> store, st
       faults_(faults),
       publish_(std::move(publish)) {}
 
-void RunLoop::run() {
+int64_t RunLoop::run() {
   for (;;) {
-    if (job_finished()) return;
+    if (job_finished()) return completed_;
     const auto began = Clock::now();
     const Generation gen = form();
-    if (job_finished()) return;
+    if (job_finished()) return completed_;
     const auto formed = Clock::now();
     recovery_.formed(gen, previous_, ms_between(began, formed));
     previous_ = gen.members;
@@ -48,7 +50,8 @@ void RunLoop::run() {
     try {
       const std::optional<int64_t> done = enter(gen, began, formed);
       if (!done) continue;  // standby until the next generation
-      if (train(gen, *done) == Ended::kDone) return;
+      const Ended ended = train(gen, *done);
+      if (ended == Ended::kDone || ended == Ended::kPreempted) return completed_;
       engine_.reset();  // a joiner waits: the snapshots stay in memory for the next generation
     } catch (const CommError& e) {
       if (++reformations_ > o_.max_reformations) throw;
@@ -151,15 +154,21 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
   const bool full = o_.max_active > 0 && active.size() >= o_.max_active / o_.group * o_.group;
   Watchdog watchdog(rdzv_, active, acomm_, o_.rendezvous.heartbeat_interval,
                     /*joiners_interrupt=*/!full);
-  at::Tensor flag = at::full({1}, 0, at::kLong);
+  // At each step boundary the active members agree on two things: a joiner waits (leave
+  // together for the next generation), and a member was told to stop (preemption).
+  at::Tensor flag = at::zeros({2}, at::kLong);
   int64_t saved = step;  // the newest step in the memory tier
+  bool preempted = false;
   for (step_ = step; step_ < steps_; ++step_) {
     const auto step_start = Clock::now();
     try {
-      // Step boundary: leave together when a joiner waits.
-      flag.fill_(watchdog.join_waiting() ? 1 : 0);
+      int64_t* f = flag.data_ptr<int64_t>();
+      f[0] = watchdog.join_waiting() ? 1 : 0;
+      f[1] = PreemptionSignal::received();
       acomm_->all_reduce(flag, ReduceOp::kMax);
-      if (flag.item<int64_t>() == 1) break;
+      f = flag.data_ptr<int64_t>();
+      preempted = f[1] != 0;
+      if (f[0] == 1 && !preempted) break;
       if (faults_) faults_->at_step(step_ + 1);  // steps count from 1 in fault specs
       job_.train_step(step_);
     } catch (const CommError& e) {
@@ -167,12 +176,17 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
                         ms_between(step_start, Clock::now()));
       throw;
     }
-    if ((step_ + 1) % o_.snapshot_every == 0 || step_ + 1 == steps_) {
-      engine_->save(step_ + 1, job_.state());
+    if (preempted || (step_ + 1) % o_.snapshot_every == 0 || step_ + 1 == steps_) {
+      engine_->save(step_ + 1, job_.state(), /*persist_now=*/preempted);
       saved = step_ + 1;
     }
     completed_ = step_ + 1;
     if (recovery_.open()) publish_(recovery_.complete(ms_between(step_start, Clock::now())));
+    if (preempted) {
+      ++step_;
+      stop_preempted(gen);
+      return Ended::kPreempted;
+    }
   }
   if (step_ >= steps_) {
     finishing_ = true;
@@ -190,6 +204,32 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
   recovery_.join("a member joined");
   job_.before_reform(recovery_.event());
   return Ended::kJoinerWaits;
+}
+
+void RunLoop::stop_preempted(const Generation& gen) {
+  finishing_ = true;
+  const auto began = Clock::now();
+  const bool durable = !o_.checkpoint.durable.empty();
+  engine_->wait(o_.preempt_grace);
+  const CheckpointStatus st = engine_->status();
+  if (durable && st.last_persisted != step_) {
+    throw CheckpointError("elastic: preempted after step " + std::to_string(step_) +
+                          ", but the durable tier holds step " +
+                          std::to_string(st.last_persisted) + " on rank " +
+                          std::to_string(gen.rank) + ": " + st.last_error);
+  }
+  acomm_->barrier();
+  if (gen.rank == 0) rdzv_.finish();  // standby members leave too
+  engine_.reset();
+  if (gen.rank == 0) {
+    log(LogLevel::kInfo,
+        "elastic: preempted (signal " + std::to_string(PreemptionSignal::received()) +
+            "): stopped after step " + std::to_string(step_) + " of " + std::to_string(steps_) +
+            "; step " + std::to_string(step_) +
+            (durable ? " is in the durable tier" : " is in memory only (no durable tier)") +
+            " (" + std::to_string(static_cast<int64_t>(ms_between(began, Clock::now()))) +
+            " ms to persist)");
+  }
 }
 
 void RunLoop::fenced(const std::string& why) {

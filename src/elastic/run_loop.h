@@ -36,15 +36,16 @@ class RunLoop {
           Rendezvous& rdzv, const FaultInjector* faults, ElasticJob& job, int64_t steps,
           Publish publish);
 
-  // Until the job is done (returns) or a failure is not recovered from (throws).
-  void run();
+  // Until the job is done or preempted (returns the steps done) or a failure is not recovered
+  // from (throws).
+  int64_t run();
 
   // This member was fenced out (the rendezvous heartbeat thread calls it): unless the job is
   // finishing, says so and ends the process with kFencedExitCode.
   void fenced(const std::string& why);
 
  private:
-  enum class Ended { kDone, kJoinerWaits, kStandby };
+  enum class Ended { kDone, kPreempted, kJoinerWaits, kStandby };
 
   // The active members of `gen`: the largest multiple of `group` ranks, in rendezvous order
   // (the rest wait as standby).
@@ -57,8 +58,12 @@ class RunLoop {
   // for a standby member (it waits until the generation is superseded or the job ends).
   std::optional<int64_t> enter(const Generation& gen, std::chrono::steady_clock::time_point began,
                                std::chrono::steady_clock::time_point formed);
-  // Steps from `step` until the job is done or a joiner waits at a boundary.
+  // Steps from `step` until the job is done, a joiner waits at a boundary, or the members
+  // agree to stop for a preemption.
   Ended train(const Generation& gen, int64_t step);
+  // Preempted after `step_` steps (saved with persist_now): waits for the durable tier, ends
+  // the job for every member, and says so.
+  void stop_preempted(const Generation& gen);
   // A failed generation: records it (unless the failure came during a step, already recorded)
   // and makes every peer still blocked in it fail now rather than at its timeout.
   void fail(const Generation& gen, const CommError& e);

@@ -446,6 +446,46 @@ TEST_F(RecoveryTest, WithNothingInMemoryTheJobResumesFromTheDurableTier) {
   std::filesystem::remove_all(dir);
 }
 
+TEST_F(RecoveryTest, SigtermPersistsTheNewestStepDurablyAndARelaunchResumesFromItOnTheSameCurve) {
+  const std::string dir = ::testing::TempDir() + "/" + run_ + "-durable";
+  std::filesystem::remove_all(dir);
+  // Persisting only at preemption: what the durable tier holds afterwards is that step.
+  const std::vector<std::string> durable = {"--ckpt-durable", dir, "--ckpt-persist-every", "1000"};
+  std::vector<std::string> cmd = {TENAXRUN, "--nproc-per-node", "4", "--nnodes", "1:1"};
+  for (const auto& a : args(durable)) cmd.push_back(a);
+  Process job(cmd, {});
+  for (int i = 0; i < 1200 && job.output().find("step     8/") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_NE(job.output().find("step     8/"), std::string::npos) << job.output();
+  const auto t0 = std::chrono::steady_clock::now();
+  job.kill(SIGTERM);  // tenaxrun forwards it to every worker
+  const int code = job.wait(std::chrono::seconds(60));
+  const double stop_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string out = job.output();
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_LT(stop_s, 25.0) << out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(out, m, std::regex("preempted after (\\d+) of 24 steps"))) << out;
+  const int stopped = std::stoi(m[1]);
+  EXPECT_GE(stopped, 8);
+  EXPECT_LT(stopped, kSteps);
+  char name[32];
+  std::snprintf(name, sizeof(name), "step-%012d", stopped);
+  EXPECT_TRUE(std::filesystem::exists(dir + "/" + run_ + "/" + name + "/manifest.json")) << out;
+  // Nothing left in memory: the relaunch must take the durable step, and end on the same loss
+  // as a run never stopped.
+  tenax::CheckpointEngine::remove_memory(run_);
+  auto r = run_command(cmd, {}, std::chrono::seconds(180));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming after step " + std::to_string(stopped)), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("step     1/"), std::string::npos) << r.output;
+  expect_baseline_loss(r.output);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_F(RecoveryTest, TwoAgentsOnOneEndpointRunOneJobAndRegrowAfterARestart) {
   // As on two hosts: agent 0 hosts the store at the endpoint, agent 1 joins it; worker w3
   // (agent 1's second) dies at step 10, its agent restarts it, and it rejoins.

@@ -103,8 +103,9 @@ class TENAX_API CheckpointEngine {
   // Copies `state` into a memory slot and returns; the rest happens in the background.
   // Waits (up to the timeout) when every slot is held by a persist in progress. Throws
   // CheckpointError when the slots would exceed the memory budget, or ConfigError for steps
-  // that do not increase.
-  void save(int64_t step, const StateDict& state);
+  // that do not increase. `persist_now`: persist this step to the durable tier whatever
+  // persist_every says (a preempted job's last step; wait() then returns once it is there).
+  void save(int64_t step, const StateDict& state, bool persist_now = false);
 
   // Blocks until every save so far is committed in memory, replicated to the peer and, when
   // persisted, in the durable tier (or its persistence failed: see status()). Bounded by `timeout`.

@@ -53,6 +53,11 @@ struct TENAX_API ElasticOptions {
   CheckpointOptions checkpoint;
   int64_t snapshot_every = 1;  // memory snapshot every N steps: a failure redoes < N steps
   int max_reformations = 100;  // then the next failure is thrown
+  // Graceful preemption: while run() trains, SIGTERM (what Slurm sends at a time limit or on
+  // `scancel --signal=TERM`, what tenaxrun forwards) makes the active members agree at the next
+  // step boundary, finish that step, persist it to the durable tier (memory only when there is
+  // none) and return from run() within `preempt_grace`.
+  std::chrono::milliseconds preempt_grace{25000};
   // Faults for tests and demos: its step faults fire before each step (steps counted from 1),
   // its @recovery faults as re-formations begin. null: TENAX_FAULT for the launcher's rank.
   const FaultInjector* faults = nullptr;
@@ -124,8 +129,10 @@ class TENAX_API ElasticRunner {
   ElasticRunner& operator=(const ElasticRunner&) = delete;
 
   // Runs until `steps` steps are done, through any number of re-formations (up to
-  // max_reformations). Returns on every member (standby ones too) once the job is done, after
-  // removing the run's memory regions on its host (a new job of the same name starts fresh).
+  // max_reformations), and returns the steps done: `steps`, or fewer when preempted (SIGTERM,
+  // see preempt_grace; the step returned is then durable). Returns on every member (standby
+  // ones too) once the job is done, after removing the run's memory regions on its host (a
+  // new job of the same name starts fresh; a preempted job keeps them).
   // Throws TimeoutError when a generation cannot gather min_workers within the join timeout;
   // the snapshots stay in this host's memory (and what was persisted in the durable tier), so a
   // relaunch of the same run resumes after the last completed step. Rethrows errors that are
@@ -136,7 +143,7 @@ class TENAX_API ElasticRunner {
   // It logs why and how many steps it completed, and ends the process with kFencedExitCode;
   // its snapshots stay in its host's memory, and restarted (by its agent) it rejoins as a new
   // member.
-  void run(ElasticJob& job, int64_t steps);
+  int64_t run(ElasticJob& job, int64_t steps);
 
   // Events so far, oldest first; `on_event` (optional) is called with each as it completes.
   const std::vector<RecoveryEvent>& events() const { return events_; }
