@@ -46,6 +46,8 @@ class SimCluster {
   // The namespaces of this cluster still present (after the destructor: none).
   std::vector<std::string> namespaces() const;
   const std::string& id() const { return id_; }
+  // The cluster's state directory (what tools/simcluster and tools/simslurm take).
+  const std::string& dir() const { return dir_; }
 
  private:
   void tool(const std::vector<std::string>& args) const;
