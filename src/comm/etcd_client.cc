@@ -13,10 +13,11 @@ namespace tenax::detail {
 namespace {
 
 constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-// One attempt on one member: long enough for a leader election, short enough to move on
-// from a member that went silent.
-constexpr std::chrono::milliseconds kAttempt{2500};
-constexpr long kConnectMs = 1000;
+// One attempt on one member. etcd answers in milliseconds; a member that went silent (its
+// host crashed or was cut off) must cost little, since heartbeats ride on these calls. A
+// leader election (about a second) is ridden out by trying the members round after round.
+constexpr std::chrono::milliseconds kAttempt{1000};
+constexpr long kConnectMs = 500;
 
 // What the gateway answers when the member cannot serve the request now but another member or
 // a later try may: gRPC codes Unavailable (14), DeadlineExceeded (4), Aborted (10).
@@ -212,7 +213,12 @@ nlohmann::json EtcdClient::post(const std::string& path, const nlohmann::json& b
                          "); the cluster may have lost its quorum");
       }
       const size_t m = member_;
-      Reply r = perform(url(m, path), text, std::min(left, kAttempt).count(), false);
+      // The first round moves on quickly from a silent member; later rounds, when every member
+      // was slow or leaderless, give each a fair share of what is left.
+      const auto attempt =
+          round == 0 ? kAttempt
+                     : std::max(kAttempt, left / static_cast<int64_t>(options_.endpoints.size()));
+      Reply r = perform(url(m, path), text, std::min(left, attempt).count(), false);
       if (r.code == CURLE_ABORTED_BY_CALLBACK)
         throw StoreError(describe() + ": client interrupted");
       if (r.code != CURLE_OK) {

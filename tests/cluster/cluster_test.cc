@@ -16,8 +16,10 @@
 #include <string>
 #include <thread>
 
+#include "support/etcd_cluster.h"
 #include "support/sim_cluster.h"
 
+using tenax::testing::EtcdCluster;
 using tenax::testing::Process;
 using tenax::testing::RankResult;
 using tenax::testing::run_command;
@@ -201,8 +203,8 @@ class ElasticClusterTest : public ClusterTest {
                                     "--max-restarts",
                                     std::to_string(restarts),
                                     "--rdzv-endpoint",
-                                    "h1:" + std::to_string(kStorePort)};
-    if (node == 0) cmd.push_back("--host-store");
+                                    endpoint_};
+    if (node == 0 && endpoint_.rfind("etcd", 0) != 0) cmd.push_back("--host-store");
     cmd.insert(
         cmd.end(),
         {LLAMA_TRAIN,      "--elastic", "--preset",        "tiny", "--tp",    "2",
@@ -216,6 +218,62 @@ class ElasticClusterTest : public ClusterTest {
   static std::map<std::string, std::string> env() {
     return {{"TENAX_STORE_TOKEN", "cluster"}, {"TENAX_TIMEOUT", "60"}};
   }
+
+  // An etcd member on each of `hosts` (named after its host, data in the host's own /dev/shm),
+  // and the agents' endpoint set to the cluster. Returns once it has a leader.
+  std::vector<Process> start_etcd(const SimCluster& c, const std::vector<std::string>& hosts) {
+    std::string endpoint = "etcd://";
+    for (const auto& h : hosts) endpoint += (endpoint.size() > 7 ? "," : "") + h + ":2379";
+    endpoint_ = endpoint + "/cluster";
+    std::vector<Process> members;
+    for (size_t i = 0; i < hosts.size(); ++i) members.push_back(etcd_member(c, hosts, i));
+    wait_for_etcd_leader(c, hosts);
+    return members;
+  }
+
+  // Member `i` of the etcd cluster on `hosts` (started again, it takes up its data directory).
+  static Process etcd_member(const SimCluster& c, const std::vector<std::string>& hosts,
+                             size_t i) {
+    std::string initial;
+    for (const auto& h : hosts) {
+      initial += (initial.empty() ? "" : ",") + h + "=http://" + c.addr(h) + ":2380";
+    }
+    return c.start(hosts[i], EtcdCluster::member_command(hosts[i], c.addr(hosts[i]), 2379, 2380,
+                                                         initial, "/dev/shm/etcd-" + hosts[i]));
+  }
+
+  static void wait_for_etcd_leader(const SimCluster& c, const std::vector<std::string>& hosts) {
+    for (int i = 0; i < 150; ++i) {
+      if (etcd_leader(c, hosts) >= 0) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    ADD_FAILURE() << "etcd on the cluster had no leader within 30 s";
+  }
+
+  // The index in `hosts` of the etcd member that leads now (asked from h1), or -1.
+  static int etcd_leader(const SimCluster& c, const std::vector<std::string>& hosts) {
+    std::string eps;
+    std::vector<std::string> endpoints;
+    for (const auto& h : hosts) {
+      eps += (eps.empty() ? "" : ",") + h + ":2379";
+      endpoints.push_back(h + ":2379");
+    }
+    auto r = c.run("h1", {"etcdctl", "--endpoints=" + eps, "--command-timeout=2s", "endpoint",
+                          "status", "-w", "json"});
+    return EtcdCluster::leader_in(r.output, endpoints);
+  }
+
+  // A relaunch after every worker was fenced at step 10 or later: it resumed from the
+  // snapshots left in the hosts' memory and finished.
+  static void expect_resumed_from_memory(const std::string& again) {
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(again, m, std::regex("resuming after step ([0-9]+)"))) << again;
+    EXPECT_GE(std::stoi(m[1].str()), 10) << again;
+    EXPECT_EQ(again.find(step_line(1)), std::string::npos) << again;
+    EXPECT_NE(again.find(step_line(kSteps)), std::string::npos) << again;
+  }
+
+  std::string endpoint_ = "h1:" + std::to_string(kStorePort);
 
   using Agents = std::vector<Process>;
 
@@ -476,6 +534,65 @@ TEST_F(ElasticClusterTest, AHostLostDuringARecoveryIsRecoveredFromToo) {
   expect_every_step(out);
 }
 
+TEST_F(ElasticClusterTest, OnEtcdTheHostOfTheLeadingMemberCrashesAndOnlyItsOwnRanksAreLost) {
+  // An etcd member on every host: the store has no single point of failure. The host that
+  // crashes is the one whose member leads etcd at that moment.
+  SimCluster c({"h1", "h2", "h3"});
+  const std::vector<std::string> hosts = {"h1", "h2", "h3"};
+  std::vector<Process> etcd = start_etcd(c, hosts);
+  Agents a = start_agents(c, "2:3");
+  ASSERT_TRUE(wait_for(a, step_line(10))) << all(a);
+  const int leader = etcd_leader(c, hosts);
+  ASSERT_GE(leader, 0);
+  c.crash(hosts[leader]);
+  const std::vector<std::string> lost = {"w" + std::to_string(2 * leader),
+                                         "w" + std::to_string(2 * leader + 1)};
+  for (int i = 0; i < 3; ++i) {
+    if (i != leader) EXPECT_EQ(a[i].wait(std::chrono::seconds(180)), 0) << all(a);
+  }
+  const std::string out = all(a);
+  const auto evs = events(out);
+  ASSERT_EQ(evs.size(), 1u) << out;
+  EXPECT_EQ(sorted(evs[0]["lost"]), lost) << out;
+  EXPECT_EQ(evs[0]["members"].size(), 4u) << out;
+  EXPECT_EQ(evs[0]["resumed_step"], evs[0]["failed_step"]) << out;
+  EXPECT_EQ(out.find("fenced out"), std::string::npos) << "a survivor lost the store\n" << out;
+  expect_every_step(out);
+  expect_topology(out);
+}
+
+TEST_F(ElasticClusterTest, OnEtcdLosingTheQuorumIsAStoreErrorNamingEtcdAndARelaunchResumes) {
+  SimCluster c({"h1", "h2", "h3"});
+  const std::vector<std::string> hosts = {"h1", "h2", "h3"};
+  std::vector<Process> etcd = start_etcd(c, hosts);
+  Agents a = start_agents(c, "2:3", kSteps, /*restarts=*/0);
+  ASSERT_TRUE(wait_for(a, step_line(10))) << all(a);
+  etcd[1].kill(SIGKILL);  // two members of three: no quorum; every host and rank still up
+  etcd[2].kill(SIGKILL);
+  for (auto& agent : a) EXPECT_EQ(agent.wait(std::chrono::seconds(90)), kFencedExit) << all(a);
+  const std::string out = all(a);
+  std::regex fenced(
+      "(w[0-5]) is fenced out: its heartbeat could not reach the store[^\\n]*"
+      "etcd at h1:2379,h2:2379,h3:2379[^\\n]*quorum[^\\n]*It completed ([0-9]+) steps");
+  int count = 0;
+  for (std::sregex_iterator it(out.begin(), out.end(), fenced), end; it != end; ++it) ++count;
+  EXPECT_EQ(count, 6) << out;
+  // The members come back (from their data): a relaunch under a new prefix (the old run's
+  // records are stale) resumes from the snapshots still in every host's memory.
+  etcd.push_back(etcd_member(c, hosts, 1));
+  etcd.push_back(etcd_member(c, hosts, 2));
+  wait_for_etcd_leader(c, hosts);
+  endpoint_ += "-relaunch";
+  Agents b;
+  for (int node = 0; node < 3; ++node) {
+    b.push_back(c.start(hosts[node], agent(node, "2:3", kSteps, {"--last-call", "2"}, 0), env()));
+  }
+  std::string members;
+  for (auto& m : etcd) members += "etcd member:\n" + m.output();
+  for (auto& agent : b) EXPECT_EQ(agent.wait(std::chrono::seconds(120)), 0) << all(b) << members;
+  expect_resumed_from_memory(all(b));
+}
+
 TEST_F(ElasticClusterTest, TheStoresHostCrashingFencesEveryWorkerWithItsStateLeftForARelaunch) {
   SimCluster c({"h1", "h2", "h3"});
   Agents a = start_agents(c, "2:3", kSteps, /*restarts=*/0);
@@ -508,12 +625,7 @@ TEST_F(ElasticClusterTest, TheStoresHostCrashingFencesEveryWorkerWithItsStateLef
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   b.push_back(c.start("h3", relaunch(2), env()));
   for (auto& agent : b) EXPECT_EQ(agent.wait(std::chrono::seconds(120)), 0) << all(b);
-  const std::string again = all(b);
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(again, m, std::regex("resuming after step ([0-9]+)"))) << again;
-  EXPECT_GE(std::stoi(m[1].str()), 10) << again;
-  EXPECT_EQ(again.find(step_line(1)), std::string::npos) << again;
-  EXPECT_NE(again.find(step_line(kSteps)), std::string::npos) << again;
+  expect_resumed_from_memory(all(b));
 }
 
 }  // namespace

@@ -51,7 +51,9 @@ std::vector<std::string> EtcdCluster::member_command(const std::string& name, co
 }
 
 EtcdCluster::EtcdCluster(int n) {
-  char tmpl[] = "/tmp/tenax-etcd-XXXXXX";
+  // Data in memory where there is a tmpfs: the tests are about the protocol, not the disk, and
+  // a loaded machine's fsyncs would otherwise stall the members for seconds.
+  char tmpl[] = "/dev/shm/tenax-etcd-XXXXXX";
   root_ = mkdtemp(tmpl);
   for (int i = 0; i < n; ++i) {
     Member m;
@@ -118,16 +120,20 @@ int EtcdCluster::leader() const {
   auto r = run_command(
       {kEtcdctl, "--endpoints=" + live, "--command-timeout=2s", "endpoint", "status", "-w", "json"},
       env, std::chrono::seconds(10));
+  return leader_in(r.output, endpoints());
+}
+
+int EtcdCluster::leader_in(const std::string& status_json,
+                           const std::vector<std::string>& endpoints) {
   const auto j = nlohmann::json::parse(
-      r.output.substr(std::min(r.output.find('['), r.output.size())), nullptr, false);
+      status_json.substr(std::min(status_json.find('['), status_json.size())), nullptr, false);
   if (j.is_discarded() || !j.is_array()) return -1;
   for (const auto& s : j) {
     const auto& st = s["Status"];
-    if (st["header"]["member_id"] == st["leader"]) {
-      const std::string ep = s["Endpoint"].get<std::string>();
-      for (int i = 0; i < size(); ++i) {
-        if (endpoints()[i] == ep) return i;
-      }
+    if (st["header"]["member_id"] != st["leader"]) continue;
+    const std::string ep = s["Endpoint"].get<std::string>();
+    for (size_t i = 0; i < endpoints.size(); ++i) {
+      if (endpoints[i] == ep) return static_cast<int>(i);
     }
   }
   return -1;

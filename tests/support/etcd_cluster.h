@@ -23,6 +23,9 @@ class EtcdCluster {
                                                  const std::string& initial_cluster,
                                                  const std::string& dir);
 
+  // The index in `endpoints` of the leader that `etcdctl endpoint status -w json` printed, or -1.
+  static int leader_in(const std::string& status_json, const std::vector<std::string>& endpoints);
+
   // Starts `n` members and waits until the cluster has a leader. Throws std::runtime_error
   // when it does not within 30 s.
   explicit EtcdCluster(int n = 3);
