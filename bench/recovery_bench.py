@@ -17,11 +17,19 @@ machine, same model, same ranks, the same kill -9 sent by this script to the sec
            --elastic (snapshot and peer copy every step), with a peer copy every 10th snapshot,
            with a snapshot every 10th step, and the DDP reference; medians of the wall time.
 
+  store    the same kill as `kill`, REPS runs each, alternating: tenax on its TCP store (hosted
+           by tenaxrun) and tenax on a three-member etcd cluster on loopback (started by this
+           script, data in /dev/shm); then REPS runs on etcd in which the etcd leader is killed
+           at step S (the others elect a new one) while training goes on: the median step time
+           over the 3 s after the kill against the median before it.
+
 Usage: python3 bench/recovery_bench.py kill [--reps 5] [--step 30]
        python3 bench/recovery_bench.py goodput [--steps 900] [--period 60] [--systems ...]
        python3 bench/recovery_bench.py overhead [--reps 5] [--steps 150]
+       python3 bench/recovery_bench.py store [--reps 5] [--step 30]
 """
-import argparse, os, re, shutil, signal, statistics, subprocess, sys, threading, time
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile
+import threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "build/examples/llama/llama_train")
@@ -29,6 +37,7 @@ TENAXRUN = os.path.join(ROOT, "build/tools/tenaxrun")
 DATA = os.path.join(ROOT, "build/data/fortunes/train.bin")
 REFERENCE = os.path.join(ROOT, "bench/recovery_reference.py")
 STEP = {"tenax": re.compile(r"step +(\d+)/\d+ \|"), "torch": re.compile(r"^step (\d+) loss")}
+ETCD = {"endpoint": ""}  # the etcd cluster's address for system tenax-etcd (store mode)
 
 
 def command(system, steps, nproc, tag, extra=()):
@@ -36,8 +45,10 @@ def command(system, steps, nproc, tag, extra=()):
         return [TENAXRUN, "--nproc-per-node", str(nproc), TRAIN, "--preset", "tiny",
                 "--global-batch", "12", "--micro-batch", "4", "--steps", str(steps),
                 "--log-interval", "1", "--eval-interval", "0", "--data", DATA], "llama_train"
-    if system in ("tenax", "tenax-spares"):
+    if system in ("tenax", "tenax-spares", "tenax-etcd"):
         spares = ["--spares", "1"] if system == "tenax-spares" else []
+        if system == "tenax-etcd":
+            spares = ["--rdzv-endpoint", ETCD["endpoint"] + "/" + tag]
         return [TENAXRUN, "--nproc-per-node", str(nproc), *spares, "--nnodes", "1:1",
                 "--max-restarts", "100", TRAIN, "--elastic", "--preset", "tiny", "--global-batch", "12",
                 "--micro-batch", "4", "--steps", str(steps), "--log-interval", "1", "--data",
@@ -213,9 +224,120 @@ def overhead_mode(a):
         print(f"| {name} | {m:.1f} | {m / base:.2f} |")
 
 
+class EtcdCluster:
+    """Three etcd members on loopback ports, data in /dev/shm; killed and removed on close()."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="tenax-bench-etcd-", dir="/dev/shm")
+        ports = []
+        for _ in range(6):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        self.clients = [f"127.0.0.1:{ports[2 * i]}" for i in range(3)]
+        peers = [f"http://127.0.0.1:{ports[2 * i + 1]}" for i in range(3)]
+        initial = ",".join(f"m{i}={peers[i]}" for i in range(3))
+        self.argv = [["etcd", "--name", f"m{i}", "--data-dir", f"{self.dir}/m{i}",
+                      "--listen-client-urls", "http://" + self.clients[i],
+                      "--advertise-client-urls", "http://" + self.clients[i],
+                      "--listen-peer-urls", peers[i], "--initial-advertise-peer-urls", peers[i],
+                      "--initial-cluster", initial, "--initial-cluster-token", "bench",
+                      "--log-level", "error", "--logger", "zap"] for i in range(3)]
+        self.procs = [self._start(i) for i in range(3)]
+        self.wait_leader()
+        ETCD["endpoint"] = "etcd://" + ",".join(self.clients)
+
+    def _start(self, i):
+        return subprocess.Popen(self.argv[i], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def leader(self):
+        out = subprocess.run(["etcdctl", "--endpoints=" + ",".join(self.clients),
+                              "--command-timeout=2s", "endpoint", "status", "-w", "json"],
+                             capture_output=True, text=True).stdout
+        try:
+            for st in json.loads(out[out.find("["):]):
+                if st["Status"]["header"]["member_id"] == st["Status"]["leader"]:
+                    return self.clients.index(st["Endpoint"])
+        except (ValueError, KeyError):
+            pass
+        return -1
+
+    def wait_leader(self):
+        for _ in range(150):
+            if self.leader() >= 0:
+                return
+            time.sleep(0.2)
+        sys.exit("etcd: no leader within 30 s")
+
+    def kill_leader(self):
+        i = self.leader()
+        self.procs[i].kill()
+        self.procs[i].wait()
+        return i
+
+    def restart(self, i):
+        self.procs[i] = self._start(i)
+        self.wait_leader()
+
+    def close(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def store_mode(a):
+    if not shutil.which("etcd"):
+        sys.exit("store: etcd is not installed (etcd-server)")
+    etcd = EtcdCluster()
+    try:
+        systems = ["tenax", "tenax-etcd"]
+        rows = {s: [] for s in systems}
+        for rep in range(a.reps):
+            for s in systems:
+                r = kill_once(s, a.step, a.nproc, f"storebench-{os.getpid()}-{rep}")
+                rows[s].append(r[1])
+                print(f"{s:11s} rep {rep}: kill -> step {a.step + 1} done after {r[1]:.2f} s",
+                      flush=True)
+        med = {s: statistics.median(rows[s]) for s in systems}
+        print("\n| store | kill → step S+1 done (s), median | ratio (etcd / TCP) |")
+        print("|---|---|---|")
+        for s in systems:
+            print(f"| {'TCP (tenaxrun)' if s == 'tenax' else 'etcd, 3 members'} | {med[s]:.2f} | "
+                  f"{med[s] / med['tenax']:.2f} |")
+        ratios = []
+        for rep in range(a.reps):
+            tag = f"storebench-leader-{os.getpid()}-{rep}"
+            cleanup(tag)
+            run = Run("tenax-etcd", a.step + 40, a.nproc, tag)
+            run.wait_step(a.step)
+            killed_at = time.monotonic()
+            member = etcd.kill_leader()
+            code = run.finish()
+            cleanup(tag)
+            etcd.restart(member)
+            if code != 0:
+                sys.exit("tenax-etcd: run failed:\n" + "".join(run.lines[-30:]))
+            t = [x for x, _ in run.steps]
+            gaps = [(b, b - a_) for a_, b in zip(t, t[1:])]
+            before = statistics.median(g for end, g in gaps if end < killed_at)
+            during = statistics.median(g for end, g in gaps if killed_at < end < killed_at + 3)
+            ratios.append((before, during))
+            print(f"leader killed, rep {rep}: step {before * 1000:.0f} ms before, "
+                  f"{during * 1000:.0f} ms in the 3 s after", flush=True)
+        b = statistics.median(x for x, _ in ratios)
+        d = statistics.median(y for _, y in ratios)
+        print("\n| etcd | median step (ms) | ratio |")
+        print("|---|---|---|")
+        print(f"| normal | {b * 1000:.0f} | 1.00 |")
+        print(f"| 3 s after the leader was killed | {d * 1000:.0f} | {d / b:.2f} |")
+    finally:
+        etcd.close()
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["kill", "goodput", "overhead"])
+    p.add_argument("mode", choices=["kill", "goodput", "overhead", "store"])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--step", type=int, default=30)
     p.add_argument("--nproc", type=int, default=3)
@@ -228,7 +350,8 @@ def main():
     for f in (TRAIN, TENAXRUN, DATA):
         if not os.path.exists(f):
             sys.exit(f"missing {f}: run make build (and make demo once for the corpus)")
-    {"kill": kill_mode, "goodput": goodput_mode, "overhead": overhead_mode}[a.mode](a)
+    {"kill": kill_mode, "goodput": goodput_mode, "overhead": overhead_mode,
+     "store": store_mode}[a.mode](a)
 
 
 if __name__ == "__main__":

@@ -204,10 +204,13 @@ std::optional<llama::TrainOptions> checked_options(const tenax::LaunchInfo& laun
       return std::nullopt;
     }
     if (absl::GetFlag(FLAGS_elastic)) {
-      // Checked at the launch size here; each generation resolves dp and the micro-batch anew.
+      // Checked at the largest world here (--max-workers, else the launch size); each
+      // generation resolves dp and the micro-batch anew.
       const int replica = std::max(1, o.tp * o.pp);
+      const int most = absl::GetFlag(FLAGS_max_workers) > 0 ? absl::GetFlag(FLAGS_max_workers)
+                                                            : launch.size;
       llama::TrainOptions v = o;
-      v.dp = std::max(1, launch.size / replica);
+      v.dp = std::max(1, most / replica);
       v.micro_batch = llama::elastic_micro_batch(v.global_batch, v.dp, v.micro_batch);
       llama::resolve_options(v, v.dp * replica);
     } else {
