@@ -30,6 +30,23 @@ bool transient(const nlohmann::json& err) {
          m.find("timed out") != std::string::npos || m.find("not capable") != std::string::npos;
 }
 
+// A TLS failure is a refusal, not a member that is down: retrying cannot fix a certificate.
+bool tls_refusal(CURLcode code, const std::string& error) {
+  switch (code) {
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+      return true;
+    case CURLE_RECV_ERROR:  // TLS 1.3: the server's alert comes with the first read
+      return error.find("alert") != std::string::npos;
+    default:
+      return false;
+  }
+}
+
 size_t on_write(char* data, size_t size, size_t n, void* user);
 int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t);
 
@@ -221,6 +238,10 @@ nlohmann::json EtcdClient::post(const std::string& path, const nlohmann::json& b
       Reply r = perform(url(m, path), text, std::min(left, attempt).count(), false);
       if (r.code == CURLE_ABORTED_BY_CALLBACK)
         throw StoreError(describe() + ": client interrupted");
+      if (tls_refusal(r.code, r.error)) {
+        throw StoreError(describe() + " refused the TLS connection (" + options_.endpoints[m] +
+                         ": " + r.error + ")");
+      }
       if (r.code != CURLE_OK) {
         last = options_.endpoints[m] + ": " + r.error;
         member_ = (m + 1) % options_.endpoints.size();

@@ -122,6 +122,31 @@ TEST_F(EtcdStoreTest, AClientWithoutCredentialsIsRefusedAndThePasswordIsNeverSho
   EXPECT_EQ(s->add("n", 2), 2);
 }
 
+TEST(EtcdTlsTest, AClientWithTheClustersCaAndACertificateIsServedOneWithoutIsRefused) {
+  if (!EtcdCluster::available()) GTEST_SKIP() << "etcd is not installed (etcd-server)";
+  EtcdCluster cluster(1, /*tls=*/true);
+  EtcdOptions o;
+  o.endpoints = cluster.endpoints();
+  o.ca_file = cluster.ca_file();
+  o.cert_file = cluster.client_cert();
+  o.key_file = cluster.client_key();
+  auto s = EtcdStore::connect(o, 5s);
+  s->set("k", "v");
+  EXPECT_EQ(s->get("k", 1s), "v");
+  EXPECT_EQ(s->add("n", 3), 3);
+  // The cluster asks for a client certificate: without one the handshake is refused, at once.
+  o.cert_file.clear();
+  o.key_file.clear();
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    EtcdStore::connect(o, 5s);
+    FAIL() << "served without a client certificate";
+  } catch (const StoreError& e) {
+    EXPECT_NE(std::string(e.what()).find("etcd at 127.0.0.1:"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+}
+
 TEST(EtcdOptionsTest, AddressesParseAndMalformedOnesAreNamed) {
   auto o = EtcdOptions::parse("etcd://h1:2379,h2:2379/jobs/42");
   EXPECT_EQ(o.endpoints, (std::vector<std::string>{"h1:2379", "h2:2379"}));

@@ -50,11 +50,12 @@ std::vector<std::string> EtcdCluster::member_command(const std::string& name, co
           "zap"};
 }
 
-EtcdCluster::EtcdCluster(int n) {
+EtcdCluster::EtcdCluster(int n, bool tls) {
   // Data in memory where there is a tmpfs: the tests are about the protocol, not the disk, and
   // a loaded machine's fsyncs would otherwise stall the members for seconds.
   char tmpl[] = "/dev/shm/tenax-etcd-XXXXXX";
   root_ = mkdtemp(tmpl);
+  if (tls) make_certificates();
   for (int i = 0; i < n; ++i) {
     Member m;
     m.name = "m" + std::to_string(i);
@@ -88,17 +89,63 @@ std::vector<std::string> EtcdCluster::endpoints() const {
 }
 
 std::string EtcdCluster::address(const std::string& prefix) const {
-  std::string s = "etcd://";
-  for (const auto& e : endpoints()) s += (s.size() > 7 ? "," : "") + e;
+  std::string s;
+  for (const auto& e : endpoints()) s += (s.empty() ? "" : ",") + e;
+  s = (tls_dir_.empty() ? "etcd://" : "etcds://") + s;
   return prefix.empty() ? s : s + "/" + prefix;
+}
+
+void EtcdCluster::make_certificates() {
+  tls_dir_ = root_ + "/tls";
+  std::filesystem::create_directories(tls_dir_);
+  const std::string d = tls_dir_;
+  const std::string script =
+      "set -e; cd " + d + "\n" +
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=tenax-test-ca "
+      "-keyout ca.key -out ca.crt 2>/dev/null\n"
+      "for who in server client; do\n"
+      "  openssl req -newkey rsa:2048 -nodes -subj /CN=$who -keyout $who.key -out $who.csr "
+      "2>/dev/null\n"
+      "  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth,"
+      "clientAuth\\n' > $who.ext\n"
+      "  openssl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 "
+      "-extfile $who.ext -out $who.crt 2>/dev/null\n"
+      "done\n";
+  auto r = run_command({"/bin/sh", "-c", script}, {}, std::chrono::seconds(60));
+  if (r.exit_code != 0) throw std::runtime_error("openssl failed: " + r.output);
+}
+
+std::vector<std::string> EtcdCluster::etcdctl() const {
+  std::string live;
+  for (int i = 0; i < size(); ++i) {
+    if (members_[i].proc) live += (live.empty() ? "" : ",") + endpoints()[i];
+  }
+  std::vector<std::string> argv = {kEtcdctl, "--endpoints=" + live, "--command-timeout=2s"};
+  if (!tls_dir_.empty()) {
+    argv.insert(argv.end(),
+                {"--cacert=" + ca_file(), "--cert=" + client_cert(), "--key=" + client_key()});
+  }
+  if (!password_.empty()) argv.push_back("--user=root:" + password_);
+  return argv;
 }
 
 void EtcdCluster::start(int i) {
   Member& m = members_[i];
   if (m.proc) return;
-  m.proc = std::make_unique<Process>(
-      member_command(m.name, "127.0.0.1", m.client_port, m.peer_port, initial_cluster(), m.dir),
-      std::map<std::string, std::string>{});
+  auto argv =
+      member_command(m.name, "127.0.0.1", m.client_port, m.peer_port, initial_cluster(), m.dir);
+  if (!tls_dir_.empty()) {
+    // Clients over https with a certificate from the cluster's CA; peers stay on http.
+    for (auto& a : argv) {
+      if (a == "http://127.0.0.1:" + std::to_string(m.client_port)) {
+        a = "https://127.0.0.1:" + std::to_string(m.client_port);
+      }
+    }
+    argv.insert(argv.end(),
+                {"--cert-file", tls_dir_ + "/server.crt", "--key-file", tls_dir_ + "/server.key",
+                 "--client-cert-auth", "--trusted-ca-file", ca_file()});
+  }
+  m.proc = std::make_unique<Process>(argv, std::map<std::string, std::string>{});
 }
 
 void EtcdCluster::kill(int i) {
@@ -110,17 +157,10 @@ void EtcdCluster::kill(int i) {
 }
 
 int EtcdCluster::leader() const {
-  std::string live;
-  for (int i = 0; i < size(); ++i) {
-    if (members_[i].proc) live += (live.empty() ? "" : ",") + endpoints()[i];
-  }
-  if (live.empty()) return -1;
-  std::map<std::string, std::string> env;
-  if (!password_.empty()) env["ETCDCTL_USER"] = "root:" + password_;
-  auto r = run_command(
-      {kEtcdctl, "--endpoints=" + live, "--command-timeout=2s", "endpoint", "status", "-w", "json"},
-      env, std::chrono::seconds(10));
-  return leader_in(r.output, endpoints());
+  auto argv = etcdctl();
+  if (argv[1] == "--endpoints=") return -1;
+  argv.insert(argv.end(), {"endpoint", "status", "-w", "json"});
+  return leader_in(run_command(argv, {}, std::chrono::seconds(10)).output, endpoints());
 }
 
 int EtcdCluster::leader_in(const std::string& status_json,
@@ -152,14 +192,11 @@ void EtcdCluster::wait_for_leader() const {
 }
 
 void EtcdCluster::enable_auth(const std::string& password) {
-  std::string live;
-  for (int i = 0; i < size(); ++i) {
-    if (members_[i].proc) live += (live.empty() ? "" : ",") + endpoints()[i];
-  }
-  for (const auto& cmd : std::vector<std::vector<std::string>>{
-           {kEtcdctl, "--endpoints=" + live, "user", "add", "root:" + password},
-           {kEtcdctl, "--endpoints=" + live, "auth", "enable"}}) {
-    auto r = run_command(cmd, {}, std::chrono::seconds(20));
+  for (const auto& args : std::vector<std::vector<std::string>>{{"user", "add", "root:" + password},
+                                                                {"auth", "enable"}}) {
+    auto argv = etcdctl();
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = run_command(argv, {}, std::chrono::seconds(20));
     if (r.exit_code != 0) throw std::runtime_error("etcdctl failed: " + r.output);
   }
   password_ = password;

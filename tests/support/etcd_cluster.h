@@ -27,16 +27,21 @@ class EtcdCluster {
   static int leader_in(const std::string& status_json, const std::vector<std::string>& endpoints);
 
   // Starts `n` members and waits until the cluster has a leader. Throws std::runtime_error
-  // when it does not within 30 s.
-  explicit EtcdCluster(int n = 3);
+  // when it does not within 30 s. With `tls`, clients reach the members over https only, with
+  // a client certificate signed by the cluster's own CA (made with openssl for the test).
+  explicit EtcdCluster(int n = 3, bool tls = false);
   ~EtcdCluster();
   EtcdCluster(const EtcdCluster&) = delete;
 
   int size() const { return static_cast<int>(members_.size()); }
   // "127.0.0.1:port" of each member.
   std::vector<std::string> endpoints() const;
-  // "etcd://127.0.0.1:p1,…/prefix".
+  // "etcd://127.0.0.1:p1,…/prefix" ("etcds://" with TLS).
   std::string address(const std::string& prefix = "") const;
+  // With TLS: the CA that signed the members' and the client's certificates, and the client's.
+  std::string ca_file() const { return tls_dir_ + "/ca.crt"; }
+  std::string client_cert() const { return tls_dir_ + "/client.crt"; }
+  std::string client_key() const { return tls_dir_ + "/client.key"; }
   // The index of the member that leads now (asked of the live members), or -1.
   int leader() const;
   void kill(int i);
@@ -52,10 +57,13 @@ class EtcdCluster {
     std::unique_ptr<Process> proc;
   };
   std::string initial_cluster() const;
+  std::vector<std::string> etcdctl() const;  // etcdctl with the live endpoints and credentials
+  void make_certificates();
   void wait_for_leader() const;
   std::vector<Member> members_;
   std::string root_;
   std::string password_;
+  std::string tls_dir_;  // empty without TLS
 };
 
 }  // namespace tenax::testing
