@@ -417,14 +417,21 @@ void EtcdStore::set_on_disconnect(const std::string& key, const std::string& val
   records_.push_back(record);
 }
 
+std::chrono::milliseconds EtcdStore::disconnect_notice() const {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(options_.lease_ttl) + kWatchSlice;
+}
+
 void EtcdStore::keep_alive() {
   const auto period = std::chrono::milliseconds(options_.lease_ttl) / 3;
   std::unique_lock<std::mutex> lock(keeper_mu_);
   while (!keeper_cv_.wait_for(lock, period, [this] { return keeper_stop_; })) {
     lock.unlock();
     try {
+      // Until shortly before the lease would lapse, trying every member in turn.
+      const auto budget = std::max<std::chrono::milliseconds>(
+          period, std::chrono::milliseconds(options_.lease_ttl) - period);
       auto reply = keeper_client_->post("/v3/lease/keepalive", {{"ID", std::to_string(lease_)}},
-                                        Clock::now() + period);
+                                        Clock::now() + budget);
       const auto& result = reply.contains("result") ? reply["result"] : reply;
       if (etcd_int(result, "TTL") <= 0) {
         lease_lost_ = true;

@@ -43,10 +43,12 @@ FaultRecord timeout_fault(GlooState& st, const std::string& desc, uint64_t seq) 
   return st.faults->publish(f);
 }
 
-// A broken connection: the store names the dead peer (its store connection dropped too);
-// otherwise match Gloo's message against the peers' pair addresses.
+// A broken connection: the store names the dead peer (its store connection dropped too) when
+// it learns of deaths soon enough to be worth waiting for (the TCP store: at once; etcd: only
+// once a lease expires, seconds later); otherwise match Gloo's message against the peers' pair
+// addresses. Either way the first record published is the one every rank throws.
 FaultRecord lost_fault(GlooState& st, const std::string& desc, const std::string& what) {
-  {
+  if (st.store->disconnect_notice() <= kBlameWait) {
     std::unique_lock<std::mutex> lock(st.mu);
     st.cv.wait_for(lock, kBlameWait, [&] { return st.fault != nullptr; });
   }

@@ -281,6 +281,7 @@ bool Rendezvous::superseded(const Generation& gen) {
 std::vector<std::string> Rendezvous::dead_members(const Generation& gen) {
   std::vector<std::string> dead;
   const auto now = Clock::now();
+  const int64_t own = store_->add(key("hb/" + id_), 0);
   for (const auto& m : gen.members) {
     if (m == id_) continue;
     const int64_t count = store_->add(key("hb/" + m), 0);
@@ -288,7 +289,8 @@ std::vector<std::string> Rendezvous::dead_members(const Generation& gen) {
     if (count != s.count) {
       s.count = count;
       s.since = now;
-    } else if (now - s.since >= o_.heartbeat_timeout) {
+      s.own = own;
+    } else if (now - s.since >= o_.heartbeat_timeout && own - s.own >= 2) {
       dead.push_back(m);
     }
   }

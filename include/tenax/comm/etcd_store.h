@@ -36,8 +36,9 @@ struct TENAX_API EtcdOptions {
   std::string ca_file;
   std::string cert_file;
   std::string key_file;
-  // Lease TTL for set_on_disconnect: how long after a client's death its keys appear.
-  std::chrono::seconds lease_ttl{3};
+  // Lease TTL for set_on_disconnect: how long after a client's death its keys appear. Long
+  // enough that a loaded client's keep-alives (every TTL/3) never let it lapse by accident.
+  std::chrono::seconds lease_ttl{5};
 
   // Parses "etcd://h1:2379,h2:2379[/prefix]" (https with "etcds://"). Credentials and TLS
   // files come from TENAX_ETCD_USER, TENAX_ETCD_PASSWORD, TENAX_ETCD_CACERT, TENAX_ETCD_CERT,
@@ -79,6 +80,8 @@ class TENAX_API EtcdStore : public Store {
   std::pair<size_t, std::string> wait_any(const std::vector<std::string>& keys,
                                           std::chrono::milliseconds timeout) override;
   void set_on_disconnect(const std::string& key, const std::string& value) override;
+  // The lease's TTL and one watch slice.
+  std::chrono::milliseconds disconnect_notice() const override;
   std::shared_ptr<Store> clone() const override;
   void close() noexcept override;
   void interrupt() noexcept override;

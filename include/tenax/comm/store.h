@@ -60,6 +60,10 @@ class TENAX_API Store {
   // etcd.
   virtual void set_on_disconnect(const std::string& key, const std::string& value) = 0;
 
+  // How long after a client dies its set_on_disconnect keys may take to appear (an upper
+  // bound): those who would wait for them wait no longer than this is worth.
+  virtual std::chrono::milliseconds disconnect_notice() const = 0;
+
   // Opens a second, independent client of the same store (for a thread that blocks in a wait
   // while this one goes on serving calls). Throws StoreError when the store cannot be reached.
   virtual std::shared_ptr<Store> clone() const = 0;
@@ -113,6 +117,8 @@ class TENAX_API TcpStore : public Store {
                                           std::chrono::milliseconds timeout) override;
   // Registered with the server, which sets the key when this connection drops.
   void set_on_disconnect(const std::string& key, const std::string& value) override;
+  // At once: the server sees the connection drop.
+  std::chrono::milliseconds disconnect_notice() const override { return {}; }
   std::shared_ptr<Store> clone() const override;
   void close() noexcept override;
   void interrupt() noexcept override;

@@ -78,7 +78,9 @@ class TENAX_API Rendezvous {
   bool superseded(const Generation& gen);
 
   // Members of `gen` (other than this one) whose heartbeat has not moved for
-  // heartbeat_timeout, as seen by this member's successive calls. Call it periodically.
+  // heartbeat_timeout, as seen by this member's successive calls, while this member's own
+  // heartbeat moved (twice or more) in the store: a store that stalls for everyone (an etcd
+  // leader election) stops no one's heartbeat in particular. Call it periodically.
   std::vector<std::string> dead_members(const Generation& gen);
 
   // Ids that joined the generation after `gen` so far (empty when none is open).
@@ -120,6 +122,7 @@ class TENAX_API Rendezvous {
   struct Seen {
     int64_t count = -1;
     std::chrono::steady_clock::time_point since;
+    int64_t own = 0;  // this member's own heartbeat count when `count` last moved
   };
   std::map<std::string, Seen> seen_;
 
