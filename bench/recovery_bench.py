@@ -109,6 +109,9 @@ class Run:
                 if m:
                     self.steps.append((now, int(m.group(1))))
                 self.cv.notify_all()
+        self.proc.wait()
+        with self.cv:
+            self.cv.notify_all()  # the end of the output: waiters look at the exit status
 
     def wait_step(self, step, timeout=600):
         with self.cv:
