@@ -18,7 +18,9 @@
 
 namespace tenax {
 namespace {
-std::atomic<int64_t> g_wait_ns{0};
+// Per thread: a background thread's waits (the checkpoint engine's replication) must not count
+// as the training thread's communication.
+thread_local int64_t t_wait_ns = 0;
 }  // namespace
 
 namespace detail {
@@ -31,14 +33,10 @@ void CommIdentity::init(std::shared_ptr<Store> s, int r, int n, const CommOption
   store = std::move(s);
 }
 
-void add_communication_wait(std::chrono::nanoseconds elapsed) {
-  g_wait_ns.fetch_add(elapsed.count(), std::memory_order_relaxed);
-}
+void add_communication_wait(std::chrono::nanoseconds elapsed) { t_wait_ns += elapsed.count(); }
 }  // namespace detail
 
-std::chrono::nanoseconds communication_wait_time() {
-  return std::chrono::nanoseconds(g_wait_ns.load(std::memory_order_relaxed));
-}
+std::chrono::nanoseconds communication_wait_time() { return std::chrono::nanoseconds(t_wait_ns); }
 
 std::string to_string(Backend backend) { return backend == Backend::kGloo ? "gloo" : "nccl"; }
 

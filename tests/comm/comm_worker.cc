@@ -375,6 +375,30 @@ void scenario_bad_input(World& w) {
 
 // Rank 1 waits on the store while the store's host (rank 0 here) kills itself: the wait must end
 // with a StoreError soon, not at the 60 s timeout.
+// communication_wait_time() is the calling thread's: rank 0 waits 300 ms in an all_reduce on
+// a thread of its own (rank 1 joins late) while its main thread's total does not move.
+void scenario_wait_time_per_thread(World& w) {
+  CommOptions opts;
+  opts.name = "waittime";
+  auto c = create_communicator(Backend::kGloo, w.store, w.rank, w.size, opts);
+  const auto main_before = tenax::communication_wait_time();
+  std::chrono::nanoseconds waited{0};
+  std::thread background([&] {
+    const auto before = tenax::communication_wait_time();
+    if (w.rank == 1) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    at::Tensor t = at::ones({16});
+    c->all_reduce(t);
+    waited = tenax::communication_wait_time() - before;
+  });
+  background.join();
+  const auto main_waited = tenax::communication_wait_time() - main_before;
+  CHECK(main_waited.count() == 0, "the main thread was charged " << main_waited.count() << " ns");
+  if (w.rank == 0) {
+    CHECK(waited > std::chrono::milliseconds(250), "the waiting thread was charged only "
+                                                       << waited.count() << " ns");
+  }
+}
+
 // Rank 0 of a torchrun-style launch started the store (a process of its own) and dies: the
 // others go on using it.
 void scenario_store_starter_dies(World& w) {
@@ -438,6 +462,7 @@ int main(int argc, char** argv) {
        {"abort", scenario_abort},
        {"bad_input", scenario_bad_input},
        {"store_starter_dies", scenario_store_starter_dies},
+       {"wait_time_per_thread", scenario_wait_time_per_thread},
        {"nccl", scenario_nccl},
        {"init",
         [](World& w) {

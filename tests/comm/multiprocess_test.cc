@@ -92,6 +92,10 @@ TEST(FailureTest, RankZeroDyingLeavesTheStoreItStartedServingTheOthers) {
   EXPECT_NE(results[1].output.find("store outlived rank 0"), std::string::npos) << dump(results);
 }
 
+TEST(WaitTimeTest, CommunicationWaitTimeIsTheCallingThreadsOnly) {
+  expect_all_pass(run_ranks(2, {COMM_WORKER, "wait_time_per_thread"}), "wait_time_per_thread");
+}
+
 TEST(BadInputTest, EveryBadArgumentIsAClearErrorNamingRankAndTensor) {
   expect_all_pass(run_ranks(3, {COMM_WORKER, "bad_input"}), "bad_input");
 }

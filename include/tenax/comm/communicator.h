@@ -153,9 +153,10 @@ class TENAX_API Communicator {
   virtual void abort(const std::string& reason = "abort() called") = 0;
 };
 
-// Total time the threads of this process have spent blocked in Work::wait (every blocking
-// operation waits through it), on any communicator, since the process started: the
-// communication that computation did not hide. Never decreases; take differences.
+// Total time the calling thread has spent blocked in Work::wait (every blocking operation
+// waits through it), on any communicator, since it started: the communication that its
+// computation did not hide. Other threads' waits (the checkpoint engine's replication, say) are
+// theirs, not the caller's. Never decreases; take differences.
 TENAX_API std::chrono::nanoseconds communication_wait_time();
 
 // Builds a communicator of `size` ranks; every rank calls this with the same options.name and
