@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "tenax/comm/etcd_store.h"
+#include "tenax/elastic/rendezvous.h"
 #include "tenax/comm/store_server.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
@@ -285,9 +286,13 @@ class Agent {
   void relay_output();
   void reap();
   void on_exit(int local, int code);
+  // On etcd, which learns of a death only when a lease expires: marks the failed worker gone
+  // in the store at once, so the others re-form without waiting for it.
+  void mark_gone(int worker);
 
   const Plan& plan_;
   const Store& store_;
+  std::shared_ptr<tenax::Store> client_;  // this agent's own store client (mark_gone)
   std::vector<Rank> ranks_;
   int restarts_ = 0;
   int first_failure_ = 0;
@@ -403,6 +408,7 @@ void Agent::on_exit(int local, int code) {
     stop_time_ = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     return;
   }
+  if (code != 0) mark_gone(shown);
   if (code == 0) {
     finished_ = true;
     std::fprintf(stderr, "tenaxrun: worker w%d finished\n", shown);
@@ -421,6 +427,19 @@ void Agent::on_exit(int local, int code) {
                  "tenaxrun: worker w%d exited with status %d; not restarted (%d of %d restarts "
                  "used); the others go on without it\n",
                  shown, code, restarts_, plan_.max_restarts);
+  }
+}
+
+void Agent::mark_gone(int worker) {
+  if (store_.etcd.empty()) return;  // the TCP store sees the worker's connections drop at once
+  const std::string id = "w" + std::to_string(worker);  // its TENAX_MEMBER_ID
+  try {
+    if (!client_) client_ = tenax::open_store(store_.etcd, store_.token, std::chrono::seconds(2));
+    if (auto key = client_->try_get(tenax::Rendezvous::agent_key(id))) client_->set(*key, "1");
+  } catch (const tenax::Error& e) {
+    std::fprintf(stderr, "tenaxrun: could not mark worker %s gone in the store: %s\n", id.c_str(),
+                 e.what());
+    client_.reset();
   }
 }
 

@@ -75,6 +75,9 @@ Rendezvous::Rendezvous(std::shared_ptr<Store> store, std::string id, RendezvousO
   beat_store_->set_timeout(o_.heartbeat_timeout);
   beat_store_->delete_key(key("gone/" + id_));
   beat_store_->set_on_disconnect(key("gone/" + id_), "1");
+  // The key that says this member is gone, where its agent (which reaps it the moment it dies)
+  // finds it: on a store that learns of deaths late (etcd), the agent sets it at once.
+  store_->set(agent_key(id_), key("gone/" + id_));
   beat_store_->add(key("hb/" + id_), 1);
   if (o_.host.empty()) {
     char name[256] = {0};

@@ -222,6 +222,9 @@ TEST_F(RecoveryTest, OnAnEtcdStoreTheJobTrainsThroughTheLeadersDeathAndARankKill
   ASSERT_EQ(evs.size(), 1u) << out;
   EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w2"}));
   EXPECT_EQ(evs[0]["tier"], "memory");
+  // etcd would learn of the death only when w2's lease expires (5 s): its agent, which reaped
+  // it, marked it gone at once, and the survivors re-formed without waiting.
+  EXPECT_LT(evs[0]["rendezvous_ms"].get<double>(), 2500.0) << out;
   expect_every_step_logged(out);
   expect_baseline_loss(out);
 }

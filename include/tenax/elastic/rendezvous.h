@@ -74,6 +74,11 @@ class TENAX_API Rendezvous {
   // min_workers join within join_timeout.
   Generation next(const std::function<void()>& joined = {});
 
+  // Where a member's agent finds the key to set when the member's process dies: the store key
+  // "agent/<member>" holds it (written when the member connects). tenaxrun sets that key as
+  // soon as it reaps a worker that failed, so the others need not wait for the store to notice.
+  static std::string agent_key(const std::string& member) { return "agent/" + member; }
+
   // True iff a generation newer than `gen` has been opened: its members must call next().
   bool superseded(const Generation& gen);
 
