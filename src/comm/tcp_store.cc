@@ -3,6 +3,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <thread>
+
 #include "comm/net.h"
 #include "comm/store_protocol.h"
 #include "tenax/comm/store.h"
@@ -23,11 +25,24 @@ constexpr std::chrono::milliseconds kReplySlack{5000};
 std::shared_ptr<TcpStore> TcpStore::connect(const std::string& host, int port,
                                             const std::string& token,
                                             std::chrono::milliseconds timeout) {
-  int fd = detail::net::connect_tcp(host, port, detail::net::deadline_after(timeout));
-  std::shared_ptr<TcpStore> store(new TcpStore(host, port, token, fd));
-  store->set_timeout(timeout);
-  std::string reply = store->call(Encoder().u8(uint8_t(Op::kHello)).str(token).bytes(),
-                                  std::chrono::milliseconds(0));
+  const auto deadline = detail::net::deadline_after(timeout);
+  std::shared_ptr<TcpStore> store;
+  std::string reply;
+  for (;;) {
+    int fd = detail::net::connect_tcp(host, port, deadline);
+    store.reset(new TcpStore(host, port, token, fd));
+    store->set_timeout(timeout);
+    try {
+      reply = store->call(Encoder().u8(uint8_t(Op::kHello)).str(token).bytes(),
+                          std::chrono::milliseconds(0));
+      break;
+    } catch (const StoreError&) {
+      // Dropped before the hello was answered (a server pushing out the oldest of a flood of
+      // unauthenticated connections): connect again while time is left.
+      if (std::chrono::steady_clock::now() >= deadline) throw;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
   Decoder d(reply);
   if (static_cast<Status>(d.u8()) != Status::kOk) {
     std::string msg = d.str();

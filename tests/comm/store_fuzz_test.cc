@@ -93,7 +93,8 @@ TEST(StoreHardeningTest, HostileClientsAreDroppedWithAReasonWhileALegitimateOneI
   std::atomic<bool> stop{false};
   std::atomic<long> ops{0};
   std::atomic<long> slowest_ms{0};
-  std::string legit_error;
+  std::string legit_error;  // written by the client's thread before it sets legit_failed
+  std::atomic<bool> legit_failed{false};
   std::thread legit([&] {
     try {
       auto s = tenax::TcpStore::connect("127.0.0.1", port, token, 5s);
@@ -111,8 +112,17 @@ TEST(StoreHardeningTest, HostileClientsAreDroppedWithAReasonWhileALegitimateOneI
       }
     } catch (const std::exception& e) {
       legit_error = e.what();
+      legit_failed = true;
     }
   });
+
+  // The attacks start once the legitimate client is in and served.
+  for (int i = 0; i < 500 && ops == 0 && !legit_failed; ++i) std::this_thread::sleep_for(10ms);
+  if (ops == 0) {
+    stop = true;
+    legit.join();
+    FAIL() << "the legitimate client was not served before any attack: " << legit_error;
+  }
 
   // 1. Before authenticating: announce 4 GB and stream up to 300 MiB.
   {
