@@ -176,8 +176,7 @@ Plan read_plan(int argc, char** argv) {
     p.max_nodes = colon == std::string::npos ? p.min_nodes : count(v.substr(colon + 1), "MAX");
     if (p.max_nodes < p.min_nodes) usage("--nnodes MIN:MAX needs MIN <= MAX");
   }
-  const bool etcd = p.endpoint.rfind("etcd://", 0) == 0 || p.endpoint.rfind("etcds://", 0) == 0;
-  if (etcd) {
+  if (tenax::EtcdOptions::is_etcd_address(p.endpoint)) {
     try {
       tenax::EtcdOptions::parse(p.endpoint);
     } catch (const tenax::Error& e) {
@@ -251,7 +250,7 @@ Store start_store(const Plan& plan) {
   const auto env_token = tenax::env_string("TENAX_STORE_TOKEN");
   Store st;
   st.token = plan.endpoint.empty() || !env_token ? fresh : *env_token;
-  if (plan.endpoint.rfind("etcd", 0) == 0) {
+  if (tenax::EtcdOptions::is_etcd_address(plan.endpoint)) {
     st.etcd = plan.endpoint;
   } else if (plan.endpoint.empty()) {
     st.server = std::make_unique<tenax::StoreServer>("127.0.0.1", 0, st.token);

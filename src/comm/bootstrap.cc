@@ -71,7 +71,7 @@ void check_identity(LaunchInfo& info, const char* rank_var, const char* size_var
 void parse_master(LaunchInfo& info) {
   if (auto addr = env_string("TENAX_STORE_ADDR")) {
     info.host_store = false;
-    if (addr->rfind("etcd://", 0) == 0 || addr->rfind("etcds://", 0) == 0) {
+    if (EtcdOptions::is_etcd_address(*addr)) {
       EtcdOptions::parse(*addr);  // a malformed address fails here, naming it
       info.store_address = *addr;
       return;

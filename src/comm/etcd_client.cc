@@ -221,7 +221,8 @@ nlohmann::json EtcdClient::post(const std::string& path, const nlohmann::json& b
   std::string last = "no member tried";
   bool reauthenticated = false;
   for (int round = 0;; ++round) {
-    for (size_t k = 0; k < options_.endpoints.size(); ++k) {
+    // Each member once a round; a member asked again (a fresh token) does not count as tried.
+    for (size_t tried = 0; tried < options_.endpoints.size(); ++tried) {
       if (interrupted_) throw StoreError(describe() + ": client interrupted");
       const auto left =
           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
@@ -263,7 +264,7 @@ nlohmann::json EtcdClient::post(const std::string& path, const nlohmann::json& b
           message.find("invalid auth token") != std::string::npos) {
         reauthenticated = true;  // tokens expire; get a new one once
         authenticate(deadline);
-        --k;
+        --tried;  // the same member again, with the new token (unsigned wrap: ++ restores it)
         continue;
       }
       if (auth_call) {

@@ -3,7 +3,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <random>
 
 #include "comm/etcd_client.h"
@@ -58,6 +57,34 @@ json put_op(const std::string& key, const std::string& value, int64_t lease = 0)
 
 json range_of(const std::string& key) { return {{"key", base64_encode(key)}}; }
 
+// Transaction conditions: `key` does not exist; `key` was last modified at revision `mod`;
+// `key` holds `value`.
+json absent(const std::string& key) {
+  return {{"key", base64_encode(key)},
+          {"target", "CREATE"},
+          {"result", "EQUAL"},
+          {"create_revision", "0"}};
+}
+json unchanged_since(const std::string& key, int64_t mod) {
+  return {{"key", base64_encode(key)},
+          {"target", "MOD"},
+          {"result", "EQUAL"},
+          {"mod_revision", std::to_string(mod)}};
+}
+json holds(const std::string& key, const std::string& value) {
+  return {{"key", base64_encode(key)},
+          {"target", "VALUE"},
+          {"result", "EQUAL"},
+          {"value", base64_encode(value)}};
+}
+
+// "host:port" with a numeric port.
+bool is_host_port(const std::string& s) {
+  const auto colon = s.rfind(':');
+  return colon != std::string::npos && colon != 0 && colon + 1 != s.size() &&
+         s.find_first_not_of("0123456789", colon + 1) == std::string::npos;
+}
+
 json prefix_range(const std::string& prefix, bool keys_only) {
   json r = {{"key", base64_encode(prefix)}, {"range_end", base64_encode(prefix_end(prefix))}};
   if (keys_only) r["keys_only"] = true;
@@ -102,9 +129,7 @@ EtcdOptions EtcdOptions::parse(const std::string& address) {
     size_t comma = rest.find(',', start);
     if (comma == std::string::npos) comma = rest.size();
     const std::string ep = rest.substr(start, comma - start);
-    const auto colon = ep.rfind(':');
-    if (ep.empty() || colon == std::string::npos || colon == 0 || colon + 1 == ep.size() ||
-        ep.find_first_not_of("0123456789", colon + 1) != std::string::npos) {
+    if (!is_host_port(ep)) {
       throw ConfigError("store address '" + address + "': endpoint '" + ep + "' is not host:port");
     }
     o.endpoints.push_back(ep);
@@ -121,6 +146,10 @@ EtcdOptions EtcdOptions::parse(const std::string& address) {
   }
   if (env.lease_ttl_s > 0) o.lease_ttl = std::chrono::seconds(env.lease_ttl_s);
   return o;
+}
+
+bool EtcdOptions::is_etcd_address(const std::string& address) {
+  return address.rfind("etcd://", 0) == 0 || address.rfind("etcds://", 0) == 0;
 }
 
 EtcdStore::EtcdStore(EtcdOptions options)
@@ -190,14 +219,7 @@ int64_t EtcdStore::add(const std::string& key, int64_t delta) {
       }
     }
     const int64_t next = value + delta;
-    json compare = mod ? json{{"key", base64_encode(k)},
-                              {"target", "MOD"},
-                              {"result", "EQUAL"},
-                              {"mod_revision", std::to_string(mod)}}
-                       : json{{"key", base64_encode(k)},
-                              {"target", "CREATE"},
-                              {"result", "EQUAL"},
-                              {"create_revision", "0"}};
+    const json compare = mod ? unchanged_since(k, mod) : absent(k);
     auto txn = client_->post("/v3/kv/txn",
                              {{"compare", json::array({compare})},
                               {"success", json::array({put_op(k, std::to_string(next))})}},
@@ -211,14 +233,7 @@ std::string EtcdStore::compare_set(const std::string& key, const std::string& ex
   std::lock_guard<std::mutex> lock(mu_);
   check_open();
   const std::string k = full(key);
-  json compare = expected.empty() ? json{{"key", base64_encode(k)},
-                                         {"target", "CREATE"},
-                                         {"result", "EQUAL"},
-                                         {"create_revision", "0"}}
-                                  : json{{"key", base64_encode(k)},
-                                         {"target", "VALUE"},
-                                         {"result", "EQUAL"},
-                                         {"value", base64_encode(expected)}};
+  const json compare = expected.empty() ? absent(k) : holds(k, expected);
   auto txn = client_->post("/v3/kv/txn",
                            {{"compare", json::array({compare})},
                             {"success", json::array({put_op(k, desired)})},
@@ -299,17 +314,10 @@ void EtcdStore::reap(bool force) {
     // it is still the record read, so two reapers do not both act).
     const std::string target = options_.prefix + rest.substr(slash + 1);
     const std::string value = base64_decode(kv.value("value", ""));
-    json same = {{"key", base64_encode(record)},
-                 {"target", "MOD"},
-                 {"result", "EQUAL"},
-                 {"mod_revision", std::to_string(etcd_int(kv, "mod_revision"))}};
-    json absent = {{"key", base64_encode(target)},
-                   {"target", "CREATE"},
-                   {"result", "EQUAL"},
-                   {"create_revision", "0"}};
-    json drop = {{"request_delete_range", range_of(record)}};
+    const json same = unchanged_since(record, etcd_int(kv, "mod_revision"));
+    const json drop = {{"request_delete_range", range_of(record)}};
     auto done = client_->post("/v3/kv/txn",
-                              {{"compare", json::array({same, absent})},
+                              {{"compare", json::array({same, absent(target)})},
                                {"success", json::array({put_op(target, value), drop})}},
                               now + timeout_);
     if (!done.value("succeeded", false)) {
@@ -476,14 +484,13 @@ void EtcdStore::close() noexcept {
 
 std::shared_ptr<Store> open_store(const std::string& address, const std::string& token,
                                   std::chrono::milliseconds timeout) {
-  if (address.rfind("etcd://", 0) == 0 || address.rfind("etcds://", 0) == 0) {
+  if (EtcdOptions::is_etcd_address(address)) {
     return EtcdStore::connect(EtcdOptions::parse(address), timeout);
   }
-  const auto colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size() ||
-      address.find_first_not_of("0123456789", colon + 1) != std::string::npos) {
+  if (!is_host_port(address)) {
     throw ConfigError("store address '" + address + "' is neither host:port nor etcd://…");
   }
+  const auto colon = address.rfind(':');
   return TcpStore::connect(address.substr(0, colon), std::stoi(address.substr(colon + 1)), token,
                            timeout);
 }

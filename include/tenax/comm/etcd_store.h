@@ -45,6 +45,9 @@ struct TENAX_API EtcdOptions {
   // TENAX_ETCD_KEY, the lease TTL from TENAX_ETCD_LEASE_TTL (seconds). Throws ConfigError
   // naming the address for a malformed one.
   static EtcdOptions parse(const std::string& address);
+
+  // True iff `address` names an etcd cluster ("etcd://…" or "etcds://…"), not a TCP store.
+  static bool is_etcd_address(const std::string& address);
 };
 
 // A client of an etcd cluster. Thread-safe: calls are serialized per client; clone() gives a
