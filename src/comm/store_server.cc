@@ -100,6 +100,7 @@ class TENAX_INTERNAL StoreServer::Impl {
     std::string in, out;
     Clock::time_point accepted;
     bool authed = false;
+    std::list<int>::iterator pending;  // its place in pending_ while not authed
     bool said_bye = false;
     bool parked = false;
     std::vector<std::pair<std::string, std::string>> on_disconnect;
@@ -129,9 +130,7 @@ class TENAX_INTERNAL StoreServer::Impl {
         timeout_ms = static_cast<int>(std::max<long long>(0, std::min<long long>(timeout_ms, ms + 1)));
       };
       for (auto& p : parked_) until(p.deadline);
-      for (auto& [fd, c] : conns_) {
-        if (!c.authed) until(c.accepted + limits_.hello_timeout);
-      }
+      if (!pending_.empty()) until(conns_[pending_.front()].accepted + limits_.hello_timeout);
       int rc = ::poll(fds.data(), fds.size(), timeout_ms);
       if (rc < 0 && errno != EINTR) break;
       if (stopping_) break;
@@ -155,32 +154,26 @@ class TENAX_INTERNAL StoreServer::Impl {
       int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) return;
       // Room for the newcomer: the oldest connection still to authenticate goes.
-      int waiting = 0, oldest = -1;
-      for (auto& [other, c] : conns_) {
-        if (c.authed) continue;
-        ++waiting;
-        if (oldest < 0 || c.accepted < conns_[oldest].accepted) oldest = other;
-      }
-      if (waiting >= limits_.max_unauthenticated && oldest >= 0) {
-        refuse(oldest, "was the oldest of " + std::to_string(waiting) +
-                           " connections waiting to present the token (limit " +
-                           std::to_string(limits_.max_unauthenticated) + ")");
+      const size_t waiting = pending_.size();
+      if (waiting >= static_cast<size_t>(limits_.max_unauthenticated)) {
+        refuse(pending_.front(), "was the oldest of " + std::to_string(waiting) +
+                                     " connections waiting to present the token (limit " +
+                                     std::to_string(limits_.max_unauthenticated) + ")");
       }
       Conn c;
       c.accepted = Clock::now();
+      c.pending = pending_.insert(pending_.end(), fd);
       conns_.emplace(fd, std::move(c));
     }
   }
 
+  // pending_ is in order of arrival: the late ones are at its front.
   void expire_hellos() {
     const auto now = Clock::now();
-    std::vector<int> late;
-    for (auto& [fd, c] : conns_) {
-      if (!c.authed && now - c.accepted > limits_.hello_timeout) late.push_back(fd);
-    }
-    for (int fd : late) {
-      refuse(fd, "did not present the token within " +
-                     std::to_string(limits_.hello_timeout.count()) + " ms");
+    while (!pending_.empty() &&
+           now - conns_[pending_.front()].accepted > limits_.hello_timeout) {
+      refuse(pending_.front(), "did not present the token within " +
+                                   std::to_string(limits_.hello_timeout.count()) + " ms");
     }
   }
 
@@ -291,6 +284,7 @@ class TENAX_INTERNAL StoreServer::Impl {
         return false;
       }
       c.authed = true;
+      pending_.erase(c.pending);
       clients_.fetch_add(1);
       reply(c, Encoder().u8(uint8_t(Status::kOk)).bytes());
       return true;
@@ -500,7 +494,11 @@ class TENAX_INTERNAL StoreServer::Impl {
     if (it == conns_.end()) return;
     auto on_disc = std::move(it->second.on_disconnect);
     parked_.remove_if([fd](const Parked& p) { return p.fd == fd; });
-    if (it->second.authed) clients_.fetch_sub(1);
+    if (it->second.authed) {
+      clients_.fetch_sub(1);
+    } else {
+      pending_.erase(it->second.pending);
+    }
     ::close(fd);
     conns_.erase(it);
     for (auto& [key, value] : on_disc) {
@@ -523,6 +521,7 @@ class TENAX_INTERNAL StoreServer::Impl {
   int wake_[2] = {-1, -1};
   std::atomic<bool> stopping_{false};
   std::atomic<int> clients_{0};
+  std::list<int> pending_;  // connections still to present the token, oldest first
   std::thread thread_;
   std::unordered_map<int, Conn> conns_;
   std::map<std::string, std::string> data_;
