@@ -5,7 +5,8 @@ set -euo pipefail
 pkgs=(g++ cmake ninja-build ccache make libtorch-dev libgloo-dev libopenmpi-dev openmpi-bin
       libabsl-dev libgtest-dev libbenchmark-dev libopenblas0-pthread fortunes
       libcurl4-openssl-dev nlohmann-json3-dev awscli iproute2 python3 etcd-server etcd-client
-      slurm-wlm munge python3-yaml)
+      slurm-wlm munge python3-yaml
+      libcpp-httplib-dev prometheus)
 if [ "${1:-}" = bench ]; then pkgs+=(python3-torch); fi
 missing=()
 for p in "${pkgs[@]}"; do

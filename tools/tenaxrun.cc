@@ -24,6 +24,11 @@
 // and join as warm standby: workers get TENAX_ACTIVE_WORKERS = MAX*N, the job trains on that
 // many, and a spare takes a lost worker's place at the next re-formation with no process start.
 //
+// --metrics-port P (or TENAX_METRICS_PORT in tenaxrun's environment) serves this host's metrics
+// on P (0: an ephemeral port) at TENAX_METRICS_ADDR (default 127.0.0.1): tenaxrun's own series
+// (workers running, restarts, spares) and, fetched at each scrape and merged, those of its
+// workers, which serve on P+1+local rank (they get TENAX_METRICS_PORT = P+1).
+//
 // Flags are Abseil flags, spelled with dashes or underscores (--nproc-per-node, --nproc_per_node),
 // each followed by its value or joined to it by "="; the first argument that is not a flag (or
 // the one after "--") is the program.
@@ -36,6 +41,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -48,10 +54,13 @@
 #include <vector>
 
 #include "tenax/comm/etcd_store.h"
-#include "tenax/elastic/rendezvous.h"
 #include "tenax/comm/store_server.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
+#include "tenax/core/metrics.h"
+#include "tenax/elastic/rendezvous.h"
+#include "tenax/observe/exposition.h"
+#include "tenax/observe/observe.h"
 
 ABSL_FLAG(int, nproc_per_node, 0, "ranks to start on this host (required)");
 ABSL_FLAG(std::string, timeout, "", "TENAX_TIMEOUT of the ranks, in seconds");
@@ -63,6 +72,9 @@ ABSL_FLAG(std::string, rdzv_endpoint, "",
           "shared by every host");
 ABSL_FLAG(bool, host_store, false, "serve the store at --rdzv-endpoint from this host");
 ABSL_FLAG(int, spares, 0, "elastic: warm spare workers per host, started ahead as standby");
+ABSL_FLAG(int, metrics_port, -1,
+          "serve this host's metrics (tenaxrun's and its workers') on this port (0: any free "
+          "one); workers serve on the ports after it. -1: TENAX_METRICS_PORT, else none");
 
 namespace {
 
@@ -92,8 +104,11 @@ std::string dashed(std::string name) {
 }
 
 // The smallest value of each integer flag.
-const std::map<std::string, int> kLowest = {
-    {"nproc_per_node", 1}, {"max_restarts", 0}, {"node_rank", 0}, {"spares", 0}};
+const std::map<std::string, int> kLowest = {{"nproc_per_node", 1},
+                                            {"max_restarts", 0},
+                                            {"node_rank", 0},
+                                            {"spares", 0},
+                                            {"metrics_port", 0}};
 
 [[noreturn]] void bad_integer(const std::string& name, const std::string& text) {
   usage(dashed(name) + " must be a " + (kLowest.at(name) > 0 ? "positive" : "non-negative") +
@@ -143,6 +158,7 @@ int parse_flags(int argc, char** argv, std::set<std::string>& given) {
 // What this agent runs, from its flags.
 struct Plan {
   int nproc = 0, min_nodes = 1, max_nodes = 1, max_restarts = 0, node_rank = 0, spares = 0;
+  int metrics_port = -1;                          // -1: no endpoint
   int workers() const { return nproc + spares; }  // processes this agent runs
   bool elastic = false, host_store = false;
   std::string timeout, endpoint;
@@ -160,6 +176,7 @@ Plan read_plan(int argc, char** argv) {
   p.endpoint = absl::GetFlag(FLAGS_rdzv_endpoint);
   p.host_store = absl::GetFlag(FLAGS_host_store);
   p.spares = absl::GetFlag(FLAGS_spares);
+  p.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   p.elastic = given.count("nnodes") > 0 || given.count("max_restarts") > 0;
   if (given.count("nnodes")) {
     const std::string v = absl::GetFlag(FLAGS_nnodes);
@@ -299,6 +316,15 @@ class Agent {
   int forwarded_ = 0;      // the signal last forwarded to the ranks
   std::chrono::steady_clock::time_point stop_time_ = std::chrono::steady_clock::time_point::max();
   bool killed_ = false;
+
+ public:
+  // The host endpoint's port (-1: none); workers serve on the ports after it.
+  int metrics_port = -1;
+  struct Series {
+    tenax::metrics::Gauge* running;
+    tenax::metrics::Counter* restarts;
+    tenax::metrics::Counter* failures;
+  } series{};
 };
 
 void Agent::exec_rank(int local, int restart_count) {
@@ -329,6 +355,7 @@ void Agent::exec_rank(int local, int restart_count) {
     setenv("TENAX_RESTART_COUNT", std::to_string(restart_count).c_str(), 1);
   }
   if (!plan_.timeout.empty()) setenv("TENAX_TIMEOUT", plan_.timeout.c_str(), 1);
+  if (metrics_port > 0) setenv("TENAX_METRICS_PORT", std::to_string(metrics_port + 1).c_str(), 1);
   execvp(plan_.program[0], plan_.program);
   std::fprintf(stderr, "tenaxrun: cannot run %s: %s\n", plan_.program[0], std::strerror(errno));
   _exit(127);
@@ -358,6 +385,7 @@ bool Agent::spawn(int local, int restart_count) {
   rk.pid = pid;
   rk.out_fd = out[0];
   rk.err_fd = err[0];
+  series.running->add(1);
   return true;
 }
 
@@ -407,12 +435,17 @@ void Agent::on_exit(int local, int code) {
     stop_time_ = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     return;
   }
-  if (code != 0) mark_gone(shown);
+  series.running->add(-1);
+  if (code != 0) {
+    series.failures->inc();
+    mark_gone(shown);
+  }
   if (code == 0) {
     finished_ = true;
     std::fprintf(stderr, "tenaxrun: worker w%d finished\n", shown);
   } else if (restarts_ < plan_.max_restarts && g_signal == 0 && !finished_) {
     ++restarts_;
+    series.restarts->inc();
     std::fprintf(stderr,
                  "tenaxrun: worker w%d exited with status %d; restarting it (restart %d of %d)\n",
                  shown, code, restarts_, plan_.max_restarts);
@@ -479,6 +512,50 @@ int Agent::supervise() {
   return first_failure_;
 }
 
+// This host's endpoint (null when no port is configured): tenaxrun's series and its workers'.
+std::unique_ptr<tenax::observe::MetricsServer> serve_metrics(const Plan& plan, Agent& agent) {
+  auto& reg = tenax::metrics::registry();
+  agent.series.running = &reg.gauge("tenax_agent_workers_running", "Workers this agent runs now");
+  agent.series.restarts =
+      &reg.counter("tenax_agent_restarts_total", "Failed workers this agent restarted");
+  agent.series.failures =
+      &reg.counter("tenax_agent_worker_failures_total", "Workers that exited with an error");
+  reg.gauge("tenax_agent_spares", "Warm spare workers this agent starts").set(plan.spares);
+  reg.gauge("tenax_agent_workers", "Workers this agent starts (ranks and spares)")
+      .set(plan.workers());
+  int port = plan.metrics_port;
+  if (port < 0) port = static_cast<int>(tenax::settings().observe.metrics_port);
+  if (port < 0) return nullptr;
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  const std::string job = tenax::settings().observe.job;
+  reg.set_constant_label("job", job.empty() ? "tenax" : job);
+  reg.set_constant_label("host", host);
+  reg.set_constant_label("node_rank", std::to_string(plan.node_rank));
+  const std::string address = tenax::settings().observe.metrics_address;
+  const int workers = plan.workers();
+  auto base = std::make_shared<std::atomic<int>>(0);
+  auto server = std::make_unique<tenax::observe::MetricsServer>(
+      address, port,
+      [base, workers, address] {
+        std::vector<std::string> texts{tenax::metrics::registry().render()};
+        const std::string peer = address == "0.0.0.0" ? "127.0.0.1" : address;
+        for (int i = 0; i < workers; ++i) {
+          // A worker starting, restarting or gone answers nothing: its series are absent.
+          if (auto t = tenax::observe::fetch_metrics(peer, base->load() + 1 + i, 500)) {
+            texts.push_back(std::move(*t));
+          }
+        }
+        return tenax::observe::merge_expositions(texts);
+      },
+      "--metrics-port " + std::to_string(port));
+  base->store(server->port());
+  agent.metrics_port = server->port();
+  std::fprintf(stderr, "tenaxrun: metrics of this host at http://%s:%d/metrics\n", address.c_str(),
+               server->port());
+  return server;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -497,6 +574,13 @@ int main(int argc, char** argv) {
   sigaction(SIGHUP, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
   Agent agent(plan, store);
+  std::unique_ptr<tenax::observe::MetricsServer> metrics;
+  try {
+    metrics = serve_metrics(plan, agent);
+  } catch (const tenax::Error& e) {
+    std::fprintf(stderr, "tenaxrun: %s\n", e.what());
+    return 1;
+  }
   for (int r = 0; r < plan.workers(); ++r) {
     if (!agent.spawn(r, 0)) return 1;
   }

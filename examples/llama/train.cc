@@ -6,20 +6,21 @@
 #include <absl/flags/flag.h>
 #include <absl/flags/parse.h>
 #include <absl/flags/usage.h>
-
 #include <tenax/checkpoint/engine.h>
 #include <tenax/comm/init.h>
 #include <tenax/core/config.h>
 #include <tenax/core/error.h>
 #include <tenax/core/fault_injection.h>
+#include <tenax/core/time_use.h>
+#include <tenax/observe/observe.h>
 
 #include <chrono>
 #include <cmath>
-#include <memory>
-#include <optional>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -289,6 +290,7 @@ int run_static(const llama::TrainOptions& o, const tenax::FaultInjector& faults)
     const int64_t eval_every = absl::GetFlag(FLAGS_eval_interval);
     llama::StepLog log = step_log(o);
     log.set_world(world.size, leader);
+    tenax::account_time(tenax::TimeUse::kStartup, tenax::process_seconds());
     for (int64_t step = first_step; step < o.steps; ++step) {
       if (exit_after > 0 && step - first_step >= exit_after) {
         if (ckpt) ckpt->wait();
@@ -304,6 +306,8 @@ int run_static(const llama::TrainOptions& o, const tenax::FaultInjector& faults)
         s.seconds += s.ckpt_seconds;
       }
       log.add(s);
+      tenax::account_time(tenax::TimeUse::kProductive, s.seconds - s.ckpt_seconds);
+      tenax::account_time(tenax::TimeUse::kCheckpointStall, s.ckpt_seconds);
       if (eval_every > 0 && ((step + 1) % eval_every == 0 || step + 1 == o.steps)) {
         const double v = trainer.evaluate(absl::GetFlag(FLAGS_eval_batches));
         if (!std::isnan(v)) log.validation(step + 1, v);
@@ -344,5 +348,14 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   const std::optional<llama::TrainOptions> o = checked_options(launch, exit_code);
   if (!o) return exit_code;
+  // Metrics (TENAX_METRICS_PORT) before any work: a port that cannot be served stops the rank
+  // here rather than leaving it to train unobserved.
+  std::optional<tenax::observe::Observability> observability;
+  try {
+    observability.emplace();
+  } catch (const tenax::Error& e) {
+    std::cerr << "llama_train: rank " << launch.rank << ": " << e.what() << std::endl;
+    return 2;
+  }
   return absl::GetFlag(FLAGS_elastic) ? run_elastic(*o, launch, *faults) : run_static(*o, *faults);
 }

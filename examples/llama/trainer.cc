@@ -1,9 +1,10 @@
 #include "trainer.h"
 
-#include <torch/torch.h>
-
 #include <tenax/checkpoint/module_state.h>
 #include <tenax/core/error.h>
+#include <tenax/core/time_use.h>
+#include <tenax/observe/observe.h>
+#include <torch/torch.h>
 
 #include <chrono>
 #include <cmath>
@@ -90,6 +91,9 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
   if (o.device == "cuda") device = torch::Device(torch::kCUDA, o.device_index);
   mesh = std::make_unique<tenax::ProcessMesh>(
       world, tenax::MeshOptions().data_parallel(o.dp).tensor_parallel(o.tp).pipeline_parallel(o.pp));
+  tenax::observe::set_label("dp", std::to_string(mesh->dp_rank()));
+  tenax::observe::set_label("tp", std::to_string(mesh->tp_rank()));
+  tenax::observe::set_label("pp", std::to_string(mesh->pp_rank()));
   torch::manual_seed(o.seed);
   model = Llama(o.model, o.seq_len, mesh->tp(), mesh->pp_rank(), o.pp);
   model->to(device);
@@ -249,7 +253,14 @@ Trainer::Trainer(const TrainOptions& options, std::shared_ptr<tenax::Communicato
     : impl_(std::make_unique<Impl>(options, std::move(world))) {}
 Trainer::~Trainer() = default;
 StepStats Trainer::train_step() { return impl_->train_step(); }
-double Trainer::evaluate(int batches) { return impl_->evaluate(batches); }
+double Trainer::evaluate(int batches) {
+  const auto start = std::chrono::steady_clock::now();
+  const double loss = impl_->evaluate(batches);
+  tenax::account_time(
+      tenax::TimeUse::kEvaluation,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return loss;
+}
 int64_t Trainer::step() const { return impl_->step; }
 
 tenax::StateDict& Trainer::state() {

@@ -11,6 +11,7 @@
 
 #include "checkpoint/crc32c.h"
 #include "checkpoint/engine_impl.h"
+#include "checkpoint/engine_metrics.h"
 #include "checkpoint/replica_placement.h"
 #include "tenax/comm/init.h"
 #include "tenax/core/config.h"
@@ -154,6 +155,7 @@ CheckpointEngine::Impl::~Impl() {
 }
 
 void CheckpointEngine::Impl::save(int64_t step, const StateDict& state, bool persist_now) {
+  const auto began = std::chrono::steady_clock::now();
   Layout layout = detail::plan(state);
   layout.run = o_.run;
   layout.step = step;
@@ -194,6 +196,12 @@ void CheckpointEngine::Impl::save(int64_t step, const StateDict& state, bool per
   std::lock_guard<std::mutex> lock(mu_);
   last_saved_ = step;
   ++saves_;
+  auto& m = detail::checkpoint_metrics();
+  m.save_stall->observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+  m.last_saved_step->set(static_cast<double>(step));
+  if (durable_)
+    m.persistence_lag->set(static_cast<double>(step - std::max<int64_t>(last_persisted_, 0)));
   // Every rank saves the same steps, so every rank replicates the same ones: the exchanges
   // pair up.
   commits_.push_back({slot, step, std::move(layout),
@@ -277,8 +285,13 @@ void CheckpointEngine::Impl::commit_loop() {
       committing_ = true;
       committing_persist_ = job.persist;
     }
+    const auto began = std::chrono::steady_clock::now();
     detail::compute_crcs(job.layout, memory_.region(job.slot).data());
     memory_.commit(job.slot, detail::to_json(job.layout).dump());
+    auto& m = detail::checkpoint_metrics();
+    m.seconds[m.kMemory]->inc(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+    m.bytes[m.kMemory]->inc(static_cast<double>(job.layout.data_bytes));
     std::lock_guard<std::mutex> lock(mu_);
     committing_ = false;
     committing_persist_ = false;

@@ -7,6 +7,7 @@
 
 #include "checkpoint/durable_layout.h"
 #include "checkpoint/engine_impl.h"
+#include "checkpoint/engine_metrics.h"
 #include "checkpoint/parallel_for.h"
 #include "tenax/core/logging.h"
 
@@ -35,17 +36,28 @@ void CheckpointEngine::Impl::persist_loop() {
     }
     Ms backoff = o_.s3.backoff;
     std::optional<Upload> upload;
+    auto& m = detail::checkpoint_metrics();
     for (;;) {
       try {
+        const auto began = std::chrono::steady_clock::now();
         if (!upload) upload = copy_out(job);  // releases the slot
         persist(*upload);
+        m.seconds[m.kDurable]->inc(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+        for (const auto& obj : upload->objects) {
+          m.bytes[m.kDurable]->inc(static_cast<double>(obj.second.size()));
+        }
         std::lock_guard<std::mutex> lock(mu_);
         last_persisted_ = job.step;
+        m.last_durable_step->set(static_cast<double>(job.step));
+        m.persistence_lag->set(static_cast<double>(last_saved_ - job.step));
         if (last_error_.find("step " + std::to_string(job.step) + ":") != std::string::npos) {
           last_error_.clear();
         }
         break;
       } catch (const std::exception& e) {
+        m.failures[m.kDurable]->inc();
+        m.retries->inc();
         std::unique_lock<std::mutex> lock(mu_);
         last_error_ = "persist of step " + std::to_string(job.step) + ": " + e.what();
         log(LogLevel::kWarning, "checkpoint: rank " + std::to_string(comm_->rank()) + ": " +

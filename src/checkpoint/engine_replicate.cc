@@ -3,6 +3,7 @@
 // communicator of its own.
 
 #include "checkpoint/engine_impl.h"
+#include "checkpoint/engine_metrics.h"
 #include "tenax/core/logging.h"
 
 namespace tenax {
@@ -21,9 +22,15 @@ void CheckpointEngine::Impl::replicate_loop() {
       replicating_ = !peer_broken_;
     }
     if (!peer_broken_) {
+      auto& m = detail::checkpoint_metrics();
       try {
+        const auto began = std::chrono::steady_clock::now();
         exchange(job.first);
+        m.seconds[m.kPeer]->inc(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+        m.bytes[m.kPeer]->inc(static_cast<double>(memory_.region(job.first).header()->data_bytes));
       } catch (const std::exception& e) {
+        m.failures[m.kPeer]->inc();
         std::lock_guard<std::mutex> lock(mu_);
         peer_broken_ = true;
         last_error_ = "peer replication of step " + std::to_string(job.second) + ": " + e.what();

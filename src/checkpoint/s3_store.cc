@@ -9,19 +9,20 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <map>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <random>
 #include <sstream>
 #include <thread>
 
+#include "checkpoint/engine_metrics.h"
 #include "checkpoint/object_store.h"
 #include "checkpoint/parallel_for.h"
 #include "tenax/comm/init.h"
 #include "tenax/core/config.h"
-#include "tenax/core/fault_injection.h"
 #include "tenax/core/error.h"
+#include "tenax/core/fault_injection.h"
 #include "tenax/core/logging.h"
 
 namespace tenax::detail {
@@ -310,6 +311,7 @@ class S3Store : public ObjectStore {
     for (int attempt = 1;; ++attempt) {
       r = request_once(method, key, query, body, n, header);
       if (!retryable(r) || attempt >= o_.max_attempts) return r;
+      detail::checkpoint_metrics().retries->inc();
       const auto jitter = std::chrono::milliseconds(
           std::uniform_int_distribution<int64_t>(0, delay.count() / 2)(rng));
       log(LogLevel::kDebug, "s3: " + method + " " + key + ": " + describe_failure(r) +

@@ -15,10 +15,12 @@
 
 #include "comm/net.h"
 #include "tenax/comm/etcd_store.h"
+#include "tenax/comm/flight_recorder.h"
 #include "tenax/comm/init.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
+#include "tenax/core/metrics.h"
 
 namespace tenax {
 namespace {
@@ -263,6 +265,9 @@ World connect(InitOptions options) {
   w.rank = info.rank;
   w.size = info.size;
   w.local_rank = info.local_rank;
+  set_flight_identity("rank" + std::to_string(info.rank));
+  set_log_context("rank", std::to_string(info.rank));
+  metrics::registry().set_constant_label("rank", std::to_string(info.rank));
   return w;
 }
 

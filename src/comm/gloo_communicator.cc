@@ -29,6 +29,7 @@
 #include "comm/gloo_store.h"
 #include "comm/gloo_work.h"
 #include "comm/reduce_kernels.h"
+#include "tenax/comm/flight_recorder.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 
@@ -76,6 +77,8 @@ class GlooCommunicator : public BackendCommunicator {
     st_->faults =
         std::make_unique<FaultChannel>(st_->store, st_->prefix, rank, gone,
                                        [raw](const FaultRecord& f) { raw->set_fault(f.to_exception()); });
+    st_->trace = std::make_unique<OpTrace>(opts.name, rank, size);
+    install_flight_signal_handler();
     worker_ = std::thread([st = st_] { worker_loop(st); });
   }
 
@@ -271,7 +274,7 @@ class GlooCommunicator : public BackendCommunicator {
     OpContext c = ctx("send");
     check_point_to_point(c, tensor, dst, /*to_peer=*/true);
     if (tensor.numel() == 0) return done();
-    auto w = post(c, tensor, tensor.contiguous(), true,
+    auto w = post(c, tensor, tensor.contiguous(), true, dst,
                   describe(tensor) + " to rank " + std::to_string(dst));
     w->buffer().send(dst, gloo::Slot::build(kP2PSlotPrefix, tag));
     return w;
@@ -282,7 +285,8 @@ class GlooCommunicator : public BackendCommunicator {
     check_point_to_point(c, tensor, src, /*to_peer=*/false);
     if (tensor.numel() == 0) return done();
     at::Tensor staged = tensor.is_contiguous() ? tensor : tensor.contiguous();
-    auto w = post(c, tensor, staged, false, describe(tensor) + " from rank " + std::to_string(src));
+    auto w =
+        post(c, tensor, staged, false, src, describe(tensor) + " from rank " + std::to_string(src));
     w->buffer().recv(src, gloo::Slot::build(kP2PSlotPrefix, tag));
     return w;
   }
@@ -340,12 +344,17 @@ class GlooCommunicator : public BackendCommunicator {
   static WorkHandle done() { return std::make_shared<CompletedWork>(); }
 
   std::shared_ptr<P2PWork> post(const OpContext& c, const at::Tensor& user, at::Tensor staged,
-                                bool is_send, const std::string& what) {
+                                bool is_send, int peer, const std::string& what) {
     std::lock_guard<std::mutex> lock(st_->mu);
     if (st_->fault) std::rethrow_exception(st_->fault);
     uint64_t seq = st_->next_seq++;
+    const int64_t bytes = staged.numel() * staged.element_size();
+    const uint64_t id = st_->trace->enqueued(is_send ? OpKind::kSend : OpKind::kRecv, seq,
+                                             staged.scalar_type(), staged.numel(), bytes, peer);
+    st_->trace->started(id);
     return std::make_shared<P2PWork>(st_, user, std::move(staged), is_send,
-                                     c.op + " #" + std::to_string(seq) + " (" + what + ")", seq);
+                                     c.op + " #" + std::to_string(seq) + " (" + what + ")", seq,
+                                     id);
   }
 
   WorkHandle enqueue(const OpContext& c, const std::string& what, CallSignature sig,
@@ -355,6 +364,9 @@ class GlooCommunicator : public BackendCommunicator {
     if (st_->fault) std::rethrow_exception(st_->fault);
     t->seq = st_->next_seq++;
     t->desc = c.op + " #" + std::to_string(t->seq) + (what.empty() ? "" : " (" + what + ")");
+    t->trace_id = st_->trace->enqueued(
+        op_kind(c.op), t->seq, sig.dtype, sig.numel,
+        sig.op != 0 ? sig.numel * static_cast<int64_t>(c10::elementSize(sig.dtype)) : 0, sig.root);
     const bool cheap_to_check =
         sig.op != 0 && sig.numel * c10::elementSize(sig.dtype) >= kAlwaysCheckBytes;
     if (sig.op != 0 && st_->size > 1 && (cheap_to_check || st_->debug_collectives)) {

@@ -30,6 +30,7 @@
 #include "comm/backend_communicator.h"
 #include "comm/fault.h"
 #include "comm/gloo_allreduce_cache.h"
+#include "comm/op_trace.h"
 #include "comm/shm_allreduce.h"
 #include "tenax/comm/communicator.h"
 #include "tenax/comm/store.h"
@@ -77,6 +78,7 @@ struct TENAX_INTERNAL GlooState : CommIdentity {
   bool debug_collectives = false;  // check every collective's arguments across ranks
   bool shared_memory = true;       // all-reduce through shared memory when all ranks are local
   std::unique_ptr<FaultChannel> faults;
+  std::unique_ptr<OpTrace> trace;  // the flight recorder and metrics (thread-safe itself)
   std::shared_ptr<gloo::transport::Device> device;
   std::shared_ptr<gloo::rendezvous::Context> ctx;
 
@@ -132,6 +134,7 @@ struct TENAX_INTERNAL GlooState : CommIdentity {
 struct Task {
   uint64_t seq = 0;
   std::string desc;  // "all_reduce #12 (float32[1024])"
+  uint64_t trace_id = 0;  // in GlooState::trace
   std::function<void(GlooState&, Task&)> run;
   std::shared_ptr<WorkState> work = std::make_shared<WorkState>();
 };

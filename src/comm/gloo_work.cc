@@ -25,13 +25,14 @@ bool GlooWork::is_completed() {
 }
 
 P2PWork::P2PWork(std::shared_ptr<GlooState> st, at::Tensor user, at::Tensor staged, bool is_send,
-                 std::string desc, uint64_t seq)
+                 std::string desc, uint64_t seq, uint64_t trace_id)
     : st_(std::move(st)),
       user_(std::move(user)),
       staged_(std::move(staged)),
       is_send_(is_send),
       desc_(std::move(desc)),
-      seq_(seq) {
+      seq_(seq),
+      trace_id_(trace_id) {
   buf_ =
       st_->ctx->createUnboundBuffer(staged_.data_ptr(), staged_.numel() * staged_.element_size());
 }
@@ -59,6 +60,7 @@ void P2PWork::wait(Ms timeout) {
         st_->fault ? st_->fault : std::make_exception_ptr(AbortedError(desc_ + " was cancelled"));
   }
   done_ = true;
+  st_->trace->ended(trace_id_, error_);
   if (error_) std::rethrow_exception(error_);
   if (!staged_.is_same(user_)) user_.copy_(staged_);
 }

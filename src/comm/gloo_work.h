@@ -35,7 +35,7 @@ class GlooWork : public Work {
 class P2PWork : public Work {
  public:
   P2PWork(std::shared_ptr<GlooState> st, at::Tensor user, at::Tensor staged, bool is_send,
-          std::string desc, uint64_t seq);
+          std::string desc, uint64_t seq, uint64_t trace_id);
   gloo::transport::UnboundBuffer& buffer() { return *buf_; }
   void wait(Ms timeout) override;
   void wait() override { wait(st_->timeout); }
@@ -46,7 +46,7 @@ class P2PWork : public Work {
   at::Tensor user_, staged_;
   bool is_send_;
   std::string desc_;
-  uint64_t seq_;
+  uint64_t seq_, trace_id_;
   std::unique_ptr<gloo::transport::UnboundBuffer> buf_;
   std::mutex wait_mu_;  // one wait() at a time; guards error_
   std::atomic<bool> done_{false};

@@ -18,6 +18,7 @@ void complete(GlooState& st, Task& t, std::exception_ptr err) {
 void worker_loop(std::shared_ptr<GlooState> st) {
   for (;;) {
     std::shared_ptr<Task> t;
+    std::exception_ptr broken;
     {
       std::unique_lock<std::mutex> lock(st->mu);
       st->cv.wait(lock, [&] { return st->stopping || !st->queue.empty(); });
@@ -25,12 +26,17 @@ void worker_loop(std::shared_ptr<GlooState> st) {
       t = st->queue.front();
       st->queue.pop_front();
       if (st->fault) {
+        broken = st->fault;
         t->work->done = true;
         t->work->error = st->fault;
         st->done_cv.notify_all();
-        continue;
       }
     }
+    if (broken) {
+      st->trace->ended(t->trace_id, broken);
+      continue;
+    }
+    st->trace->started(t->trace_id);
     std::exception_ptr err;
     try {
       t->run(*st, *t);
@@ -41,6 +47,7 @@ void worker_loop(std::shared_ptr<GlooState> st) {
     }
     if (err) st->set_fault(err);
     complete(*st, *t, err);
+    st->trace->ended(t->trace_id, err);
   }
 }
 

@@ -10,7 +10,9 @@
 #include "comm/argument_checks.h"
 #include "comm/backend_communicator.h"
 #include "comm/fault.h"
+#include "comm/op_trace.h"
 #include "comm/wait_clock.h"
+#include "tenax/comm/flight_recorder.h"
 #include "tenax/comm/init.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
@@ -57,6 +59,7 @@ struct TENAX_INTERNAL NcclState : CommIdentity {
   std::mutex mu;
   std::exception_ptr fault;
   std::unique_ptr<FaultChannel> faults;
+  std::unique_ptr<OpTrace> trace;  // the flight recorder and metrics (thread-safe itself)
   uint64_t next_seq = 0;
 
   std::string who() const {
@@ -116,11 +119,28 @@ struct TENAX_INTERNAL NcclState : CommIdentity {
 class NcclWork : public Work {
  public:
   NcclWork(std::shared_ptr<NcclState> st, cudaEvent_t done, std::string desc,
-           std::function<void()> finish)
-      : st_(std::move(st)), done_(done), desc_(std::move(desc)), finish_(std::move(finish)) {}
+           std::function<void()> finish, uint64_t trace_id)
+      : st_(std::move(st)),
+        done_(done),
+        desc_(std::move(desc)),
+        finish_(std::move(finish)),
+        trace_id_(trace_id) {}
   ~NcclWork() override { cudaEventDestroy(done_); }
 
   void wait(Ms timeout) override {
+    try {
+      wait_event(timeout);
+    } catch (...) {
+      st_->trace->ended(trace_id_, std::current_exception());
+      throw;
+    }
+    st_->trace->ended(trace_id_, nullptr);
+  }
+  void wait() override { wait(st_->timeout); }
+  bool is_completed() override { return cudaEventQuery(done_) != cudaErrorNotReady; }
+
+ private:
+  void wait_event(Ms timeout) {
     detail::WaitClock clock;
     auto deadline = Clock::now() + timeout;
     for (;;) {
@@ -144,14 +164,12 @@ class NcclWork : public Work {
       finish_ = nullptr;
     }
   }
-  void wait() override { wait(st_->timeout); }
-  bool is_completed() override { return cudaEventQuery(done_) != cudaErrorNotReady; }
 
- private:
   std::shared_ptr<NcclState> st_;
   cudaEvent_t done_;
   std::string desc_;
   std::function<void()> finish_;
+  uint64_t trace_id_;
 };
 
 class NcclCommunicator : public BackendCommunicator {
@@ -191,6 +209,8 @@ class NcclCommunicator : public BackendCommunicator {
       st_->comm = parent_split;
     }
     check_cuda(cudaStreamCreateWithFlags(&st_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    st_->trace = std::make_unique<OpTrace>(opts.name, rank, size);
+    install_flight_signal_handler();
   }
 
   ~NcclCommunicator() override {
@@ -339,8 +359,14 @@ class NcclCommunicator : public BackendCommunicator {
   WorkHandle launch(const OpContext& c, const at::Tensor& first, F&& call, at::Tensor user,
                     at::Tensor staged) {
     st_->throw_if_broken();
-    std::string desc = c.op + " #" + std::to_string(st_->next_seq++) +
-                       (first.defined() ? " (" + describe(first) + ")" : "");
+    const uint64_t seq = st_->next_seq++;
+    std::string desc =
+        c.op + " #" + std::to_string(seq) + (first.defined() ? " (" + describe(first) + ")" : "");
+    const uint64_t trace_id = st_->trace->enqueued(
+        op_kind(c.op), seq, first.defined() ? first.scalar_type() : c10::ScalarType::Undefined,
+        first.defined() ? first.numel() : 0,
+        first.defined() ? first.numel() * static_cast<int64_t>(first.element_size()) : 0, -1);
+    st_->trace->started(trace_id);
     check_cuda(cudaSetDevice(st_->device), desc);
     cudaEvent_t ready, done;
     check_cuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), desc);
@@ -357,7 +383,7 @@ class NcclCommunicator : public BackendCommunicator {
     check_cuda(cudaEventRecord(done, st_->stream), desc);
     std::function<void()> finish;
     if (user.defined() && !staged.is_same(user)) finish = [user, staged]() mutable { user.copy_(staged); };
-    return std::make_shared<NcclWork>(st_, done, desc, std::move(finish));
+    return std::make_shared<NcclWork>(st_, done, desc, std::move(finish), trace_id);
   }
 
   std::shared_ptr<NcclState> st_;

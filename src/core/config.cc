@@ -49,6 +49,27 @@ int64_t positive(const char* name) {
   return v;
 }
 
+ObserveEnvironment read_observe() {
+  ObserveEnvironment o;
+  if (auto v = env_string("TENAX_METRICS_PORT")) {
+    o.metrics_port = env_int("TENAX_METRICS_PORT", -1);
+    if (o.metrics_port < 0 || o.metrics_port > 65535) {
+      throw ConfigError("TENAX_METRICS_PORT='" + *v + "' is not a port (0-65535)");
+    }
+  }
+  o.metrics_address = env_string("TENAX_METRICS_ADDR").value_or("127.0.0.1");
+  o.job = env_string("TENAX_JOB").value_or("");
+  o.events_file = env_string("TENAX_EVENTS_FILE").value_or("");
+  o.flight_dir = env_string("TENAX_FLIGHT_DIR").value_or("");
+  o.flight_entries = positive("TENAX_FLIGHT_ENTRIES");
+  const std::string format = env_string("TENAX_LOG_FORMAT").value_or("text");
+  if (strcasecmp(format.c_str(), "json") != 0 && strcasecmp(format.c_str(), "text") != 0) {
+    throw ConfigError("TENAX_LOG_FORMAT='" + format + "' must be text or json");
+  }
+  o.json_logs = strcasecmp(format.c_str(), "json") == 0;
+  return o;
+}
+
 Settings read_settings() {
   Settings s;
   s.timeout = parse_timeout();
@@ -69,6 +90,7 @@ Settings read_settings() {
   s.store_server.max_frame = positive("TENAX_STORE_MAX_FRAME");
   s.store_server.hello_timeout_ms = positive("TENAX_STORE_HELLO_TIMEOUT_MS");
   s.store_server.max_unauthenticated = positive("TENAX_STORE_MAX_UNAUTHENTICATED");
+  s.observe = read_observe();
   return s;
 }
 

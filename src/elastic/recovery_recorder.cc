@@ -5,6 +5,10 @@
 namespace tenax::detail {
 namespace {
 
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
 double ms_since(RecoveryRecorder::Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(RecoveryRecorder::Clock::now() - t).count();
 }
@@ -28,6 +32,7 @@ void RecoveryRecorder::failure(std::string detected_by, int64_t failed_step, dou
   ev.detect_ms = detect_ms;
   event_ = std::move(ev);
   detected_ = Clock::now();
+  detected_at_ = unix_now();
 }
 
 void RecoveryRecorder::join(std::string detected_by) {
@@ -36,6 +41,7 @@ void RecoveryRecorder::join(std::string detected_by) {
   ev.detected_by = std::move(detected_by);
   event_ = std::move(ev);
   detected_ = Clock::now();
+  detected_at_ = unix_now();
 }
 
 void RecoveryRecorder::arrived(const std::string& member, const Generation& gen,
@@ -49,6 +55,7 @@ void RecoveryRecorder::arrived(const std::string& member, const Generation& gen,
   ev.rendezvous_ms = rendezvous_ms;
   event_ = std::move(ev);
   detected_ = began;
+  detected_at_ = unix_now() - ms_since(began) / 1000;
 }
 
 void RecoveryRecorder::formed(const Generation& gen, const std::vector<std::string>& previous,
@@ -75,6 +82,7 @@ RecoveryEvent RecoveryRecorder::complete(double first_step_ms) {
   event_.reset();
   ev.first_step_ms = first_step_ms;
   ev.total_ms = ms_since(detected_);
+  ev.detected_at = detected_at_;
   return ev;
 }
 

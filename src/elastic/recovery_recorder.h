@@ -46,6 +46,7 @@ class RecoveryRecorder {
  private:
   std::optional<RecoveryEvent> event_;
   Clock::time_point detected_;  // when the cause was known here (total_ms counts from it)
+  double detected_at_ = 0;      // the same, in Unix seconds
 };
 
 }  // namespace tenax::detail

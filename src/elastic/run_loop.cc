@@ -8,11 +8,13 @@
 #include <cstdlib>
 #include <thread>
 
+#include "elastic/elastic_metrics.h"
 #include "elastic/member_order.h"
 #include "elastic/preemption.h"
 #include "elastic/watchdog.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
+#include "tenax/core/time_use.h"
 
 namespace tenax::detail {
 namespace {
@@ -95,6 +97,7 @@ std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point b
   const Generation active_gen = active_part(gen);
   const int active_size = active_gen.size();
   const bool active = gen.rank < active_size;
+  elastic_metrics().formed(gen.number, gen.size(), active_size, gen.rank);
   CommOptions co;
   co.timeout = o_.comm_timeout;
   co.name = "elastic/" + o_.rendezvous.run + "/g" + std::to_string(gen.number);
@@ -161,6 +164,13 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
   bool preempted = false;
   for (step_ = step; step_ < steps_; ++step_) {
     const auto step_start = Clock::now();
+    const bool trained_before = trained_here_;
+    if (!trained_here_) {
+      account_time(TimeUse::kStartup, process_seconds());
+      trained_here_ = true;
+    }
+    const double evaluation_before = accounted_time(TimeUse::kEvaluation);
+    double stall = 0;
     try {
       int64_t* f = flag.data_ptr<int64_t>();
       f[0] = watchdog.join_waiting() ? 1 : 0;
@@ -177,11 +187,23 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
       throw;
     }
     if (preempted || (step_ + 1) % o_.snapshot_every == 0 || step_ + 1 == steps_) {
+      const auto save_start = Clock::now();
       engine_->save(step_ + 1, job_.state(), /*persist_now=*/preempted);
+      stall = ms_between(save_start, Clock::now()) / 1000;
       saved = step_ + 1;
     }
     completed_ = step_ + 1;
-    if (recovery_.open()) publish_(recovery_.complete(ms_between(step_start, Clock::now())));
+    account_step(step_, ms_between(step_start, Clock::now()) / 1000, stall,
+                 accounted_time(TimeUse::kEvaluation) - evaluation_before);
+    if (recovery_.open()) {
+      const RecoveryEvent ev = recovery_.complete(ms_between(step_start, Clock::now()));
+      // A process's own arrival is its start-up, already counted at its first step.
+      if (trained_before) {
+        account_time(TimeUse::kRecovery, (ev.detect_ms + ev.total_ms - ev.first_step_ms) / 1000);
+      }
+      elastic_metrics().recovered(ev);
+      publish_(ev);
+    }
     if (preempted) {
       ++step_;
       stop_preempted(gen);
@@ -204,6 +226,19 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
   recovery_.join("a member joined");
   job_.before_reform(recovery_.event());
   return Ended::kJoinerWaits;
+}
+
+void RunLoop::account_step(int64_t step, double seconds, double stall, double evaluation) {
+  account_time(TimeUse::kCheckpointStall, stall);
+  const double work = seconds - stall - evaluation;
+  if (step < high_water_) {
+    account_time(TimeUse::kRedoneSteps, work);
+  } else {
+    account_time(TimeUse::kProductive, work);
+    high_water_ = step + 1;
+  }
+  elastic_metrics().step->set(static_cast<double>(step + 1));
+  set_log_step(step + 1);
 }
 
 void RunLoop::stop_preempted(const Generation& gen) {

@@ -64,6 +64,8 @@ class RunLoop {
   // Preempted after `step_` steps (saved with persist_now): waits for the durable tier, ends
   // the job for every member, and says so.
   void stop_preempted(const Generation& gen);
+  // Goodput: step `step` took `seconds`, of which `stall` in save() and `evaluation` evaluating.
+  void account_step(int64_t step, double seconds, double stall, double evaluation);
   // A failed generation: records it (unless the failure came during a step, already recorded)
   // and makes every peer still blocked in it fail now rather than at its timeout.
   void fail(const Generation& gen, const CommError& e);
@@ -86,6 +88,10 @@ class RunLoop {
   bool started_ = false;               // some generation has trained (state exists)
   int reformations_ = 0;
   int64_t step_ = -1;  // the step in progress (-1: none)
+  // Goodput: the most steps ever completed here (a step below it is done again), and whether
+  // this process has trained (its first step ends its start-up).
+  int64_t high_water_ = 0;
+  bool trained_here_ = false;
   // Read by fenced() on the heartbeat thread.
   std::atomic<int64_t> completed_{0};   // steps completed in this process
   std::atomic<bool> finishing_{false};  // the last step is done

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "elastic/elastic_metrics.h"
+
 namespace tenax::detail {
 
 Watchdog::Watchdog(Rendezvous& rdzv, const Generation& active, std::shared_ptr<Communicator> comm,
@@ -45,6 +47,7 @@ std::string Watchdog::check() {
     const std::vector<std::string> dead = rdzv_.dead_members(active_);
     for (const auto& id : dead) rdzv_.mark_gone(id);
     if (!dead.empty()) {
+      elastic_metrics().missed_heartbeats->inc(static_cast<double>(dead.size()));
       std::string why = "heartbeat of " + dead[0] + " stopped";
       for (size_t k = 1; k < dead.size(); ++k) why += ", of " + dead[k];
       return why;

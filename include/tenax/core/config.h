@@ -42,6 +42,19 @@ struct TENAX_API StoreServerEnvironment {
   int64_t max_unauthenticated = 0;  // TENAX_STORE_MAX_UNAUTHENTICATED
 };
 
+// Observability (tenax/observe/): metrics endpoint, events file, flight recorder, log format.
+struct TENAX_API ObserveEnvironment {
+  // TENAX_METRICS_PORT: each rank serves /metrics on this port + its local rank (-1 when
+  // unset: no endpoint; 0: an ephemeral port, logged).
+  int64_t metrics_port = -1;
+  std::string metrics_address = "127.0.0.1";  // TENAX_METRICS_ADDR (the address to bind)
+  std::string job;                            // TENAX_JOB: the `job` label ("" : "tenax")
+  std::string events_file;     // TENAX_EVENTS_FILE: recovery events, one JSON line each
+  std::string flight_dir;      // TENAX_FLIGHT_DIR: where flight-recorder dumps go ("": none)
+  int64_t flight_entries = 0;  // TENAX_FLIGHT_ENTRIES: operations kept per communicator
+  bool json_logs = false;      // TENAX_LOG_FORMAT=json (else text)
+};
+
 struct TENAX_API Settings {
   // TENAX_TIMEOUT (seconds, may be fractional), else 30 s: the default bound of every blocking
   // call.
@@ -65,12 +78,14 @@ struct TENAX_API Settings {
   AwsEnvironment aws;
   EtcdEnvironment etcd;
   StoreServerEnvironment store_server;
+  ObserveEnvironment observe;
 };
 
 // The settings, read from the environment on the first call and returned unchanged after.
 // Throws ConfigError naming the variable when one is malformed (TENAX_TIMEOUT not a positive
 // number, TENAX_SHM, TENAX_RESTART_COUNT or TENAX_ACTIVE_WORKERS not an integer,
-// TENAX_ETCD_LEASE_TTL or a TENAX_STORE_* limit not a positive integer); a later call tries
+// TENAX_ETCD_LEASE_TTL or a TENAX_STORE_* limit not a positive integer,
+// TENAX_METRICS_PORT not a port, TENAX_LOG_FORMAT neither text nor json); a later call tries
 // again.
 TENAX_API const Settings& settings();
 

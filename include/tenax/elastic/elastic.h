@@ -14,7 +14,9 @@
 // opens a new generation; the active members enter it at the next step boundary (they agree on
 // which with one all-reduce per step) and the joiner receives its state from their memory.
 //
-// Each re-formation is reported as a RecoveryEvent with its phases and their durations.
+// Each re-formation is reported as a RecoveryEvent with its phases and their durations, logged,
+// counted in the metrics registry (tenax_recoveries_total, tenax_recovery_phase_seconds), and
+// appended as one JSON line to TENAX_EVENTS_FILE when it is set.
 
 #include <chrono>
 #include <cstdint>
@@ -95,8 +97,12 @@ struct TENAX_API RecoveryEvent {
   // generation's close; restore: communicators, setup and state; first_step: the first step
   // after it; total: from the failure's detection to the end of that step.
   double detect_ms = 0, rendezvous_ms = 0, restore_ms = 0, first_step_ms = 0, total_ms = 0;
+  std::string member;      // the member that recorded it
+  std::string host;        // its host
+  double detected_at = 0;  // Unix time (seconds) the cause was known here; the phases follow
+                           // one another from detected_at - detect_ms
 
-  // One line of JSON with every field.
+  // One line of JSON with every field, and "phases": [{"phase","start","end"}] in Unix seconds.
   std::string to_json() const;
 };
 

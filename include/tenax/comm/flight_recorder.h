@@ -1,0 +1,28 @@
+#pragma once
+
+// The flight recorder: every communicator keeps a ring of its last operations (sequence number,
+// op, dtype, count, peer, enqueue/start/end times, state; TENAX_FLIGHT_ENTRIES, default 2048).
+// With TENAX_FLIGHT_DIR set, a rank writes them all to <dir>/flight-<who>.json when a
+// collective times out or loses a peer, and on SIGUSR1. `tenax-flight <dir>` merges the ranks'
+// files and says which rank is behind on which operation.
+
+#include <string>
+
+#include "tenax/core/export.h"
+
+namespace tenax {
+
+// This process's name in dump files (e.g. "rank3" or an elastic member id); default
+// "pid<pid>". The bootstrap and the elastic runner set it.
+TENAX_API void set_flight_identity(const std::string& who);
+
+// Writes every live communicator's records, with `reason`, to <dir>/flight-<who>.json (dir ""
+// : TENAX_FLIGHT_DIR) and returns the path; "" when there is no directory. Replaces an earlier
+// dump of this process. Throws nothing: a failed write is logged.
+TENAX_API std::string dump_flight_records(const std::string& reason, const std::string& dir = "");
+
+// With TENAX_FLIGHT_DIR set: SIGUSR1 makes this process dump its records (from a thread of its
+// own, not the handler). Idempotent; communicators call it when built.
+TENAX_API void install_flight_signal_handler();
+
+}  // namespace tenax

@@ -1,0 +1,65 @@
+#include "elastic/elastic_metrics.h"
+
+#include <string>
+
+#include "tenax/core/logging.h"
+
+namespace tenax::detail {
+
+ElasticMetrics& elastic_metrics() {
+  static ElasticMetrics* m = [] {
+    auto& r = metrics::registry();
+    auto* e = new ElasticMetrics();
+    e->generation = &r.gauge("tenax_elastic_generation", "The worker set's current generation");
+    e->world_size = &r.gauge("tenax_elastic_world_size", "Members of the current generation");
+    e->active = &r.gauge("tenax_elastic_active_workers", "Members training in this generation");
+    e->standby = &r.gauge("tenax_elastic_standby_workers",
+                          "Members waiting as warm spares in this generation");
+    e->missed_heartbeats = &r.counter("tenax_elastic_missed_heartbeats_total",
+                                      "Members whose heartbeat stopped while they trained");
+    e->steps_lost = &r.counter("tenax_elastic_steps_lost_total",
+                               "Completed steps lost to failures (done again after a restore)");
+    e->step = &r.gauge("tenax_elastic_steps_completed", "Training steps completed");
+    // Present from the start, so a recovery shows as a step up rather than a new series.
+    auto& rec = r.family("tenax_recoveries_total", "Re-formations of the worker set, by cause",
+                         metrics::Type::kCounter, {"cause"});
+    rec.counter({"failure"});
+    rec.counter({"join"});
+    return e;
+  }();
+  return *m;
+}
+
+void ElasticMetrics::formed(int64_t number, int members, int active_members, int rank) {
+  generation->set(static_cast<double>(number));
+  world_size->set(members);
+  active->set(active_members);
+  standby->set(members - active_members);
+  auto& r = metrics::registry();
+  r.set_constant_label("generation", std::to_string(number));
+  r.set_constant_label("rank", std::to_string(rank));
+  set_log_context("generation", std::to_string(number));
+  set_log_context("rank", std::to_string(rank));
+}
+
+void ElasticMetrics::recovered(const RecoveryEvent& ev) {
+  auto& r = metrics::registry();
+  r.family("tenax_recoveries_total", "", metrics::Type::kCounter, {"cause"})
+      .counter({ev.cause})
+      .inc();
+  auto& phases = r.family("tenax_recovery_phase_seconds",
+                          "Duration of each phase of a re-formation (detect, rendezvous, "
+                          "restore, first_step, total)",
+                          metrics::Type::kHistogram, {"phase"});
+  const std::pair<const char*, double> ms[] = {{"detect", ev.detect_ms},
+                                               {"rendezvous", ev.rendezvous_ms},
+                                               {"restore", ev.restore_ms},
+                                               {"first_step", ev.first_step_ms},
+                                               {"total", ev.total_ms}};
+  for (const auto& [phase, v] : ms) phases.histogram({phase}).observe(v / 1000.0);
+  if (ev.failed_step >= 0 && ev.resumed_step >= 0 && ev.failed_step > ev.resumed_step) {
+    steps_lost->inc(static_cast<double>(ev.failed_step - ev.resumed_step));
+  }
+}
+
+}  // namespace tenax::detail
