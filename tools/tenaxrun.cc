@@ -24,6 +24,9 @@
 // and join as warm standby: workers get TENAX_ACTIVE_WORKERS = MAX*N, the job trains on that
 // many, and a spare takes a lost worker's place at the next re-formation with no process start.
 //
+// --preflight: workers run the health checks before joining (TENAX_PREFLIGHT=1); a worker that
+// fails them (or is evicted as a straggler) exits with status 76 and is not restarted.
+//
 // --metrics-port P (or TENAX_METRICS_PORT in tenaxrun's environment) serves this host's metrics
 // on P (0: an ephemeral port) at TENAX_METRICS_ADDR (default 127.0.0.1): tenaxrun's own series
 // (workers running, restarts, spares) and, fetched at each scrape and merged, those of its
@@ -59,6 +62,7 @@
 #include "tenax/core/error.h"
 #include "tenax/core/metrics.h"
 #include "tenax/elastic/rendezvous.h"
+#include "tenax/health/health.h"
 #include "tenax/observe/exposition.h"
 #include "tenax/observe/observe.h"
 
@@ -72,6 +76,9 @@ ABSL_FLAG(std::string, rdzv_endpoint, "",
           "shared by every host");
 ABSL_FLAG(bool, host_store, false, "serve the store at --rdzv-endpoint from this host");
 ABSL_FLAG(int, spares, 0, "elastic: warm spare workers per host, started ahead as standby");
+ABSL_FLAG(bool, preflight, false,
+          "workers run the health checks before joining (TENAX_PREFLIGHT=1); one that fails "
+          "leaves with status 76 and is not restarted");
 ABSL_FLAG(int, metrics_port, -1,
           "serve this host's metrics (tenaxrun's and its workers') on this port (0: any free "
           "one); workers serve on the ports after it. -1: TENAX_METRICS_PORT, else none");
@@ -159,6 +166,7 @@ int parse_flags(int argc, char** argv, std::set<std::string>& given) {
 struct Plan {
   int nproc = 0, min_nodes = 1, max_nodes = 1, max_restarts = 0, node_rank = 0, spares = 0;
   int metrics_port = -1;                          // -1: no endpoint
+  bool preflight = false;
   int workers() const { return nproc + spares; }  // processes this agent runs
   bool elastic = false, host_store = false;
   std::string timeout, endpoint;
@@ -177,6 +185,7 @@ Plan read_plan(int argc, char** argv) {
   p.host_store = absl::GetFlag(FLAGS_host_store);
   p.spares = absl::GetFlag(FLAGS_spares);
   p.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  p.preflight = absl::GetFlag(FLAGS_preflight);
   p.elastic = given.count("nnodes") > 0 || given.count("max_restarts") > 0;
   if (given.count("nnodes")) {
     const std::string v = absl::GetFlag(FLAGS_nnodes);
@@ -355,6 +364,7 @@ void Agent::exec_rank(int local, int restart_count) {
     setenv("TENAX_RESTART_COUNT", std::to_string(restart_count).c_str(), 1);
   }
   if (!plan_.timeout.empty()) setenv("TENAX_TIMEOUT", plan_.timeout.c_str(), 1);
+  if (plan_.preflight) setenv("TENAX_PREFLIGHT", "1", 1);
   if (metrics_port > 0) setenv("TENAX_METRICS_PORT", std::to_string(metrics_port + 1).c_str(), 1);
   execvp(plan_.program[0], plan_.program);
   std::fprintf(stderr, "tenaxrun: cannot run %s: %s\n", plan_.program[0], std::strerror(errno));
@@ -443,6 +453,13 @@ void Agent::on_exit(int local, int code) {
   if (code == 0) {
     finished_ = true;
     std::fprintf(stderr, "tenaxrun: worker w%d finished\n", shown);
+  } else if (code == tenax::kUnhealthyExitCode) {
+    // Kept out by a health check (preflight, or evicted as a straggler): not restarted.
+    if (first_failure_ == 0) first_failure_ = code;
+    std::fprintf(stderr,
+                 "tenaxrun: worker w%d failed its health checks (status %d); not restarted, the "
+                 "others go on without it\n",
+                 shown, code);
   } else if (restarts_ < plan_.max_restarts && g_signal == 0 && !finished_) {
     ++restarts_;
     series.restarts->inc();

@@ -12,6 +12,7 @@
 #include <tenax/core/error.h>
 #include <tenax/core/fault_injection.h>
 #include <tenax/core/time_use.h>
+#include <tenax/health/health.h>
 #include <tenax/observe/observe.h>
 
 #include <chrono>
@@ -79,6 +80,36 @@ ABSL_FLAG(double, join_timeout, 60.0, "--elastic: seconds to wait for --min-work
 ABSL_FLAG(double, last_call, 1.0, "--elastic: seconds the first generation waits for more "
           "workers once --min-workers have joined");
 
+ABSL_FLAG(bool, preflight, false,
+          "--elastic: run the health checks before joining (also "
+          "TENAX_PREFLIGHT=1, set by tenaxrun --preflight)");
+ABSL_FLAG(double, min_busbw, 0,
+          "--elastic preflight: all-reduce bus-bandwidth floor in GB/s (0: none)");
+ABSL_FLAG(std::string, straggler_policy, "report",
+          "--elastic: a member whose compute time stays above the threshold: off, report or evict");
+ABSL_FLAG(double, straggler_threshold, 1.5,
+          "--elastic: compute time over the group's median "
+          "that makes a straggler");
+ABSL_FLAG(int, straggler_steps, 5, "--elastic: steps in a row above the threshold before acting");
+ABSL_FLAG(int, straggler_window, 10, "--elastic: steps averaged for the straggler score");
+ABSL_FLAG(int64_t, hash_every, 0,
+          "--elastic: compare the replicas' state hashes every N steps "
+          "(0: never)");
+ABSL_FLAG(std::string, nan_policy, "skip",
+          "a step with a non-finite loss or gradient norm (or a "
+          "loss spike): skip (discard its update), rollback (--elastic: back to the last "
+          "snapshot, its batch skipped) or off");
+ABSL_FLAG(double, loss_spike, 0,
+          "treat a loss above this many times the running mean as bad "
+          "(0: never)");
+ABSL_FLAG(bool, hang_watchdog, true,
+          "--elastic: leave when a step runs past its deadline "
+          "outside any collective");
+ABSL_FLAG(double, hang_deadline_k, 5.0,
+          "--elastic: a step's deadline is this many times the "
+          "p99 of the steps seen");
+ABSL_FLAG(double, hang_deadline_floor, 3.0, "--elastic: seconds no step deadline goes below");
+
 namespace {
 
 // Abseil spells flags with underscores; accept the dashed forms too (--seq-len).
@@ -121,6 +152,12 @@ llama::TrainOptions options_from_flags() {
   }
   o.token_bytes = absl::GetFlag(FLAGS_token_bytes);
   o.device = absl::GetFlag(FLAGS_device);
+  o.nan_policy = tenax::parse_nonfinite_policy(absl::GetFlag(FLAGS_nan_policy), "--nan-policy");
+  if (o.nan_policy == tenax::NonFinitePolicy::kRollback && !absl::GetFlag(FLAGS_elastic)) {
+    throw tenax::ConfigError("--nan-policy rollback needs --elastic (its snapshots in memory)");
+  }
+  o.loss_spike = absl::GetFlag(FLAGS_loss_spike);
+  tenax::parse_straggler_policy(absl::GetFlag(FLAGS_straggler_policy), "--straggler-policy");
   return o;
 }
 
@@ -190,6 +227,18 @@ llama::ElasticRunOptions elastic_options_from_flags(const llama::TrainOptions& o
   eo.elastic.checkpoint = checkpoint_options_from_flags();
   eo.elastic.snapshot_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_ckpt_every));
   eo.elastic.max_active = absl::GetFlag(FLAGS_max_active);
+  tenax::HealthOptions& h = eo.elastic.health;
+  h.preflight.enabled = absl::GetFlag(FLAGS_preflight);
+  h.preflight.min_busbw_gbps = absl::GetFlag(FLAGS_min_busbw);
+  h.straggler =
+      tenax::parse_straggler_policy(absl::GetFlag(FLAGS_straggler_policy), "--straggler-policy");
+  h.straggler_threshold = absl::GetFlag(FLAGS_straggler_threshold);
+  h.straggler_steps = absl::GetFlag(FLAGS_straggler_steps);
+  h.straggler_window = absl::GetFlag(FLAGS_straggler_window);
+  h.replica_hash_every = absl::GetFlag(FLAGS_hash_every);
+  h.hang_watchdog = absl::GetFlag(FLAGS_hang_watchdog);
+  h.deadline_k = absl::GetFlag(FLAGS_hang_deadline_k);
+  h.deadline_floor = ms(absl::GetFlag(FLAGS_hang_deadline_floor));
   return eo;
 }
 
@@ -233,9 +282,13 @@ int run_elastic(const llama::TrainOptions& o, const tenax::LaunchInfo& launch,
     tenax::World world = tenax::connect();
     llama::ElasticRunOptions eo = elastic_options_from_flags(o, launch);
     eo.elastic.faults = &faults;
+    eo.train.faults = &faults;
     llama::StepLog log = step_log(o);
     llama::run_elastic(eo, log, world.store);
     return 0;
+  } catch (const tenax::HealthError& e) {
+    std::cerr << "llama_train: " << e.what() << std::endl;
+    return tenax::kUnhealthyExitCode;
   } catch (const tenax::Error& e) {
     std::cerr << "llama_train: " << e.what() << std::endl;
     return 1;
@@ -259,7 +312,8 @@ void resume(tenax::CheckpointEngine& ckpt, llama::Trainer& trainer, bool leader)
 }
 
 // A static run: one world for the whole job; a failure ends it (resume with --ckpt-every).
-int run_static(const llama::TrainOptions& o, const tenax::FaultInjector& faults) {
+int run_static(llama::TrainOptions o, const tenax::FaultInjector& faults) {
+  o.faults = &faults;
   try {
     tenax::InitOptions init;
     if (o.device == "cuda") init.backend = tenax::Backend::kNccl;

@@ -2,7 +2,10 @@
 
 #include <tenax/checkpoint/module_state.h>
 #include <tenax/core/error.h>
+#include <tenax/core/logging.h>
+#include <tenax/core/metrics.h>
 #include <tenax/core/time_use.h>
+#include <tenax/elastic/elastic.h>
 #include <tenax/observe/observe.h>
 #include <torch/torch.h>
 
@@ -160,10 +163,54 @@ double Trainer::Impl::accumulate_gradients(const torch::Tensor& tokens) {
     std::optional<tenax::DataParallel::NoSync> hold;
     if (ddp && m + 1 < accumulation) hold.emplace(*ddp);  // the last backward averages the sum
     auto loss = model->loss(model->forward(x), y) / double(accumulation);
+    // Fault specs count steps from 1; a nan fault belongs to a batch (a skipped one is gone).
+    const int64_t fault_step = step + skipped + 1;
+    if (o.faults && o.faults->nan_at(fault_step) && m == 0) {
+      loss = loss * std::numeric_limits<double>::quiet_NaN();
+    }
+    if (o.faults && m == 0) {
+      // Runs inside the backward pass, on autograd's thread.
+      const tenax::FaultInjector* f = o.faults;
+      loss.register_hook([f, fault_step](const torch::Tensor& g) {
+        f->in_backward(fault_step);
+        return g;
+      });
+    }
     loss.backward();
     total += loss.item<double>();
   }
   return total;
+}
+
+bool Trainer::Impl::discard(StepStats& s) {
+  const bool finite = std::isfinite(s.loss) && std::isfinite(s.grad_norm);
+  const bool spike = o.loss_spike > 0 && loss_count >= 10 && s.loss > o.loss_spike * loss_mean;
+  if ((finite && !spike) || o.nan_policy == tenax::NonFinitePolicy::kOff) {
+    if (finite) {
+      ++loss_count;
+      loss_mean += (s.loss - loss_mean) / static_cast<double>(std::min<int64_t>(loss_count, 50));
+    }
+    return false;
+  }
+  // Every rank sees the same loss (averaged over dp) and norm (summed over tp and pp, of
+  // gradients averaged over dp): they all decide alike.
+  const std::string what = "step " + std::to_string(step + 1) + ": loss " + std::to_string(s.loss) +
+                           ", gradient norm " + std::to_string(s.grad_norm) +
+                           (spike ? " (a loss spike)" : "");
+  tenax::metrics::registry()
+      .family("tenax_health_bad_steps_total",
+              "Steps whose loss or gradient norm was not finite or spiked, by action",
+              tenax::metrics::Type::kCounter, {"action"})
+      .counter({tenax::to_string(o.nan_policy)})
+      .inc();
+  optimizer->zero_grad();
+  if (o.nan_policy == tenax::NonFinitePolicy::kRollback) {
+    skip_at = step;
+    throw tenax::StepRollback(what + ": rolling back to the last snapshot and skipping its batch");
+  }
+  tenax::log(tenax::LogLevel::kWarning, what + ": update discarded (nan policy skip)");
+  s.skipped = true;
+  return true;
 }
 
 double Trainer::Impl::clip_gradients() {
@@ -200,14 +247,30 @@ StepStats Trainer::Impl::train_step() {
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(s.lr);
   }
   optimizer->zero_grad();
-  auto tokens = load(*train, SampleLoader::rank_samples(step * o.global_batch, o.global_batch,
-                                                        mesh->dp_rank(), o.dp));
+  if (skip_at == step) {  // rolled back to before this step: its batch is skipped
+    ++skipped;
+    skip_at = -1;
+  }
+  auto tokens = load(*train, SampleLoader::rank_samples((step + skipped) * o.global_batch,
+                                                        o.global_batch, mesh->dp_rank(), o.dp));
   auto loss = torch::full({1}, accumulate_gradients(tokens),
                           torch::dtype(torch::kFloat64).device(device));
   mesh->dp()->all_reduce(loss, tenax::ReduceOp::kAvg);
   s.loss = loss.item<double>();
   s.grad_norm = clip_gradients();
-  optimizer->step();
+  if (!discard(s)) {
+    optimizer->step();
+    if (o.faults && o.faults->corrupt_at(step + 1)) {
+      // sdc@S: one parameter of this replica silently changes.
+      torch::NoGradGuard no_grad;
+      auto p = model->parameters().front();
+      p.view(-1)[0].add_(1e-3);
+      std::fprintf(stderr,
+                   "llama_train: fault injection: sdc: a parameter of this replica "
+                   "changed after step %lld\n",
+                   (long long)(step + 1));
+    }
+  }
   ++step;
   s.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   s.comm_seconds =
@@ -278,7 +341,8 @@ tenax::StateDict& Trainer::state() {
   }
   tenax::record_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", i.rename);
   i.checkpoint_state->set_int("step", i.step);
-  i.checkpoint_state->set_int("cursor", i.step * i.o.global_batch);
+  i.checkpoint_state->set_int("cursor", (i.step + i.skipped) * i.o.global_batch);
+  i.checkpoint_state->set_int("skipped", i.skipped);
   return *i.checkpoint_state;
 }
 
@@ -286,7 +350,9 @@ void Trainer::resume_from_state() {
   auto& i = *impl_;
   tenax::apply_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", i.rename);
   i.step = i.checkpoint_state->get_int("step");
-  if (i.checkpoint_state->get_int("cursor") != i.step * i.o.global_batch) {
+  const auto& ints = i.checkpoint_state->ints();
+  i.skipped = ints.count("skipped") ? ints.at("skipped") : 0;
+  if (i.checkpoint_state->get_int("cursor") != (i.step + i.skipped) * i.o.global_batch) {
     throw tenax::ConfigError("the checkpoint's data cursor " +
                              std::to_string(i.checkpoint_state->get_int("cursor")) +
                              " is not step x --global-batch: resume with the same --global-batch");

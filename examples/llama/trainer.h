@@ -5,12 +5,14 @@
 // schedule when pp > 1), data-parallel gradient averaging, global-norm clipping across tp and
 // pp, AdamW with linear warm-up and cosine decay, and the per-step time split.
 
+#include <tenax/checkpoint/state.h>
+#include <tenax/comm/communicator.h>
+#include <tenax/core/fault_injection.h>
+#include <tenax/health/health.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
-
-#include <tenax/checkpoint/state.h>
-#include <tenax/comm/communicator.h>
 
 #include "config.h"
 
@@ -35,6 +37,14 @@ struct TrainOptions {
   int token_bytes = 2;
   std::string device = "cpu";  // "cpu" (Gloo) or "cuda" (NCCL)
   int device_index = 0;        // the CUDA device (the local rank)
+  // A step whose loss or gradient norm is not finite, or whose loss is above loss_spike × the
+  // running mean of the losses (0: no spike check): kSkip discards its update on every rank,
+  // kRollback throws tenax::StepRollback (the elastic runner restores the newest snapshot and
+  // the batch is skipped), kOff applies it anyway.
+  tenax::NonFinitePolicy nan_policy = tenax::NonFinitePolicy::kSkip;
+  double loss_spike = 0;
+  // nan@S, hang_backward@S and sdc@S faults (steps counted from 1); null: none.
+  const tenax::FaultInjector* faults = nullptr;
 };
 
 // Checks the options against a world of `world_size` ranks without touching the network or
@@ -57,6 +67,7 @@ struct StepStats {
   double comm_seconds = 0; // time blocked on communication in the step
   double ckpt_seconds = 0; // time the step stalled for checkpointing
   int64_t tokens = 0;      // tokens in the global batch
+  bool skipped = false;    // the update was discarded (nan_policy kSkip)
 };
 
 class Trainer {

@@ -30,6 +30,8 @@ class Trainer::Impl {
   // Runs forward and backward over this rank's share of the global batch; returns its mean loss.
   double accumulate_gradients(const torch::Tensor& tokens);
   double clip_gradients();
+  // The nan policy's verdict on a step: true to discard its update.
+  bool discard(StepStats& s);
 
   TrainOptions o;
   torch::Device device;
@@ -40,6 +42,11 @@ class Trainer::Impl {
   std::unique_ptr<torch::optim::AdamW> optimizer;
   std::unique_ptr<SampleLoader> train, val;
   int64_t step = 0;
+  // Batches skipped by a rollback (the data cursor is (step + skipped) · global_batch), and the
+  // step whose batch a pending rollback skips (-1: none).
+  int64_t skipped = 0, skip_at = -1;
+  double loss_mean = 0;  // running mean of the applied steps' losses (spike check)
+  int64_t loss_count = 0;
   std::unique_ptr<tenax::StateDict> checkpoint_state;
   std::function<std::string(const std::string&)> rename;  // stage names -> whole-model names
   int64_t accumulation = 1;  // micro-batches per rank per step

@@ -328,6 +328,16 @@ std::optional<RestoreResult> CheckpointEngine::restore(StateDict& state) {
   return impl_->restore(state);
 }
 CheckpointStatus CheckpointEngine::status() const { return impl_->status(); }
+
+std::string CheckpointEngine::check_durable(const CheckpointOptions& options) {
+  if (options.durable.empty()) return "";
+  try {
+    detail::open_object_store(options.durable, options.s3)->check();
+    return "";
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
 void CheckpointEngine::remove_memory(const std::string& run) {
   detail::MemoryTier::remove_all(run);
 }

@@ -8,11 +8,16 @@
 namespace tenax::detail {
 
 void add_communication_wait(std::chrono::nanoseconds elapsed);
+// +1 / -1 on the calling thread's communication_waits() count.
+void mark_communication_wait(int delta);
 
 class WaitClock {
  public:
-  WaitClock() : start_(std::chrono::steady_clock::now()) {}
-  ~WaitClock() { add_communication_wait(std::chrono::steady_clock::now() - start_); }
+  WaitClock() : start_(std::chrono::steady_clock::now()) { mark_communication_wait(1); }
+  ~WaitClock() {
+    mark_communication_wait(-1);
+    add_communication_wait(std::chrono::steady_clock::now() - start_);
+  }
   WaitClock(const WaitClock&) = delete;
   WaitClock& operator=(const WaitClock&) = delete;
 

@@ -80,6 +80,7 @@ Settings read_settings() {
   s.fault = env_string("TENAX_FAULT").value_or("");
   s.restart_count = env_int("TENAX_RESTART_COUNT", 0);
   s.active_workers = env_int("TENAX_ACTIVE_WORKERS", 0);
+  s.preflight = env_flag("TENAX_PREFLIGHT");
   s.aws = read_aws();
   s.etcd.user = env_string("TENAX_ETCD_USER").value_or("");
   s.etcd.password = env_string("TENAX_ETCD_PASSWORD").value_or("");

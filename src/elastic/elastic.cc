@@ -1,12 +1,12 @@
 #include "tenax/elastic/elastic.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
-#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "elastic/elastic_metrics.h"
 #include "elastic/preemption.h"
 #include "elastic/run_loop.h"
 #include "tenax/comm/flight_recorder.h"
@@ -15,6 +15,7 @@
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
 #include "tenax/core/metrics.h"
+#include "tenax/health/preflight.h"
 
 namespace tenax {
 
@@ -58,20 +59,6 @@ std::string host_name() {
   return host;
 }
 
-// TENAX_EVENTS_FILE: one JSON line per recovery, appended (O_APPEND: the ranks of a host may
-// share the file, each line written whole).
-void append_event(const std::string& line) {
-  const std::string& path = settings().observe.events_file;
-  if (path.empty()) return;
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  const std::string text = line + "\n";
-  if (fd < 0 || ::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-    log(LogLevel::kWarning,
-        "elastic: cannot append to TENAX_EVENTS_FILE " + path + ": " + std::strerror(errno));
-  }
-  if (fd >= 0) ::close(fd);
-}
-
 }  // namespace
 
 ElasticRunner::ElasticRunner(ElasticOptions options, std::shared_ptr<Store> store)
@@ -105,15 +92,47 @@ ElasticRunner::ElasticRunner(ElasticOptions options, std::shared_ptr<Store> stor
 
 ElasticRunner::~ElasticRunner() = default;
 
+void ElasticRunner::preflight(const FaultInjector* faults) {
+  PreflightOptions po = o_.health.preflight;
+  if (!po.enabled && !settings().preflight) return;
+  if (po.expected <= 0) {
+    po.expected =
+        o_.rendezvous.max_workers < (1 << 20) ? o_.rendezvous.max_workers : launch_info().size;
+  }
+  if (po.memory_bytes <= 0) po.memory_bytes = o_.checkpoint.memory_budget_bytes;
+  const std::string host = o_.rendezvous.host.empty() ? host_name() : o_.rendezvous.host;
+  const CheckpointOptions copts = o_.checkpoint;
+  const PreflightResult r =
+      run_preflight(store_, o_.rendezvous.run, member_, host, po, faults,
+                    [copts] { return CheckpointEngine::check_durable(copts); });
+  if (r.passed) {
+    char line[200];
+    std::snprintf(line, sizeof(line),
+                  "health: %s passed preflight in %.2f s (GEMM %016llx, all-reduce bus bandwidth "
+                  "%.3f GB/s, clock offset %.0f ms)",
+                  member_.c_str(), r.seconds, (unsigned long long)r.gemm_checksum, r.busbw_gbps,
+                  r.clock_offset_ms);
+    log(LogLevel::kInfo, line);
+    return;
+  }
+  std::string all;
+  for (const auto& why : r.reasons) all += "\n  - " + why;
+  throw HealthError("health: " + member_ + " on " + host +
+                    " failed preflight and is kept out of "
+                    "the job:" +
+                    all);
+}
+
 int64_t ElasticRunner::run(ElasticJob& job, int64_t steps) {
   const FaultInjector* faults = o_.faults ? o_.faults : &own_faults_;
+  preflight(faults);
   detail::RunLoop loop(o_, store_, member_, *rdzv_, faults, job, steps, [this](RecoveryEvent ev) {
     ev.member = member_;
     ev.host = host_name();
     events_.push_back(ev);
     const std::string line = ev.to_json();
     log(LogLevel::kInfo, "elastic: recovery " + line);
-    append_event(line);
+    detail::append_event(line);
     if (on_event) on_event(ev);
   });
   // The loop answers for this member's fencing while it runs, however it ends.
@@ -123,7 +142,16 @@ int64_t ElasticRunner::run(ElasticJob& job, int64_t steps) {
   } handler{*rdzv_};
   rdzv_->set_on_fenced([&loop](const std::string& why) { loop.fenced(why); });
   detail::PreemptionSignal preemption;
-  return loop.run();
+  try {
+    return loop.run();
+  } catch (const TimeoutError& e) {
+    // Too few members: say which ones the health checks kept out, and why.
+    const std::vector<std::string> out = kept_out(*store_, o_.rendezvous.run);
+    if (out.empty()) throw;
+    std::string all;
+    for (const auto& line : out) all += "\n  - " + line;
+    throw TimeoutError(std::string(e.what()) + "; kept out by the health checks:" + all);
+  }
 }
 
 }  // namespace tenax

@@ -1,7 +1,13 @@
 #include "elastic/elastic_metrics.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <string>
 
+#include "tenax/core/config.h"
 #include "tenax/core/logging.h"
 
 namespace tenax::detail {
@@ -28,6 +34,18 @@ ElasticMetrics& elastic_metrics() {
     return e;
   }();
   return *m;
+}
+
+void append_event(const std::string& line) {
+  const std::string& path = settings().observe.events_file;
+  if (path.empty()) return;
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  const std::string text = line + "\n";
+  if (fd < 0 || ::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+    log(LogLevel::kWarning,
+        "elastic: cannot append to TENAX_EVENTS_FILE " + path + ": " + std::strerror(errno));
+  }
+  if (fd >= 0) ::close(fd);
 }
 
 void ElasticMetrics::formed(int64_t number, int members, int active_members, int rank) {

@@ -4,6 +4,7 @@
 // recoveries by cause with each phase's duration, missed heartbeats and steps lost.
 
 #include <cstdint>
+#include <string>
 
 #include "tenax/core/metrics.h"
 #include "tenax/elastic/elastic.h"
@@ -26,5 +27,9 @@ struct ElasticMetrics {
 };
 
 ElasticMetrics& elastic_metrics();
+
+// Appends `line` (one JSON object) to TENAX_EVENTS_FILE when it is set: O_APPEND and one write,
+// so the members of a host may share the file.
+void append_event(const std::string& line);
 
 }  // namespace tenax::detail

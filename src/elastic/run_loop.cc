@@ -6,14 +6,19 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "elastic/elastic_metrics.h"
 #include "elastic/member_order.h"
 #include "elastic/preemption.h"
 #include "elastic/watchdog.h"
+#include "health/hang_watch.h"
+#include "health/replica_hash.h"
+#include "tenax/comm/flight_recorder.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
+#include "tenax/core/metrics.h"
 #include "tenax/core/time_use.h"
 
 namespace tenax::detail {
@@ -78,7 +83,10 @@ bool RunLoop::job_finished() {
 }
 
 void RunLoop::abort_communicators() {
-  const std::string why = member_ + " left for a new generation";
+  abort_communicators_for(member_ + " left for a new generation");
+}
+
+void RunLoop::abort_communicators_for(const std::string& why) {
   if (acomm_) acomm_->abort(why);
   if (gcomm_) gcomm_->abort(why);
 }
@@ -157,13 +165,26 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
   const bool full = o_.max_active > 0 && active.size() >= o_.max_active / o_.group * o_.group;
   Watchdog watchdog(rdzv_, active, acomm_, o_.rendezvous.heartbeat_interval,
                     /*joiners_interrupt=*/!full);
+  const HealthOptions& h = o_.health;
+  std::unique_ptr<HangWatch> hang;
+  if (h.hang_watchdog) {
+    hang = std::make_unique<HangWatch>(h.deadline_k, h.deadline_floor, communication_waits(),
+                                       [this](const std::string& report) { stuck(report); });
+  }
+  StragglerDetector stragglers(h.straggler_threshold, h.straggler_window, h.straggler_steps);
   // At each step boundary the active members agree on two things: a joiner waits (leave
-  // together for the next generation), and a member was told to stop (preemption).
-  at::Tensor flag = at::zeros({2}, at::kLong);
+  // together for the next generation), and a member was told to stop (preemption); and they
+  // share each one's compute time of the previous step (µs, slot 2 + rank) for the straggler
+  // score.
+  const int n = active.size();
+  at::Tensor flag = at::zeros({2 + n}, at::kLong);
   int64_t saved = step;  // the newest step in the memory tier
   bool preempted = false;
+  double compute = 0;  // this member's compute seconds in the previous step
   for (step_ = step; step_ < steps_; ++step_) {
     const auto step_start = Clock::now();
+    const auto comm_before = communication_wait_time();
+    if (hang) hang->step_started();
     const bool trained_before = trained_here_;
     if (!trained_here_) {
       account_time(TimeUse::kStartup, process_seconds());
@@ -172,15 +193,34 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
     const double evaluation_before = accounted_time(TimeUse::kEvaluation);
     double stall = 0;
     try {
+      flag.zero_();
       int64_t* f = flag.data_ptr<int64_t>();
       f[0] = watchdog.join_waiting() ? 1 : 0;
       f[1] = PreemptionSignal::received();
+      f[2 + gen.rank] = static_cast<int64_t>(compute * 1e6);
       acomm_->all_reduce(flag, ReduceOp::kMax);
       f = flag.data_ptr<int64_t>();
       preempted = f[1] != 0;
-      if (f[0] == 1 && !preempted) break;
+      if (h.straggler != StragglerPolicy::kOff) {
+        std::vector<double> per_rank(n);
+        for (int r = 0; r < n; ++r) per_rank[r] = static_cast<double>(f[2 + r]) / 1e6;
+        const std::vector<int> slow = stragglers.add(per_rank);
+        if (!slow.empty()) straggling(active, slow, stragglers);
+      }
+      if (f[0] == 1 && !preempted) {
+        if (hang) hang->step_ended();
+        break;
+      }
       if (faults_) faults_->at_step(step_ + 1);  // steps count from 1 in fault specs
       job_.train_step(step_);
+      if (h.replica_hash_every > 0 && (step_ + 1) % h.replica_hash_every == 0) {
+        compare_replicas(active);
+      }
+    } catch (const StepRollback& e) {
+      if (hang) hang->step_ended();
+      step_ = roll_back(e) - 1;  // the loop's ++ makes it the restored step
+      compute = 0;
+      continue;
     } catch (const CommError& e) {
       recovery_.failure(watchdog.reason().empty() ? e.what() : watchdog.reason(), step_,
                         ms_between(step_start, Clock::now()));
@@ -193,8 +233,12 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
       saved = step_ + 1;
     }
     completed_ = step_ + 1;
-    account_step(step_, ms_between(step_start, Clock::now()) / 1000, stall,
-                 accounted_time(TimeUse::kEvaluation) - evaluation_before);
+    if (hang) hang->step_ended();
+    const double seconds = ms_between(step_start, Clock::now()) / 1000;
+    const double evaluation = accounted_time(TimeUse::kEvaluation) - evaluation_before;
+    compute = seconds - stall - evaluation -
+              std::chrono::duration<double>(communication_wait_time() - comm_before).count();
+    account_step(step_, seconds, stall, evaluation);
     if (recovery_.open()) {
       const RecoveryEvent ev = recovery_.complete(ms_between(step_start, Clock::now()));
       // A process's own arrival is its start-up, already counted at its first step.
@@ -265,6 +309,128 @@ void RunLoop::stop_preempted(const Generation& gen) {
             " (" + std::to_string(static_cast<int64_t>(ms_between(began, Clock::now()))) +
             " ms to persist)");
   }
+}
+
+void RunLoop::straggling(const Generation& active, const std::vector<int>& slow,
+                         const StragglerDetector& scores) {
+  auto& m = metrics::registry();
+  std::string names;
+  bool me = false;
+  for (int r : slow) {
+    const std::string& id = active.members[r];
+    const std::string host = r < static_cast<int>(active.hosts.size()) ? active.hosts[r] : "";
+    char score[32];
+    std::snprintf(score, sizeof(score), "%.2f", scores.score(r));
+    names += (names.empty() ? "" : ", ") + id + (host.empty() ? "" : " on " + host) + " (" + score +
+             "x the median compute time)";
+    me |= id == member_;
+    m.family("tenax_health_stragglers_total", "Members found straggling, by action",
+             metrics::Type::kCounter, {"action"})
+        .counter({to_string(o_.health.straggler)})
+        .inc();
+    if (active.rank == 0 || id == member_) {
+      append_event(nlohmann::json{{"event", "straggler"},
+                                  {"member", id},
+                                  {"host", host},
+                                  {"score", scores.score(r)},
+                                  {"step", step_},
+                                  {"action", to_string(o_.health.straggler)}}
+                       .dump());
+    }
+  }
+  m.gauge("tenax_health_straggler_score",
+          "This member's compute time over the median of its generation (window mean)")
+      .set(scores.score(active.rank));
+  const std::string why =
+      "straggler: " + names + " over " + std::to_string(o_.health.straggler_steps) + " steps";
+  if (o_.health.straggler != StragglerPolicy::kEvict) {
+    if (active.rank == 0) log(LogLevel::kWarning, "health: " + why);
+    return;
+  }
+  if (me) {
+    log(LogLevel::kError, "health: " + member_ + " is evicted as a " + why +
+                              "; the others re-form without it. Leaving with status " +
+                              std::to_string(kUnhealthyExitCode));
+    leave(why, kUnhealthyExitCode);
+  }
+  for (int r : slow) rdzv_.mark_gone(active.members[r]);
+  throw CommError("evicted " + why);
+}
+
+void RunLoop::compare_replicas(const Generation& active) {
+  const int n = active.size();
+  const StateDict& state = job_.state();
+  at::Tensor t = at::zeros({2 * n}, at::kLong);
+  int64_t* p = t.data_ptr<int64_t>();
+  p[2 * active.rank] = static_cast<int64_t>(state_signature(state));
+  p[2 * active.rank + 1] = static_cast<int64_t>(state_hash(state));
+  acomm_->all_reduce(t, ReduceOp::kSum);  // one non-zero value per slot: the sum is it
+  p = t.data_ptr<int64_t>();
+  std::vector<uint64_t> sigs(n), hashes(n);
+  for (int r = 0; r < n; ++r) {
+    sigs[r] = static_cast<uint64_t>(p[2 * r]);
+    hashes[r] = static_cast<uint64_t>(p[2 * r + 1]);
+  }
+  const std::vector<int> bad = replicas_that_differ(sigs, hashes);
+  if (bad.empty()) return;
+  std::string names;
+  bool me = false;
+  for (int r : bad) {
+    names += (names.empty() ? "" : ", ") + active.members[r];
+    me |= r == active.rank;
+  }
+  metrics::registry()
+      .counter("tenax_health_replica_mismatches_total",
+               "Replicas whose state hash differed from their group's majority")
+      .inc(static_cast<double>(bad.size()));
+  const std::string why = "after step " + std::to_string(step_ + 1) + " the state of " + names +
+                          " differs from the other replicas' (suspected silent data corruption)";
+  if (me) {
+    log(LogLevel::kError, "health: " + why + "; " + member_ + " leaves with status " +
+                              std::to_string(kRemovedExitCode) +
+                              " and, restarted, takes its state from a peer");
+    leave(why, kRemovedExitCode);
+  }
+  for (int r : bad) rdzv_.mark_gone(active.members[r]);
+  throw CommError("replica check: " + why);
+}
+
+int64_t RunLoop::roll_back(const StepRollback& e) {
+  log(LogLevel::kWarning, std::string("elastic: ") + e.what());
+  rollbacks_at_ = rollback_step_ == step_ ? rollbacks_at_ + 1 : 1;
+  rollback_step_ = step_;
+  if (rollbacks_at_ > 3) {
+    throw StepRollback(std::string(e.what()) + " (step " + std::to_string(step_ + 1) +
+                       " failed after 3 rollbacks in a row: giving up)");
+  }
+  engine_->wait();
+  const std::optional<RestoreResult> r = engine_->restore(job_.state());
+  if (!r)
+    throw CheckpointError(std::string("elastic: cannot roll back (") + e.what() +
+                          "): no snapshot to restore");
+  job_.restored(r->step);
+  metrics::registry()
+      .counter("tenax_health_rollbacks_total", "Steps rolled back to a snapshot")
+      .inc();
+  return r->step;
+}
+
+void RunLoop::stuck(const std::string& report) {
+  log(LogLevel::kError,
+      "health: " + member_ + " is stuck in step " + std::to_string(step_ + 1) + ": " + report);
+  metrics::registry()
+      .counter("tenax_health_hangs_total", "Steps that ran past their deadline")
+      .inc();
+  dump_flight_records("hang: step " + std::to_string(step_ + 1) + " past its deadline");
+  leave("stuck in step " + std::to_string(step_ + 1), kRemovedExitCode);
+}
+
+void RunLoop::leave(const std::string& why, int status) {
+  rdzv_.mark_gone(member_);
+  abort_communicators_for(member_ + " left: " + why);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::_Exit(status);
 }
 
 void RunLoop::fenced(const std::string& why) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "elastic/recovery_recorder.h"
+#include "health/straggler.h"
 #include "tenax/checkpoint/engine.h"
 #include "tenax/comm/communicator.h"
 #include "tenax/core/error.h"
@@ -70,6 +71,20 @@ class RunLoop {
   // and makes every peer still blocked in it fail now rather than at its timeout.
   void fail(const Generation& gen, const CommError& e);
   void abort_communicators();
+  void abort_communicators_for(const std::string& why);
+  // Health, during training: `slow` (ranks of `active`) straggled; report them, or evict them
+  // (they leave; the others throw CommError and re-form without them).
+  void straggling(const Generation& active, const std::vector<int>& slow,
+                  const StragglerDetector& scores);
+  // Compares the replicas' state hashes; one that differs leaves and the others re-form.
+  void compare_replicas(const Generation& active);
+  // A StepRollback: restores the newest snapshot on every member; returns its step.
+  int64_t roll_back(const StepRollback& e);
+  // The hang watchdog's verdict (its thread): says what each thread does, dumps the flight
+  // records and leaves.
+  void stuck(const std::string& report);
+  // Marks this member gone, aborts its communicators (peers fail at once) and ends the process.
+  [[noreturn]] void leave(const std::string& why, int status);
 
   const ElasticOptions& o_;
   const std::shared_ptr<Store> store_;
@@ -91,6 +106,7 @@ class RunLoop {
   // Goodput: the most steps ever completed here (a step below it is done again), and whether
   // this process has trained (its first step ends its start-up).
   int64_t high_water_ = 0;
+  int64_t rollback_step_ = -1, rollbacks_at_ = 0;  // rollbacks in a row at one step
   bool trained_here_ = false;
   // Read by fenced() on the heartbeat thread.
   std::atomic<int64_t> completed_{0};   // steps completed in this process

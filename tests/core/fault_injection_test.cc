@@ -27,7 +27,8 @@ TEST(FaultSpecTest, AnotherRanksFaultsAreLeftOut) {
 }
 
 TEST(FaultSpecTest, AStepFaultWithAnEqualsSignOrAnUnknownKindIsAConfigErrorNamingTheItem) {
-  for (const char* bad : {"kill=3", "slow@3", "explode@3", "kill@x", "kill@3:host=1"}) {
+  for (const char* bad : {"kill=3", "slow@3", "explode@3", "kill@x", "kill@3:host=1", "nan",
+                          "shm_full@3", "nan@recovery", "hang_backward=2", "sdc=1"}) {
     try {
       tenax::FaultInjector f(bad, 0);
       ADD_FAILURE() << bad << " was accepted";
@@ -36,6 +37,21 @@ TEST(FaultSpecTest, AStepFaultWithAnEqualsSignOrAnUnknownKindIsAConfigErrorNamin
           << e.what();
     }
   }
+}
+
+TEST(FaultSpecTest, HealthFaultsAreAnsweredByTheirQueries) {
+  tenax::FaultInjector f("sdc,sdc@7,nan@4,shm_full,hang_backward@9:rank=1", 0);
+  EXPECT_TRUE(f.sdc_in_gemm());
+  EXPECT_TRUE(f.corrupt_at(7));
+  EXPECT_FALSE(f.corrupt_at(4));
+  EXPECT_TRUE(f.nan_at(4));
+  EXPECT_FALSE(f.nan_at(7));
+  EXPECT_TRUE(f.shm_full());
+  f.at_step(4);      // nan and sdc are the trainer's and the preflight's to apply: nothing fires
+  f.in_backward(9);  // rank 1's
+  tenax::FaultInjector none("nan@4", 0);
+  EXPECT_FALSE(none.sdc_in_gemm());
+  EXPECT_FALSE(none.shm_full());
 }
 
 TEST(FaultSpecTest, AnInjectorWithoutFaultsDoesNothingAtAStep) {

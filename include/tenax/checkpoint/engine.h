@@ -135,6 +135,10 @@ class TENAX_API CheckpointEngine {
   // Removes this run's shared-memory regions on this host.
   static void remove_memory(const std::string& run);
 
+  // Whether `options.durable` can be used from here (a directory writable, a bucket reachable
+  // with these credentials): "" when it can (or there is none), else what is wrong.
+  static std::string check_durable(const CheckpointOptions& options);
+
   class Impl;
 
  private:

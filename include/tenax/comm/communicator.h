@@ -10,6 +10,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -158,6 +159,10 @@ class TENAX_API Communicator {
 // computation did not hide. Other threads' waits (the checkpoint engine's replication, say) are
 // theirs, not the caller's. Never decreases; take differences.
 TENAX_API std::chrono::nanoseconds communication_wait_time();
+
+// The calling thread's count of Work::wait calls in progress (0 or 1), readable from any thread
+// (a watchdog asks whether the training thread is blocked on communication or in its own work).
+TENAX_API std::shared_ptr<const std::atomic<int>> communication_waits();
 
 // Builds a communicator of `size` ranks; every rank calls this with the same options.name and
 // a store reachable by all. The first call sets SIGPIPE to ignored (when it is at its default),

@@ -72,6 +72,9 @@ struct TENAX_API Settings {
   std::string fault;
   // TENAX_RESTART_COUNT: how many times an agent has restarted this worker (0 when unset).
   int64_t restart_count = 0;
+  // TENAX_PREFLIGHT: run the health checks before joining an elastic job (tenaxrun
+  // --preflight sets it).
+  bool preflight = false;
   // TENAX_ACTIVE_WORKERS: the most workers an elastic job trains on, the rest warm spares
   // (0 when unset: no limit). Set by tenaxrun --spares.
   int64_t active_workers = 0;

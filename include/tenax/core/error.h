@@ -73,4 +73,11 @@ class TENAX_API CheckpointError : public Error {
   explicit CheckpointError(const std::string& what) : Error(what) {}
 };
 
+// A rank or host failed a health check (preflight, replica comparison, a hang): the message
+// names the member, the host and every reason. Such a member is kept out of the job.
+class TENAX_API HealthError : public Error {
+ public:
+  explicit HealthError(const std::string& what) : Error(what) {}
+};
+
 }  // namespace tenax

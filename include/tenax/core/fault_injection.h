@@ -12,6 +12,12 @@
 //   slow=MS[:rank=R]   sleep MS milliseconds at the start of every step (a straggler)
 //   s3_fail=N          the next N uploads (PUTs) to S3 fail as HTTP 503 SlowDown (a failing
 //                      endpoint)
+//   hang_backward@S[:rank=R]  the training thread stops inside the backward pass of step S
+//                      (a stuck kernel: the process and its heartbeats stay alive)
+//   nan@S[:rank=R]     the loss of step S is NaN (its gradients too)
+//   sdc[:rank=R]       silent data corruption in the preflight GEMM (one value flipped)
+//   sdc@S[:rank=R]     silent data corruption of a parameter after step S's update
+//   shm_full[:rank=R]  the preflight sees /dev/shm with no room
 // e.g. TENAX_FAULT="kill@20:rank=2" or "slow=50:rank=1,s3_fail=5". Killing the rank that hosts
 // the store also takes the store down.
 
@@ -25,10 +31,10 @@ namespace tenax {
 
 class TENAX_API FaultInjector {
  public:
-  enum class Kind { kKill, kHang, kExit, kSlow, kS3Fail };
+  enum class Kind { kKill, kHang, kExit, kSlow, kS3Fail, kSdc, kNan, kHangBackward, kShmFull };
   struct Fault {
     Kind kind = Kind::kKill;
-    int64_t value = 0;  // the step (-1: at recovery), or the milliseconds, or the request count
+    int64_t value = 0;  // the step (-1: at recovery, -2: any), or the milliseconds, or a count
     int rank = -1;      // -1: every rank
   };
 
@@ -48,11 +54,24 @@ class TENAX_API FaultInjector {
   // tier takes it from its options (S3Options::injected_failures).
   int64_t s3_failures() const;
 
+  // sdc (no step): the preflight GEMM should come out wrong on this rank.
+  bool sdc_in_gemm() const;
+  // sdc@S: corrupt a parameter after step S's update.
+  bool corrupt_at(int64_t step) const;
+  // nan@S: the loss of step S is NaN.
+  bool nan_at(int64_t step) const;
+  // shm_full: the preflight should see no room in /dev/shm.
+  bool shm_full() const;
+  // Call inside the backward pass of step S: hang_backward@S stops the calling thread there.
+  void in_backward(int64_t step) const;
+
   bool empty() const { return faults_.empty(); }
   const std::vector<Fault>& faults() const { return faults_; }
 
  private:
   static constexpr int64_t kAtRecovery = -1;  // Fault::value of the @recovery faults
+  static constexpr int64_t kAnyStep = -2;     // Fault::value of the faults written without @
+  bool has(Kind kind, int64_t value) const;
   void fire(const Fault& f, const std::string& when) const;
 
   int rank_;

@@ -29,9 +29,11 @@
 #include "tenax/checkpoint/state.h"
 #include "tenax/comm/communicator.h"
 #include "tenax/comm/store.h"
+#include "tenax/core/error.h"
 #include "tenax/core/export.h"
 #include "tenax/core/fault_injection.h"
 #include "tenax/elastic/rendezvous.h"
+#include "tenax/health/health.h"
 
 namespace tenax {
 
@@ -60,6 +62,11 @@ struct TENAX_API ElasticOptions {
   // step boundary, finish that step, persist it to the durable tier (memory only when there is
   // none) and return from run() within `preempt_grace`.
   std::chrono::milliseconds preempt_grace{25000};
+  // Health checks before joining (preflight) and while training (stragglers, hangs, replica
+  // comparison): tenax/health/health.h. A member the preflight fails makes run() throw
+  // HealthError; the others start without it when min_workers allows, else their TimeoutError
+  // lists every member kept out and why.
+  HealthOptions health;
   // Faults for tests and demos: its step faults fire before each step (steps counted from 1),
   // its @recovery faults as re-formations begin. null: TENAX_FAULT for the launcher's rank.
   const FaultInjector* faults = nullptr;
@@ -73,6 +80,14 @@ struct TENAX_API ElasticWorld {
   std::shared_ptr<Communicator> comm;  // over the active members
   std::shared_ptr<Store> store;
   std::vector<std::string> hosts;  // hosts[i]: the host of members[i] ("" when unknown)
+};
+
+// Thrown by ElasticJob::train_step to discard the step and go back to the newest snapshot in
+// memory (a non-finite loss under a rollback policy): every active member must throw it in the
+// same step. The runner restores the snapshot on every member, calls restored(), and goes on.
+class TENAX_API StepRollback : public Error {
+ public:
+  explicit StepRollback(const std::string& what) : Error(what) {}
 };
 
 // The exit status of a process whose elastic member was fenced out (ElasticRunner::run).
@@ -162,6 +177,9 @@ class TENAX_API ElasticRunner {
   std::shared_ptr<Store> store_;
   std::string member_;
   std::unique_ptr<Rendezvous> rdzv_;
+  // With the preflight on: runs it; throws HealthError when this member fails it.
+  void preflight(const FaultInjector* faults);
+
   FaultInjector own_faults_{"", -1};  // from TENAX_FAULT when options.faults is null
   std::vector<RecoveryEvent> events_;
 };
