@@ -318,6 +318,7 @@ Trainer::~Trainer() = default;
 StepStats Trainer::train_step() { return impl_->train_step(); }
 double Trainer::evaluate(int batches) {
   const auto start = std::chrono::steady_clock::now();
+  tenax::PhaseScope evaluating(tenax::Phase::kEvaluation);
   const double loss = impl_->evaluate(batches);
   tenax::account_time(
       tenax::TimeUse::kEvaluation,

@@ -228,6 +228,7 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
     }
     if (preempted || (step_ + 1) % o_.snapshot_every == 0 || step_ + 1 == steps_) {
       const auto save_start = Clock::now();
+      PhaseScope saving(Phase::kSave);
       engine_->save(step_ + 1, job_.state(), /*persist_now=*/preempted);
       stall = ms_between(save_start, Clock::now()) / 1000;
       saved = step_ + 1;

@@ -114,7 +114,9 @@ TEST(StragglerRunTest, EvictingAStragglerBringsTheThroughputBack) {
   EXPECT_TRUE(has(r.output, "worker w1 failed its health checks (status 76); not restarted"));
   const auto ev = first_recovery(r.output);
   ASSERT_FALSE(ev.is_null()) << r.output;
-  EXPECT_LE(ev["failed_step"].get<int>(), 5 + 3 + 2) << ev.dump();  // the window, the steps
+  // The window filled (5 steps after the first, whose compute time is unknown), then 3 steps
+  // above the threshold; a loaded machine may dip a score below it once or twice.
+  EXPECT_LE(ev["failed_step"].get<int>(), 1 + 5 + 3 + 4) << ev.dump();
   const double before = tokens_per_second_after(healthy.output, 20);
   const double after = tokens_per_second_after(r.output, 25);
   std::printf("tokens/s: healthy %.0f, after evicting the straggler %.0f (%.2fx)\n", before, after,

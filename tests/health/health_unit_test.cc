@@ -94,6 +94,29 @@ TEST(HangWatchTest, AStepPastItsDeadlineOutsideACollectiveIsReportedOnce) {
   EXPECT_NE(report.find("tid "), std::string::npos) << report;
 }
 
+TEST(HangWatchTest, AnEvaluationInsideAStepRunsOnItsOwnDeadlineNotTheSteps) {
+  auto waiting = std::make_shared<std::atomic<int>>(0);
+  std::atomic<int> fired{0};
+  tenax::detail::HangWatch w(5, 150ms, waiting, [&](const std::string&) { ++fired; });
+  for (int i = 0; i < 5; ++i) {
+    w.step_started();
+    std::this_thread::sleep_for(5ms);
+    w.step_ended();
+  }
+  ASSERT_EQ(w.deadline(), 150ms);
+  w.step_started();
+  {
+    tenax::PhaseScope evaluating(tenax::Phase::kEvaluation);  // never seen: three floors
+    std::this_thread::sleep_for(300ms);
+  }
+  std::this_thread::sleep_for(50ms);  // the step's own time is 50 ms: under its deadline
+  w.step_ended();
+  EXPECT_EQ(fired.load(), 0);
+  // The step counted 50 ms, not 350: its deadline is now 5 × 50 ms.
+  EXPECT_GE(w.deadline(tenax::Phase::kStep), 250ms);
+  EXPECT_LT(w.deadline(tenax::Phase::kStep), 300ms);
+}
+
 TEST(HangWatchTest, AStepWaitingOnACollectiveIsLeftToItsPeersWatch) {
   auto waiting = std::make_shared<std::atomic<int>>(1);
   std::atomic<int> fired{0};

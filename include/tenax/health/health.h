@@ -71,6 +71,24 @@ struct TENAX_API HealthOptions {
   std::chrono::milliseconds deadline_floor{3000};  // never shorter than this
 };
 
+// What the training thread is doing, for the hang watch: each phase gets a deadline derived from
+// its own durations. The runner marks steps and checkpoint saves; a trainer marks its
+// evaluations (llama_train does) so that a long, rare evaluation is not taken for a stuck step.
+enum class Phase { kStep = 0, kSave = 1, kEvaluation = 2 };
+
+// Marks the calling thread's work as `phase` while it lives (nothing when no hang watch runs).
+class TENAX_API PhaseScope {
+ public:
+  explicit PhaseScope(Phase phase);
+  ~PhaseScope();
+  PhaseScope(const PhaseScope&) = delete;
+  PhaseScope& operator=(const PhaseScope&) = delete;
+
+ private:
+  Phase phase_;
+  bool marked_ = false;
+};
+
 // The exit status of a member a health check kept out (failed preflight) or evicted (a
 // straggler): tenaxrun does not restart it.
 inline constexpr int kUnhealthyExitCode = 76;
