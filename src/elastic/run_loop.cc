@@ -344,8 +344,17 @@ void RunLoop::straggling(const Generation& active, const std::vector<int>& slow,
       .set(scores.score(active.rank));
   const std::string why =
       "straggler: " + names + " over " + std::to_string(o_.health.straggler_steps) + " steps";
-  if (o_.health.straggler != StragglerPolicy::kEvict) {
-    if (active.rank == 0) log(LogLevel::kWarning, "health: " + why);
+  // Evicting must leave enough members to train on: otherwise the job would stop, which costs
+  // more than a slow member does.
+  const bool room = active.size() - static_cast<int>(slow.size()) >= o_.rendezvous.min_workers;
+  if (o_.health.straggler != StragglerPolicy::kEvict || !room) {
+    if (active.rank == 0) {
+      log(LogLevel::kWarning, "health: " + why +
+                                  (o_.health.straggler == StragglerPolicy::kEvict
+                                       ? " (not evicted: the job would fall below its " +
+                                             std::to_string(o_.rendezvous.min_workers) + " workers)"
+                                       : ""));
+    }
     return;
   }
   if (me) {
