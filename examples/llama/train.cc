@@ -102,7 +102,7 @@ ABSL_FLAG(std::string, nan_policy, "skip",
 ABSL_FLAG(double, loss_spike, 0,
           "treat a loss above this many times the running mean as bad "
           "(0: never)");
-ABSL_FLAG(bool, hang_watchdog, true,
+ABSL_FLAG(bool, hang_watchdog, false,
           "--elastic: leave when a step runs past its deadline "
           "outside any collective");
 ABSL_FLAG(double, hang_deadline_k, 5.0,

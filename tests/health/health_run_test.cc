@@ -124,7 +124,7 @@ TEST(StragglerRunTest, EvictingAStragglerBringsTheThroughputBack) {
 }
 
 TEST(HangRunTest, AHangInsideBackwardIsFoundWithinItsDerivedDeadlineAndRecovered) {
-  auto r = job("hang_backward@20:rank=2", {"--min-workers", "3"}, 40);
+  auto r = job("hang_backward@20:rank=2", {"--min-workers", "3", "--hang-watchdog"}, 40);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(has(r.output, "w2 is stuck in step 20")) << r.output;
   EXPECT_TRUE(has(r.output, "not waiting on a collective; threads:")) << r.output;
