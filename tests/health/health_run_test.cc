@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "support/process.h"
+#include "tenax/checkpoint/engine.h"
 
 namespace {
 
@@ -19,6 +20,7 @@ using tenax::testing::run_command;
 RankResult job(const std::string& fault, const std::vector<std::string>& flags, int steps,
                const std::vector<std::string>& agent_flags = {}) {
   static int n = 0;
+  const std::string run = "health-" + std::to_string(getpid()) + "-" + std::to_string(++n);
   std::vector<std::string> argv = {TENAXRUN, "--nproc-per-node", "4", "--max-restarts", "1"};
   argv.insert(argv.end(), agent_flags.begin(), agent_flags.end());
   for (const std::string& a :
@@ -26,12 +28,14 @@ RankResult job(const std::string& fault, const std::vector<std::string>& flags, 
         std::string("tiny"), std::string("--global-batch"), std::string("24"),
         std::string("--steps"), std::to_string(steps), std::string("--log-interval"),
         std::string("5"), std::string("--eval-interval"), std::string("0"), std::string("--data"),
-        std::string(LLAMA_CORPUS) + "/train.bin", std::string("--ckpt-run"),
-        "health-" + std::to_string(getpid()) + "-" + std::to_string(++n)}) {
+        std::string(LLAMA_CORPUS) + "/train.bin", std::string("--ckpt-run"), run}) {
     argv.push_back(a);
   }
   argv.insert(argv.end(), flags.begin(), flags.end());
-  return run_command(argv, {{"TENAX_FAULT", fault}}, std::chrono::seconds(240));
+  RankResult r = run_command(argv, {{"TENAX_FAULT", fault}}, std::chrono::seconds(240));
+  // A job that failed keeps its snapshots in memory for a relaunch; these are not relaunched.
+  tenax::CheckpointEngine::remove_memory(run);
+  return r;
 }
 
 bool has(const std::string& text, const std::string& what) {

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "support/process.h"
+#include "tenax/checkpoint/engine.h"
 #include "tenax/observe/exposition.h"
 
 namespace {
@@ -236,6 +237,8 @@ TEST(PrometheusTest, EveryDashboardPanelHasDataAndAKilledRankShowsAsOneRecovery)
 
   job.kill(SIGTERM);  // a preemption: the workers save and leave
   job.wait(std::chrono::seconds(60));
+  // A preempted job keeps its snapshots in memory for a relaunch; this one will not be.
+  tenax::CheckpointEngine::remove_memory("promtest-" + std::to_string(getpid()));
   const std::string out = job.output();
 
   // The recovery timeline: one line per surviving member, each phase after the last.
