@@ -543,11 +543,9 @@ std::unique_ptr<tenax::observe::MetricsServer> serve_metrics(const Plan& plan, A
   int port = plan.metrics_port;
   if (port < 0) port = static_cast<int>(tenax::settings().observe.metrics_port);
   if (port < 0) return nullptr;
-  char host[256] = {0};
-  gethostname(host, sizeof(host) - 1);
   const std::string job = tenax::settings().observe.job;
   reg.set_constant_label("job", job.empty() ? "tenax" : job);
-  reg.set_constant_label("host", host);
+  reg.set_constant_label("host", tenax::host_name());
   reg.set_constant_label("node_rank", std::to_string(plan.node_rank));
   const std::string address = tenax::settings().observe.metrics_address;
   const int workers = plan.workers();

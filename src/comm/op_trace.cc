@@ -213,6 +213,7 @@ void OpTrace::started(uint64_t id) {
 void OpTrace::ended(uint64_t id, const std::exception_ptr& err) {
   OpKind op = OpKind::kCount;
   double seconds = -1;
+  const int kind = err ? error_kind(err) : -1;
   {
     std::lock_guard<std::mutex> lock(mu_);
     Entry& e = ring_[id % ring_.size()];
@@ -224,15 +225,16 @@ void OpTrace::ended(uint64_t id, const std::exception_ptr& err) {
     e.ended_us = unix_us();
     e.state = err ? kFailed : kDone;
     op = e.op;
-    if (!err)
+    if (err) {
+      e.error = kErrorKinds[kind];
+    } else {
       seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - e.start).count();
-    if (err) e.error = kErrorKinds[error_kind(err)];
+    }
   }
   if (!err) {
     metrics_of(op).seconds->observe(seconds);
     return;
   }
-  const int kind = error_kind(err);
   metrics::registry()
       .family("tenax_comm_errors_total", "Operations that failed, by error",
               metrics::Type::kCounter, {"op", "group", "error"})
@@ -304,9 +306,7 @@ std::string dump_flight_records(const std::string& reason, const std::string& di
   {
     std::lock_guard<std::mutex> lock(t.mu);
     who = t.who.empty() ? "pid" + std::to_string(getpid()) : t.who;
-    char host[256] = {0};
-    gethostname(host, sizeof(host) - 1);
-    body = "{\"who\":" + json_quote(who) + ",\"host\":" + json_quote(host) +
+    body = "{\"who\":" + json_quote(who) + ",\"host\":" + json_quote(host_name()) +
            ",\"pid\":" + std::to_string(getpid()) + ",\"reason\":" + json_quote(reason) +
            ",\"time_us\":" + std::to_string(detail::unix_us()) + ",\"communicators\":[";
     for (size_t i = 0; i < t.live.size(); ++i) {

@@ -1,7 +1,9 @@
 #include "tenax/core/config.h"
 
-#include <cstdlib>
 #include <strings.h>
+#include <unistd.h>
+
+#include <cstdlib>
 
 #include "tenax/core/error.h"
 
@@ -100,6 +102,12 @@ Settings read_settings() {
 const Settings& settings() {
   static const Settings s = read_settings();
   return s;
+}
+
+std::string host_name() {
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  return host;
 }
 
 std::optional<std::string> env_string(const char* name) {

@@ -1,7 +1,5 @@
 #include "tenax/elastic/elastic.h"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -50,16 +48,6 @@ std::string RecoveryEvent::to_json() const {
                         {"total_ms", total_ms}}
       .dump();
 }
-
-namespace {
-
-std::string host_name() {
-  char host[256] = {0};
-  gethostname(host, sizeof(host) - 1);
-  return host;
-}
-
-}  // namespace
 
 ElasticRunner::ElasticRunner(ElasticOptions options, std::shared_ptr<Store> store)
     : o_(std::move(options)), store_(std::move(store)) {

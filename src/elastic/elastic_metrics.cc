@@ -27,10 +27,14 @@ ElasticMetrics& elastic_metrics() {
                                "Completed steps lost to failures (done again after a restore)");
     e->step = &r.gauge("tenax_elastic_steps_completed", "Training steps completed");
     // Present from the start, so a recovery shows as a step up rather than a new series.
-    auto& rec = r.family("tenax_recoveries_total", "Re-formations of the worker set, by cause",
-                         metrics::Type::kCounter, {"cause"});
-    rec.counter({"failure"});
-    rec.counter({"join"});
+    e->recoveries = &r.family("tenax_recoveries_total", "Re-formations of the worker set, by cause",
+                              metrics::Type::kCounter, {"cause"});
+    e->recoveries->counter({"failure"});
+    e->recoveries->counter({"join"});
+    e->phases = &r.family("tenax_recovery_phase_seconds",
+                          "Duration of each phase of a re-formation (detect, rendezvous, "
+                          "restore, first_step, total)",
+                          metrics::Type::kHistogram, {"phase"});
     return e;
   }();
   return *m;
@@ -61,20 +65,13 @@ void ElasticMetrics::formed(int64_t number, int members, int active_members, int
 }
 
 void ElasticMetrics::recovered(const RecoveryEvent& ev) {
-  auto& r = metrics::registry();
-  r.family("tenax_recoveries_total", "", metrics::Type::kCounter, {"cause"})
-      .counter({ev.cause})
-      .inc();
-  auto& phases = r.family("tenax_recovery_phase_seconds",
-                          "Duration of each phase of a re-formation (detect, rendezvous, "
-                          "restore, first_step, total)",
-                          metrics::Type::kHistogram, {"phase"});
+  recoveries->counter({ev.cause}).inc();
   const std::pair<const char*, double> ms[] = {{"detect", ev.detect_ms},
                                                {"rendezvous", ev.rendezvous_ms},
                                                {"restore", ev.restore_ms},
                                                {"first_step", ev.first_step_ms},
                                                {"total", ev.total_ms}};
-  for (const auto& [phase, v] : ms) phases.histogram({phase}).observe(v / 1000.0);
+  for (const auto& [phase, v] : ms) phases->histogram({phase}).observe(v / 1000.0);
   if (ev.failed_step >= 0 && ev.resumed_step >= 0 && ev.failed_step > ev.resumed_step) {
     steps_lost->inc(static_cast<double>(ev.failed_step - ev.resumed_step));
   }

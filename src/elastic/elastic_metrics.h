@@ -19,6 +19,8 @@ struct ElasticMetrics {
   metrics::Counter* missed_heartbeats;
   metrics::Counter* steps_lost;
   metrics::Gauge* step;  // steps completed
+  metrics::Family* recoveries;  // counters by cause
+  metrics::Family* phases;      // histograms by phase
 
   // A generation formed with `members`, `active` of them training; this member's rank in it.
   void formed(int64_t number, int members, int active_members, int rank);

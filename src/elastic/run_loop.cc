@@ -184,7 +184,7 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
   for (step_ = step; step_ < steps_; ++step_) {
     const auto step_start = Clock::now();
     const auto comm_before = communication_wait_time();
-    if (hang) hang->step_started();
+    PhaseScope stepping(Phase::kStep);  // the hang watch's clock of this step
     const bool trained_before = trained_here_;
     if (!trained_here_) {
       account_time(TimeUse::kStartup, process_seconds());
@@ -207,17 +207,13 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
         const std::vector<int> slow = stragglers.add(per_rank);
         if (!slow.empty()) straggling(active, slow, stragglers);
       }
-      if (f[0] == 1 && !preempted) {
-        if (hang) hang->step_ended();
-        break;
-      }
+      if (f[0] == 1 && !preempted) break;
       if (faults_) faults_->at_step(step_ + 1);  // steps count from 1 in fault specs
       job_.train_step(step_);
       if (h.replica_hash_every > 0 && (step_ + 1) % h.replica_hash_every == 0) {
         compare_replicas(active);
       }
     } catch (const StepRollback& e) {
-      if (hang) hang->step_ended();
       step_ = roll_back(e) - 1;  // the loop's ++ makes it the restored step
       compute = 0;
       continue;
@@ -234,7 +230,6 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
       saved = step_ + 1;
     }
     completed_ = step_ + 1;
-    if (hang) hang->step_ended();
     const double seconds = ms_between(step_start, Clock::now()) / 1000;
     const double evaluation = accounted_time(TimeUse::kEvaluation) - evaluation_before;
     compute = seconds - stall - evaluation -

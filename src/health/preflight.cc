@@ -257,19 +257,18 @@ PreflightResult run_preflight(std::shared_ptr<Store> store, const std::string& r
   store->set(key(run, "pf/clock/" + member), std::to_string(unix_now()));
   // The GEMM against every record so far (later members compare with the first ones too).
   std::map<std::string, int> votes;
+  int records = 0;
   for (const auto& k : store->list(key(run, "pf/rec/"))) {
-    if (auto v = store->try_get(k)) ++votes[json::parse(*v)["gemm"].get<std::string>()];
+    auto v = store->try_get(k);
+    if (!v) continue;
+    ++votes[json::parse(*v)["gemm"].get<std::string>()];
+    ++records;
   }
   std::string majority;
   int most = 0;
   for (const auto& [sum, n] : votes) {
     if (n > most) most = n, majority = sum;
   }
-  const int records = [&] {
-    int n = 0;
-    for (const auto& [sum, c] : votes) n += c;
-    return n;
-  }();
   if (checksum != majority && 2 * most > records) {
     r.reasons.push_back("GEMM checksum " + checksum + " differs from the " + std::to_string(most) +
                         " of " + std::to_string(records) + " members that agree (" + majority +

@@ -101,12 +101,6 @@ void collect_process() {
   s.goodput->set(up > 0 ? accounted_time(TimeUse::kProductive) / up : 0);
 }
 
-std::string this_host() {
-  char host[256] = {0};
-  gethostname(host, sizeof(host) - 1);
-  return host;
-}
-
 struct TrainSeries {
   metrics::Gauge *step, *loss, *lr, *grad_norm, *tps, *mfu;
   metrics::Counter* tokens;
@@ -157,8 +151,8 @@ Observability::Observability(ObserveOptions o) {
   if (port >= 0) server_ = std::make_unique<MetricsServer>(address, port, nullptr, what);
   auto& r = metrics::registry();
   r.set_constant_label("job", job);
-  r.set_constant_label("host", this_host());
-  set_log_context("host", this_host());
+  r.set_constant_label("host", host_name());
+  set_log_context("host", host_name());
   process_series();
   train_series();
   accounted_time(TimeUse::kProductive);  // the goodput series exist from the start

@@ -92,6 +92,9 @@ struct TENAX_API Settings {
 // again.
 TENAX_API const Settings& settings();
 
+// This machine's host name (gethostname), as logs, metrics labels and events name it.
+TENAX_API std::string host_name();
+
 // Returns the value of environment variable `name`, or nullopt when it is unset or empty. For
 // programs' own flags and for the bootstrap; the library's settings come from settings().
 TENAX_API std::optional<std::string> env_string(const char* name);
