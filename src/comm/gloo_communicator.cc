@@ -89,8 +89,7 @@ class GlooCommunicator : public BackendCommunicator {
       st_->cv.notify_all();
     }
     st_->faults->stop();
-    // An operation stuck on a dead peer ends at its timeout; do not wait for it here.
-    worker_.detach();
+    stop_worker(std::move(worker_), st_);
   }
 
   Backend backend() const override { return Backend::kGloo; }

@@ -24,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "comm/argument_checks.h"
@@ -91,9 +92,12 @@ struct TENAX_INTERNAL GlooState : CommIdentity {
   std::exception_ptr fault;  // set once, when the communicator breaks
   uint64_t next_seq = 0;
   std::vector<gloo::transport::UnboundBuffer*> active;  // cancelled by abort()
+  bool running = false;                                 // the worker is inside an operation
   // Every WorkState's members.
 
   std::atomic<bool> broken{false};  // fault != nullptr, readable without the lock
+  // Set by the worker as it returns; outlives the state (a retired worker's list holds it).
+  std::shared_ptr<std::atomic<bool>> worker_exited = std::make_shared<std::atomic<bool>>(false);
   int split_count = 0;              // the caller's thread only (split() is a collective)
 
   // The worker thread only:
@@ -241,6 +245,12 @@ void check_same_call_across_ranks(GlooState& st, const OpContext& c, Task& t,
 
 // Runs the queued operations of `st` in order until it stops (the worker thread's body).
 void worker_loop(std::shared_ptr<GlooState> st);
+
+// Ends `worker` once `st` is stopping: joins it, after its queued operations on a healthy
+// communicator (each ends by the timeout at the latest). A broken communicator's operation still
+// inside Gloo cannot be cancelled: its worker is handed to a process-wide list that joins it
+// once the operation ends (at Gloo's timeout), so a destructor never waits for that.
+void stop_worker(std::thread worker, const std::shared_ptr<GlooState>& st);
 
 // Turns a Gloo exception from operation `desc` (number `seq`) into the communicator's fault,
 // published so that every rank throws the same error (gloo_failures.cc).

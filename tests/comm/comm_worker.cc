@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -303,6 +304,55 @@ void scenario_abort(World& w) {
   CHECK(ms_since(started) < 5000, "abort took " << ms_since(started) << " ms");
 }
 
+int thread_count() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
+
+// Rank 1 aborts a communicator whose all_reduce is inside Gloo, waiting on rank 0 that never
+// joins it: destroying the communicator returns at once, and its worker thread is gone by the
+// operation's timeout (TENAX_TIMEOUT, 3 s here).
+void scenario_destroy_aborted(World& w) {
+  Communicator& c = *w.comm;
+  at::Tensor warm = at::ones({1 << 16});
+  c.all_reduce(warm);  // the process's own threads (Gloo's device loop, ATen's pool) exist now
+  const int before = thread_count();
+  auto child = c.split(0, c.rank());
+  if (c.rank() == 1) {
+    {
+      at::Tensor t = at::ones({1 << 16});
+      auto work = child->broadcast_async(t, 0);  // from rank 0, which never sends it
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));  // inside Gloo by now
+      child->abort("test abort");
+      try {
+        work->wait();
+        CHECK(false, "the broadcast completed without rank 0");
+      } catch (const AbortedError&) {
+      }
+    }  // a work handle keeps its communicator's state (and Gloo's device thread) alive
+    const auto started = Clock::now();
+    child.reset();
+    const double destroy_ms = ms_since(started);
+    std::cout << "rank 1: destroyed in " << destroy_ms << " ms" << std::endl;
+    CHECK(destroy_ms < 1000, "destroying took " << destroy_ms << " ms");
+    // Rank 0 keeps its end of the child open: the broadcast ends by its timeout alone.
+    const auto destroyed = Clock::now();
+    while (thread_count() > before && ms_since(destroyed) < 8000) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    std::cout << "rank 1: threads back to " << thread_count() << " of " << before << " after "
+              << ms_since(destroyed) << " ms" << std::endl;
+    CHECK(thread_count() <= before, "threads left: " << thread_count() << " > " << before);
+  } else {
+    // Rank 1 waits about the timeout (3 s) and a second for the blame; the barrier below has
+    // the same timeout on both sides of this pause.
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+  }
+  c.barrier();
+  child.reset();
+}
+
 template <class E>
 void expect_error(const std::function<void()>& f, const std::vector<std::string>& words,
                   const std::string& what) {
@@ -460,6 +510,7 @@ int main(int argc, char** argv) {
        {"kill", scenario_kill},
        {"hang", scenario_hang},
        {"abort", scenario_abort},
+       {"destroy_aborted", scenario_destroy_aborted},
        {"bad_input", scenario_bad_input},
        {"store_starter_dies", scenario_store_starter_dies},
        {"wait_time_per_thread", scenario_wait_time_per_thread},

@@ -81,6 +81,11 @@ TEST(FailureTest, AbortFromAnotherThreadEndsStuckOperationsOnEveryRank) {
   expect_all_pass(run_ranks(2, {COMM_WORKER, "abort"}, {{"TENAX_TIMEOUT", "30"}}, 20s), "abort");
 }
 
+TEST(FailureTest, AnAbortedCommunicatorIsDestroyedAtOnceAndItsThreadEndsByTheTimeout) {
+  expect_all_pass(run_ranks(2, {COMM_WORKER, "destroy_aborted"}, {{"TENAX_TIMEOUT", "3"}}, 30s),
+                  "destroy_aborted");
+}
+
 TEST(FailureTest, RankZeroDyingLeavesTheStoreItStartedServingTheOthers) {
   // MASTER_PORT: rank 0 starts the store, as a process of its own (the store's own death is a
   // clear error: StoreServerProcess.KilledServerIsAClearErrorNotAHang).
