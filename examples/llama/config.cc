@@ -108,4 +108,30 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, int dp, int tp, int pp,
   return m;
 }
 
+ActivationEstimate estimate_activations(const LlamaConfig& c, int tp, int pp, int64_t micro_batch,
+                                        int64_t seq, int64_t in_flight, tenax::Recompute mode) {
+  const int64_t n = micro_batch * seq, d = c.dim, h = c.head_dim();
+  const int64_t a = c.heads / tp, k = c.kv_heads / tp, f = c.ffn / tp;
+  const int64_t scores = a * seq * seq * micro_batch;
+  const int64_t plain = 4 * n * d + 6 * n * a * h + 2 * n * k * h + scores + 4 * n * f;
+  ActivationEstimate e;
+  switch (mode) {
+    case tenax::Recompute::kNone:
+      e.per_layer_bytes = 4 * plain;
+      break;
+    case tenax::Recompute::kSelective:
+      e.per_layer_bytes = 4 * (plain - scores);
+      e.transient_bytes = 4 * 3 * scores;
+      break;
+    case tenax::Recompute::kFull:
+      e.per_layer_bytes = 4 * n * d;
+      e.transient_bytes = 4 * plain;
+      break;
+  }
+  const int64_t layers = stage_layers(c, 0, pp).count;
+  const int64_t logits = pp == 1 ? 4 * n * (c.vocab / tp) : 0;
+  e.total_bytes = layers * e.per_layer_bytes * in_flight + e.transient_bytes + logits;
+  return e;
+}
+
 }  // namespace llama

@@ -3,6 +3,8 @@
 // Llama-architecture shapes by name, and what follows from a shape without building the model:
 // parameter count, FLOPs per token, and memory per rank on a dp x tp x pp mesh.
 
+#include <tenax/parallel/recompute_mode.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -51,6 +53,24 @@ struct MemoryEstimate {
 };
 MemoryEstimate estimate_memory(const LlamaConfig& c, int dp, int tp, int pp,
                                bool shard_optimizer);
+
+// Activations of one rank on the most loaded pipeline stage (the first), fp32, as this model's
+// operations keep them for backward: per decoder layer and micro-batch of b sequences of s
+// tokens (n = b·s), with d the width, a and k the query and K/V heads on the rank, h the head
+// width and f the feed-forward width on the rank,
+//   none       4·n·d (norms) + 6·n·a·h + 2·n·k·h (attention) + a·s²·b (softmax) + 4·n·f (MLP)
+//   selective  the same without a·s²·b, plus one core attention recomputed at a time
+//              (scores, masked scores, softmax: 3·a·s²·b)
+//   full       n·d (the layer's input), plus one whole layer recomputed at a time (none's set)
+// times the micro-batches in flight on the stage, plus the output logits n·vocab/tp (last
+// stage; counted when pp = 1).
+struct ActivationEstimate {
+  int64_t per_layer_bytes = 0;  // kept per layer and micro-batch
+  int64_t transient_bytes = 0;  // one recomputation's tensors during backward
+  int64_t total_bytes = 0;      // the stage's peak
+};
+ActivationEstimate estimate_activations(const LlamaConfig& c, int tp, int pp, int64_t micro_batch,
+                                        int64_t seq, int64_t in_flight, tenax::Recompute mode);
 
 // Layers [first, first + count) of pipeline stage `stage` of `pp`: an even split, the first
 // stages taking one more when pp does not divide the layer count.

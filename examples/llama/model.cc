@@ -43,6 +43,16 @@ void require_divides(const char* what, int64_t n, const tenax::Communicator& tp)
   }
 }
 
+// softmax(q kᵀ / √d + causal mask) v, per head: q, k, v [batch, heads, seq, head_dim].
+torch::Tensor core_attention(const torch::Tensor& q, const torch::Tensor& k,
+                             const torch::Tensor& v) {
+  const int64_t t = q.size(2);
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(q.size(3)));
+  auto future = torch::ones({t, t}, torch::dtype(torch::kBool).device(q.device())).triu(1);
+  scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+  return torch::matmul(torch::softmax(scores, -1), v);
+}
+
 }  // namespace
 
 AttentionImpl::AttentionImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp)
@@ -69,10 +79,12 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope) {
     k = k.repeat_interleave(heads_ / kv_heads_, 1);
     v = v.repeat_interleave(heads_ / kv_heads_, 1);
   }
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(head_dim_));
-  auto future = torch::ones({t, t}, torch::dtype(torch::kBool).device(x.device())).triu(1);
-  scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-  auto out = torch::matmul(torch::softmax(scores, -1), v);
+  auto out = selective_ ? tenax::recompute(
+                              [](const std::vector<torch::Tensor>& in) {
+                                return core_attention(in[0], in[1], in[2]);
+                              },
+                              {q, k, v})
+                        : core_attention(q, k, v);
   return o_(out.transpose(1, 2).reshape({b, t, heads_ * head_dim_}));
 }
 
@@ -94,9 +106,21 @@ DecoderLayerImpl::DecoderLayerImpl(const LlamaConfig& c, std::shared_ptr<tenax::
   mlp_ = register_module("mlp", FeedForward(c, tp));
 }
 
-torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const Rope& rope) {
+torch::Tensor DecoderLayerImpl::body(const torch::Tensor& x, const Rope& rope) {
   auto h = x + attention_(attention_norm_(x), rope);
   return h + mlp_(mlp_norm_(h));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const Rope& rope) {
+  if (!full_recompute_) return body(x, rope);
+  return tenax::recompute(
+      [this, &rope](const std::vector<torch::Tensor>& in) { return body(in[0], rope); }, {x},
+      parameters());
+}
+
+void DecoderLayerImpl::set_recompute(tenax::Recompute mode) {
+  full_recompute_ = mode == tenax::Recompute::kFull;
+  attention_->set_selective_recompute(mode == tenax::Recompute::kSelective);
 }
 
 LlamaImpl::LlamaImpl(const LlamaConfig& c, int64_t max_seq, std::shared_ptr<tenax::Communicator> tp,
@@ -132,6 +156,10 @@ LlamaImpl::LlamaImpl(const LlamaConfig& c, int64_t max_seq, std::shared_ptr<tena
   for (auto& m : modules(/*include_self=*/false)) {
     if (auto* norm = m->as<RMSNormImpl>()) replicated_.insert(norm->weight.unsafeGetTensorImpl());
   }
+}
+
+void LlamaImpl::set_recompute(tenax::Recompute mode) {
+  for (const auto& layer : *layers_) layer->as<DecoderLayerImpl>()->set_recompute(mode);
 }
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& x) {

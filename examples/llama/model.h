@@ -13,15 +13,15 @@
 // and dropping what it does not keep), so with the same seed a model on any mesh holds exact
 // shards of the one-process model.
 
+#include <tenax/comm/communicator.h>
+#include <tenax/parallel/recompute.h>
+#include <tenax/parallel/tensor_parallel.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
 #include <memory>
 #include <unordered_set>
-
-#include <tenax/comm/communicator.h>
-#include <tenax/parallel/tensor_parallel.h>
 
 #include "config.h"
 
@@ -50,9 +50,13 @@ class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp);
   torch::Tensor forward(const torch::Tensor& x, const Rope& rope);
+  // Recompute the core attention (scores, softmax, weighted sum) in backward instead of
+  // keeping its [batch, heads, seq, seq] tensors.
+  void set_selective_recompute(bool on) { selective_ = on; }
 
  private:
   int64_t heads_, kv_heads_, head_dim_;  // this rank's heads
+  bool selective_ = false;
   tenax::ColumnParallelLinear q_{nullptr}, k_{nullptr}, v_{nullptr};
   tenax::RowParallelLinear o_{nullptr};
 };
@@ -73,8 +77,11 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp);
   torch::Tensor forward(const torch::Tensor& x, const Rope& rope);
+  void set_recompute(tenax::Recompute mode);
 
  private:
+  torch::Tensor body(const torch::Tensor& x, const Rope& rope);
+  bool full_recompute_ = false;
   RMSNorm attention_norm_{nullptr}, mlp_norm_{nullptr};
   Attention attention_{nullptr};
   FeedForward mlp_{nullptr};
@@ -102,6 +109,9 @@ class LlamaImpl : public torch::nn::Module {
   // True for parameters every tp rank holds whole (the norms): a global gradient norm counts
   // them once, not tp times.
   bool replicated_across_tp(const torch::Tensor& p) const;
+  // What every decoder layer of this stage recomputes in backward (default: nothing). The
+  // gradients are those of the plain model; peak activation memory drops.
+  void set_recompute(tenax::Recompute mode);
 
  private:
   LlamaConfig c_;

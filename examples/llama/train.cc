@@ -6,6 +6,7 @@
 #include <absl/flags/flag.h>
 #include <absl/flags/parse.h>
 #include <absl/flags/usage.h>
+#include <sys/resource.h>
 #include <tenax/checkpoint/engine.h>
 #include <tenax/comm/init.h>
 #include <tenax/core/config.h>
@@ -35,6 +36,9 @@ ABSL_FLAG(int, dp, 0, "data-parallel size (0: world / (tp * pp))");
 ABSL_FLAG(int, tp, 1, "tensor-parallel size");
 ABSL_FLAG(int, pp, 1, "pipeline-parallel size");
 ABSL_FLAG(std::string, pp_schedule, "1f1b", "pipeline schedule: 1f1b or gpipe");
+ABSL_FLAG(std::string, recompute, "none",
+          "activations recomputed in backward instead of kept: none, full (each decoder layer) "
+          "or selective (each layer's core attention)");
 ABSL_FLAG(int64_t, micro_batch, 4, "samples per forward/backward on one rank");
 ABSL_FLAG(int64_t, global_batch, 16, "samples per optimizer step over all dp ranks");
 ABSL_FLAG(int64_t, seq_len, 128, "tokens per sample");
@@ -134,6 +138,7 @@ llama::TrainOptions options_from_flags() {
   o.tp = absl::GetFlag(FLAGS_tp);
   o.pp = absl::GetFlag(FLAGS_pp);
   o.pp_schedule = absl::GetFlag(FLAGS_pp_schedule);
+  o.recompute = tenax::parse_recompute(absl::GetFlag(FLAGS_recompute), "--recompute");
   o.micro_batch = absl::GetFlag(FLAGS_micro_batch);
   o.global_batch = absl::GetFlag(FLAGS_global_batch);
   o.seq_len = absl::GetFlag(FLAGS_seq_len);
@@ -161,10 +166,49 @@ llama::TrainOptions options_from_flags() {
   return o;
 }
 
-std::string gib(int64_t bytes) {
+std::string gib_text(int64_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f GiB", double(bytes) / double(1LL << 30));
   return buf;
+}
+
+// Micro-batches whose activations the first pipeline stage holds at once.
+int64_t in_flight(int pp, const std::string& schedule, int64_t accumulation) {
+  if (pp == 1) return 1;  // each micro-batch's backward follows its forward
+  return schedule == "gpipe" ? accumulation : std::min<int64_t>(pp, accumulation);
+}
+
+// The mesh with the fewest model-parallel ranks (tp within a node: at most 8), and on it the
+// cheapest recomputation, whose model state (AdamW sharded over dp) and activations (1F1B with
+// pp micro-batches in flight) fit `gib` GiB; prints it, or that none does.
+void print_fitting_mesh(const llama::TrainOptions& o, int dp, double gib) {
+  const auto& c = o.model;
+  const double limit = gib * double(1LL << 30);
+  const tenax::Recompute modes[] = {tenax::Recompute::kNone, tenax::Recompute::kSelective,
+                                    tenax::Recompute::kFull};
+  for (int mp = 1; mp <= 8 * 64; mp *= 2) {
+    for (int tp = 1; tp <= std::min(mp, 8); tp *= 2) {
+      const int pp = mp / tp;
+      if (c.heads % tp || c.kv_heads % tp || c.ffn % tp || c.vocab % tp || pp > c.layers) continue;
+      if (c.tie_embeddings && pp > 1) continue;
+      const auto state = llama::estimate_memory(c, dp, tp, pp, true);
+      for (auto mode : modes) {
+        const auto act = llama::estimate_activations(c, tp, pp, o.micro_batch, o.seq_len, pp, mode);
+        const int64_t total = state.total_bytes() + act.total_bytes;
+        if (double(total) > limit) continue;
+        std::printf(
+            "fits %.0f GiB: tp=%d pp=%d dp=%d, recompute %s: model state %s + "
+            "activations %s = %s\n",
+            gib, tp, pp, dp, tenax::recompute_name(mode), gib_text(state.total_bytes()).c_str(),
+            gib_text(act.total_bytes).c_str(), gib_text(total).c_str());
+        return;
+      }
+    }
+  }
+  std::printf(
+      "fits %.0f GiB: no mesh up to tp=8 x pp=64 at dp=%d (fp32 weights; try a larger dp, "
+      "a shorter --seq-len or a smaller --micro-batch)\n",
+      gib, dp);
 }
 
 int report_memory(const llama::TrainOptions& o) {
@@ -176,11 +220,25 @@ int report_memory(const llama::TrainOptions& o) {
               double(llama::parameter_count(o.model)) / 1e9);
   std::printf("mesh dp=%d tp=%d pp=%d: %lld parameters on the most loaded rank\n", dp, o.tp, o.pp,
               (long long)plain.params_per_rank);
-  std::printf("per rank, fp32 weights %s + gradients %s + AdamW %s = %s "
-              "(AdamW sharded over dp: %s); activations not included\n",
-              gib(plain.weight_bytes).c_str(), gib(plain.grad_bytes).c_str(),
-              gib(plain.optimizer_bytes).c_str(), gib(plain.total_bytes()).c_str(),
-              gib(sharded.total_bytes()).c_str());
+  std::printf(
+      "per rank, fp32 weights %s + gradients %s + AdamW %s = %s "
+      "(AdamW sharded over dp: %s)\n",
+      gib_text(plain.weight_bytes).c_str(), gib_text(plain.grad_bytes).c_str(),
+      gib_text(plain.optimizer_bytes).c_str(), gib_text(plain.total_bytes()).c_str(),
+      gib_text(sharded.total_bytes()).c_str());
+  const int64_t accumulation = std::max<int64_t>(1, o.global_batch / (o.micro_batch * dp));
+  const int64_t flight = in_flight(o.pp, o.pp_schedule, accumulation);
+  for (auto mode :
+       {tenax::Recompute::kNone, tenax::Recompute::kSelective, tenax::Recompute::kFull}) {
+    const auto act =
+        llama::estimate_activations(o.model, o.tp, o.pp, o.micro_batch, o.seq_len, flight, mode);
+    std::printf("activations, micro-batch %lld x seq %lld, %lld in flight, recompute %-9s %s%s\n",
+                (long long)o.micro_batch, (long long)o.seq_len, (long long)flight,
+                (std::string(tenax::recompute_name(mode)) + ":").c_str(),
+                gib_text(act.total_bytes).c_str(), mode == o.recompute ? "  (--recompute)" : "");
+  }
+  print_fitting_mesh(o, dp, 80);
+  print_fitting_mesh(o, dp, 141);
   return 0;
 }
 
@@ -375,7 +433,9 @@ int run_static(llama::TrainOptions o, const tenax::FaultInjector& faults) {
         std::printf(", %.1f tokens/s over steps 4-%lld", log.steady_tokens_per_second(),
                     (long long)o.steps);
       }
-      std::printf("\n");
+      struct rusage usage {};
+      ::getrusage(RUSAGE_SELF, &usage);
+      std::printf(", peak resident memory %.0f MiB\n", double(usage.ru_maxrss) / 1024.0);
     }
     return 0;
   } catch (const tenax::Error& e) {

@@ -99,6 +99,7 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
   tenax::observe::set_label("pp", std::to_string(mesh->pp_rank()));
   torch::manual_seed(o.seed);
   model = Llama(o.model, o.seq_len, mesh->tp(), mesh->pp_rank(), o.pp);
+  model->set_recompute(o.recompute);
   model->to(device);
   if (o.dp > 1) ddp = std::make_unique<tenax::DataParallel>(model.ptr(), mesh->dp());
   accumulation = o.global_batch / (o.micro_batch * o.dp);

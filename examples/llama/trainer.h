@@ -9,6 +9,7 @@
 #include <tenax/comm/communicator.h>
 #include <tenax/core/fault_injection.h>
 #include <tenax/health/health.h>
+#include <tenax/parallel/recompute.h>
 
 #include <cstdint>
 #include <memory>
@@ -24,6 +25,8 @@ struct TrainOptions {
   int tp = 1;
   int pp = 1;
   std::string pp_schedule = "1f1b";  // or "gpipe"
+  // What each decoder layer recomputes in backward instead of keeping (tenax/parallel/recompute.h).
+  tenax::Recompute recompute = tenax::Recompute::kNone;
   int64_t micro_batch = 4;           // samples per forward/backward on one rank
   int64_t global_batch = 16;         // samples per optimizer step, over all dp ranks
   int64_t seq_len = 128;

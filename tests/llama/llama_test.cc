@@ -53,6 +53,35 @@ TEST(PresetTest, SeventyBillionReportsPerRankMemoryWithoutAllocatingIt) {
       << r.output;
 }
 
+// At 8k tokens a sequence, 70B's activations outgrow a device unless layers are recomputed;
+// 8B fits an 80 GiB device with tensor parallelism alone.
+TEST(PresetTest, TheMemoryReportNamesAMeshThatFitsEachDeviceSize) {
+  auto big = run_command({LLAMA_TRAIN, "--preset", "llama3-70b", "--dp", "8", "--seq-len", "8192",
+                          "--micro-batch", "1", "--report-memory"});
+  ASSERT_EQ(big.exit_code, 0) << big.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(
+      big.output, m, std::regex(R"(fits 80 GiB: tp=(\d+) pp=(\d+) dp=8, recompute (\w+))")))
+      << big.output;
+  EXPECT_NE(m[3], "none") << big.output;
+  EXPECT_TRUE(std::regex_search(big.output, std::regex(R"(fits 141 GiB: tp=\d+ pp=\d+ dp=8)")))
+      << big.output;
+  // Recomputation orders the activation estimates: none > selective > full.
+  std::vector<double> act;
+  const std::regex line(R"(activations, .* recompute \w+: +([0-9.]+) GiB)");
+  for (std::sregex_iterator it(big.output.begin(), big.output.end(), line), end; it != end; ++it) {
+    act.push_back(std::stod((*it)[1]));
+  }
+  ASSERT_EQ(act.size(), 3u) << big.output;
+  EXPECT_GT(act[0], act[1]);
+  EXPECT_GT(act[1], act[2]);
+  auto eight = run_command({LLAMA_TRAIN, "--preset", "llama3-8b", "--seq-len", "8192",
+                            "--micro-batch", "1", "--report-memory"});
+  ASSERT_EQ(eight.exit_code, 0) << eight.output;
+  EXPECT_TRUE(std::regex_search(eight.output, std::regex(R"(fits 80 GiB: tp=\d+ pp=\d+ dp=1)")))
+      << eight.output;
+}
+
 TEST(StageLayersTest, LayersSplitEvenlyWithTheFirstStagesTakingTheRemainder) {
   auto c = llama::preset("tiny");  // 4 layers
   c.layers = 5;
@@ -239,6 +268,54 @@ TEST(TrainTest, OneProcessWithNoLauncherTrains) {
   EXPECT_EQ(parse(r.output).train.size(), 3u) << r.output;
 }
 
+// Peak resident memory of a one-process run with long sequences, where the attention tensors
+// ([batch, heads, seq, seq] per layer) dominate what a step keeps for backward.
+double peak_mib(const std::string& recompute, std::string* loss) {
+  auto r = run_command({LLAMA_TRAIN, "--data", kTrain, "--steps", "2", "--warmup", "1", "--seq-len",
+                        "512", "--micro-batch", "8", "--global-batch", "8", "--log-interval", "1",
+                        "--eval-interval", "0", "--recompute", recompute},
+                       {}, std::chrono::seconds(200));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::smatch m;
+  if (std::regex_search(r.output, m, std::regex(R"(step +2/2 \| loss ([0-9.]+))"))) *loss = m[1];
+  if (!std::regex_search(r.output, m, std::regex(R"(peak resident memory ([0-9]+) MiB)"))) {
+    ADD_FAILURE() << r.output;
+    return 0;
+  }
+  return std::stod(m[1]);
+}
+
+TEST(RecomputeRunTest, FullAndSelectiveRecomputationLowerThePeakMemoryAndKeepTheLoss) {
+  std::string none_loss, full_loss, selective_loss;
+  const double none = peak_mib("none", &none_loss);
+  const double full = peak_mib("full", &full_loss);
+  const double selective = peak_mib("selective", &selective_loss);
+  std::printf("peak resident memory: none %.0f MiB, selective %.0f MiB, full %.0f MiB\n", none,
+              selective, full);
+  // Without recomputation each of the 4 layers keeps its softmax output, [8, 4, 512, 512] fp32
+  // = 32 MiB, for backward (selective drops those); full keeps only each layer's input.
+  EXPECT_LT(selective, none - 48);
+  EXPECT_LT(full, selective - 64);
+  EXPECT_FALSE(none_loss.empty());
+  EXPECT_EQ(full_loss, none_loss);
+  EXPECT_EQ(selective_loss, none_loss);
+  // --report-memory's estimate of what full recomputation saves is the measured saving, within
+  // a quarter.
+  auto report = run_command({LLAMA_TRAIN, "--seq-len", "512", "--micro-batch", "8",
+                             "--global-batch", "8", "--report-memory"});
+  ASSERT_EQ(report.exit_code, 0) << report.output;
+  std::vector<double> est;
+  const std::regex line(R"(activations, .* recompute \w+: +([0-9.]+) GiB)");
+  for (std::sregex_iterator it(report.output.begin(), report.output.end(), line), end; it != end;
+       ++it) {
+    est.push_back(std::stod((*it)[1]) * 1024);
+  }
+  ASSERT_EQ(est.size(), 3u) << report.output;
+  std::printf("estimated saving of full recomputation %.0f MiB, measured %.0f MiB\n",
+              est[0] - est[2], none - full);
+  EXPECT_NEAR(est[0] - est[2], none - full, 0.25 * (none - full)) << report.output;
+}
+
 // Faults injected with TENAX_FAULT into real training runs.
 std::vector<std::string> short_run(int steps) {
   return {LLAMA_TRAIN, "--data", kTrain, "--steps", std::to_string(steps), "--warmup", "2",
@@ -360,6 +437,14 @@ TEST(StepTest, Tp2Pp2OneFOneBStepEqualsTheOneProcessStep) {
 }
 TEST(StepTest, Dp2Pp2GPipeStepEqualsTheOneProcessStep) {
   expect_matches_one_process(4, {"2", "1", "2", "gpipe"});
+}
+// Recomputation runs the tensor-parallel collectives again in backward, inside data-parallel
+// gradient hooks and pipeline stages: the step is still the one-process step without it.
+TEST(StepTest, Dp2Tp2WithFullRecomputationStepEqualsTheOneProcessStep) {
+  expect_matches_one_process(4, {"2", "2", "1", "1f1b", "full"});
+}
+TEST(StepTest, Tp2Pp2WithSelectiveRecomputationStepEqualsTheOneProcessStep) {
+  expect_matches_one_process(4, {"1", "2", "2", "1f1b", "selective"});
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
-// One rank of a multi-process llama_train test. Usage: llama_worker DATA DP TP PP [SCHEDULE]
-// Runs two optimizer steps of the tiny preset on the dp x tp x pp mesh and, in the same process,
-// on one rank alone (same seed, same global batch); the losses, gradient norms and every weight
+// One rank of a multi-process llama_train test.
+// Usage: llama_worker DATA DP TP PP [SCHEDULE [RECOMPUTE]]
+// Runs two optimizer steps of the tiny preset on the dp x tp x pp mesh (recomputing as RECOMPUTE
+// says) and, in the same process, on one rank alone without recomputation (same seed, same
+// global batch); the losses, gradient norms and every weight
 // shard's gradient must agree to 1e-5, and the weights to 1e-5 plus AdamW's rounding
 // amplification (see below). Prints "PASS llama" and exits 0 when every check holds.
 
@@ -41,6 +43,7 @@ int main(int argc, char** argv) {
     o.lr = 1e-3;
     llama::TrainOptions solo_options = o;
     solo_options.dp = solo_options.tp = solo_options.pp = 1;
+    if (argc > 6) o.recompute = tenax::parse_recompute(argv[6], "RECOMPUTE");
 
     Trainer parallel(llama::resolve_options(o, w.size), w.comm);
     tenax::CommOptions solo_comm;
