@@ -78,6 +78,104 @@ std::vector<std::string> inputs(int argc, char** argv) {
   return files;
 }
 
+// Adds the dump at `path` to `comms` (by communicator name, then rank); false when it is not one.
+bool load(const std::string& path, std::map<std::string, Communicator>* comms) {
+  json doc;
+  try {
+    std::ifstream in(path);
+    doc = json::parse(in);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tenax-flight: %s: not a flight-recorder dump (%s)\n", path.c_str(),
+                 e.what());
+    return false;
+  }
+  std::printf("%s: %s on %s, pid %lld: %s\n", path.c_str(), doc.value("who", "?").c_str(),
+              doc.value("host", "?").c_str(), (long long)doc.value("pid", 0),
+              doc.value("reason", "").c_str());
+  for (const auto& c : doc.value("communicators", json::array())) {
+    Communicator& comm = (*comms)[c.value("name", "?")];
+    comm.size = c.value("size", 0);
+    RankRecord& r = comm.ranks[c.value("rank", -1)];
+    r.who = doc.value("who", "?");
+    r.host = doc.value("host", "?");
+    r.reason = doc.value("reason", "");
+    r.dumped_us = doc.value("time_us", int64_t{0});
+    for (const auto& e : c.value("entries", json::array())) {
+      Op o;
+      o.seq = e.value("seq", int64_t{0});
+      o.op = e.value("op", "?");
+      o.dtype = e.value("dtype", "");
+      o.state = e.value("state", "?");
+      o.error = e.value("error", "");
+      o.count = e.value("count", int64_t{0});
+      o.peer = e.value("peer", int64_t{-1});
+      o.enqueued_us = e.value("enqueued_us", int64_t{0});
+      o.started_us = e.value("started_us", int64_t{0});
+      o.ended_us = e.value("ended_us", int64_t{0});
+      r.ops.push_back(o);
+    }
+    std::sort(r.ops.begin(), r.ops.end(), [](const Op& a, const Op& b) { return a.seq < b.seq; });
+  }
+  return true;
+}
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string s;
+  for (const auto& x : items) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+// Prints where each rank of communicator `name` stands on the lowest-numbered operation not
+// done everywhere; returns the verdict naming the ranks behind on it (empty: none is).
+std::string examine(const std::string& name, const Communicator& comm) {
+  const Op* stuck = nullptr;
+  for (const auto& [rank, r] : comm.ranks) {
+    for (const Op& o : r.ops) {
+      if (o.state == "done") continue;
+      if (!stuck || o.seq < stuck->seq) stuck = &o;
+      break;
+    }
+  }
+  if (!stuck) return "";
+  std::printf("\ncommunicator '%s' (%d ranks): stuck in %s\n", name.c_str(), comm.size,
+              describe(*stuck).c_str());
+  std::vector<std::string> behind, waiting;
+  for (int rank = 0; rank < comm.size; ++rank) {
+    auto it = comm.ranks.find(rank);
+    if (it == comm.ranks.end()) {
+      std::printf("  rank %d: no record (hung, stopped or dead: it wrote no dump)\n", rank);
+      behind.push_back(std::to_string(rank));
+      continue;
+    }
+    const RankRecord& r = it->second;
+    const Op* in = nullptr;
+    const Op* last = r.ops.empty() ? nullptr : &r.ops.back();
+    for (const Op& o : r.ops) {
+      if (o.seq == stuck->seq) in = &o;
+    }
+    if (!in) {
+      std::printf("  rank %d (%s on %s): behind: never issued #%lld; its last operation is %s\n",
+                  rank, r.who.c_str(), r.host.c_str(), (long long)stuck->seq,
+                  last ? (describe(*last) + ", " + last->state).c_str() : "none");
+      behind.push_back(std::to_string(rank) + " (" + r.who + ")");
+      continue;
+    }
+    const int64_t end = in->ended_us ? in->ended_us : r.dumped_us;
+    const double waited = in->started_us ? double(end - in->started_us) / 1e6 : 0;
+    std::printf("  rank %d (%s on %s): %s in %s for %.1f s%s\n", rank, r.who.c_str(),
+                r.host.c_str(), in->state.c_str(), describe(*in).c_str(), waited,
+                in->error.empty() ? "" : (" (" + in->error + ")").c_str());
+    if (in->state != "done") waiting.push_back(std::to_string(rank));
+  }
+  if (behind.empty()) return "";
+  const bool many = behind.size() > 1, several = waiting.size() > 1;
+  return "communicator '" + name + "': " + (many ? "ranks " : "rank ") + joined(behind) +
+         (many ? " are" : " is") + " behind on " + describe(*stuck) +
+         (waiting.empty() ? ""
+                          : (several ? "; ranks " : "; rank ") + joined(waiting) +
+                                (several ? " wait in it" : " waits in it"));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -92,96 +190,12 @@ int main(int argc, char** argv) {
   }
   std::map<std::string, Communicator> comms;
   for (const auto& path : files) {
-    json doc;
-    try {
-      std::ifstream in(path);
-      doc = json::parse(in);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "tenax-flight: %s: not a flight-recorder dump (%s)\n", path.c_str(),
-                   e.what());
-      return 2;
-    }
-    std::printf("%s: %s on %s, pid %lld: %s\n", path.c_str(), doc.value("who", "?").c_str(),
-                doc.value("host", "?").c_str(), (long long)doc.value("pid", 0),
-                doc.value("reason", "").c_str());
-    for (const auto& c : doc.value("communicators", json::array())) {
-      Communicator& comm = comms[c.value("name", "?")];
-      comm.size = c.value("size", 0);
-      RankRecord& r = comm.ranks[c.value("rank", -1)];
-      r.who = doc.value("who", "?");
-      r.host = doc.value("host", "?");
-      r.reason = doc.value("reason", "");
-      r.dumped_us = doc.value("time_us", int64_t{0});
-      for (const auto& e : c.value("entries", json::array())) {
-        Op o;
-        o.seq = e.value("seq", int64_t{0});
-        o.op = e.value("op", "?");
-        o.dtype = e.value("dtype", "");
-        o.state = e.value("state", "?");
-        o.error = e.value("error", "");
-        o.count = e.value("count", int64_t{0});
-        o.peer = e.value("peer", int64_t{-1});
-        o.enqueued_us = e.value("enqueued_us", int64_t{0});
-        o.started_us = e.value("started_us", int64_t{0});
-        o.ended_us = e.value("ended_us", int64_t{0});
-        r.ops.push_back(o);
-      }
-      std::sort(r.ops.begin(), r.ops.end(), [](const Op& a, const Op& b) { return a.seq < b.seq; });
-    }
+    if (!load(path, &comms)) return 2;
   }
   std::set<std::string> verdicts;
   for (const auto& [name, comm] : comms) {
-    // The operation the communicator is stuck in: the lowest-numbered one not done on a rank.
-    const Op* stuck = nullptr;
-    for (const auto& [rank, r] : comm.ranks) {
-      for (const Op& o : r.ops) {
-        if (o.state == "done") continue;
-        if (!stuck || o.seq < stuck->seq) stuck = &o;
-        break;
-      }
-    }
-    if (!stuck) continue;
-    std::printf("\ncommunicator '%s' (%d ranks): stuck in %s\n", name.c_str(), comm.size,
-                describe(*stuck).c_str());
-    std::vector<std::string> behind, waiting;
-    for (int rank = 0; rank < comm.size; ++rank) {
-      auto it = comm.ranks.find(rank);
-      if (it == comm.ranks.end()) {
-        std::printf("  rank %d: no record (hung, stopped or dead: it wrote no dump)\n", rank);
-        behind.push_back(std::to_string(rank));
-        continue;
-      }
-      const RankRecord& r = it->second;
-      const Op* in = nullptr;
-      const Op* last = r.ops.empty() ? nullptr : &r.ops.back();
-      for (const Op& o : r.ops) {
-        if (o.seq == stuck->seq) in = &o;
-      }
-      if (!in) {
-        std::printf("  rank %d (%s on %s): behind: never issued #%lld; its last operation is %s\n",
-                    rank, r.who.c_str(), r.host.c_str(), (long long)stuck->seq,
-                    last ? (describe(*last) + ", " + last->state).c_str() : "none");
-        behind.push_back(std::to_string(rank) + " (" + r.who + ")");
-        continue;
-      }
-      const int64_t end = in->ended_us ? in->ended_us : r.dumped_us;
-      const double waited = in->started_us ? double(end - in->started_us) / 1e6 : 0;
-      std::printf("  rank %d (%s on %s): %s in %s for %.1f s%s\n", rank, r.who.c_str(),
-                  r.host.c_str(), in->state.c_str(), describe(*in).c_str(), waited,
-                  in->error.empty() ? "" : (" (" + in->error + ")").c_str());
-      if (in->state != "done") waiting.push_back(std::to_string(rank));
-    }
-    if (behind.empty()) continue;
-    std::string b, w;
-    for (const auto& x : behind) b += (b.empty() ? "" : ", ") + x;
-    for (const auto& x : waiting) w += (w.empty() ? "" : ", ") + x;
-    const std::string v = "communicator '" + name +
-                          "': " + (behind.size() > 1 ? "ranks " : "rank ") + b +
-                          (behind.size() > 1 ? " are" : " is") + " behind on " + describe(*stuck) +
-                          (w.empty() ? ""
-                                     : (waiting.size() > 1 ? "; ranks " : "; rank ") + w +
-                                           (waiting.size() > 1 ? " wait in it" : " waits in it"));
-    verdicts.insert(v);
+    const std::string v = examine(name, comm);
+    if (!v.empty()) verdicts.insert(v);
   }
   std::printf("\n");
   if (verdicts.empty()) {

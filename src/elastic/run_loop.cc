@@ -172,12 +172,7 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
                                        [this](const std::string& report) { stuck(report); });
   }
   StragglerDetector stragglers(h.straggler_threshold, h.straggler_window, h.straggler_steps);
-  // At each step boundary the active members agree on two things: a joiner waits (leave
-  // together for the next generation), and a member was told to stop (preemption); and they
-  // share each one's compute time of the previous step (µs, slot 2 + rank) for the straggler
-  // score.
-  const int n = active.size();
-  at::Tensor flag = at::zeros({2 + n}, at::kLong);
+  at::Tensor flag = at::zeros({2 + active.size()}, at::kLong);
   int64_t saved = step;  // the newest step in the memory tier
   bool preempted = false;
   double compute = 0;  // this member's compute seconds in the previous step
@@ -193,21 +188,9 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
     const double evaluation_before = accounted_time(TimeUse::kEvaluation);
     double stall = 0;
     try {
-      flag.zero_();
-      int64_t* f = flag.data_ptr<int64_t>();
-      f[0] = watchdog.join_waiting() ? 1 : 0;
-      f[1] = PreemptionSignal::received();
-      f[2 + gen.rank] = static_cast<int64_t>(compute * 1e6);
-      acomm_->all_reduce(flag, ReduceOp::kMax);
-      f = flag.data_ptr<int64_t>();
-      preempted = f[1] != 0;
-      if (h.straggler != StragglerPolicy::kOff) {
-        std::vector<double> per_rank(n);
-        for (int r = 0; r < n; ++r) per_rank[r] = static_cast<double>(f[2 + r]) / 1e6;
-        const std::vector<int> slow = stragglers.add(per_rank);
-        if (!slow.empty()) straggling(active, slow, stragglers);
-      }
-      if (f[0] == 1 && !preempted) break;
+      const bool joiner = agree_at_boundary(flag, gen.rank, active, watchdog.join_waiting(),
+                                            compute, stragglers, &preempted);
+      if (joiner && !preempted) break;
       if (faults_) faults_->at_step(step_ + 1);  // steps count from 1 in fault specs
       job_.train_step(step_);
       if (h.replica_hash_every > 0 && (step_ + 1) % h.replica_hash_every == 0) {
@@ -235,15 +218,7 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
     compute = seconds - stall - evaluation -
               std::chrono::duration<double>(communication_wait_time() - comm_before).count();
     account_step(step_, seconds, stall, evaluation);
-    if (recovery_.open()) {
-      const RecoveryEvent ev = recovery_.complete(ms_between(step_start, Clock::now()));
-      // A process's own arrival is its start-up, already counted at its first step.
-      if (trained_before) {
-        account_time(TimeUse::kRecovery, (ev.detect_ms + ev.total_ms - ev.first_step_ms) / 1000);
-      }
-      elastic_metrics().recovered(ev);
-      publish_(ev);
-    }
+    if (recovery_.open()) complete_recovery(ms_between(step_start, Clock::now()), trained_before);
     if (preempted) {
       ++step_;
       stop_preempted(gen);
@@ -251,14 +226,7 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
     }
   }
   if (step_ >= steps_) {
-    finishing_ = true;
-    engine_->wait();
-    acomm_->barrier();
-    if (gen.rank == 0) rdzv_.finish();
-    engine_.reset();
-    // Done: the snapshots are no longer needed for recovery (the durable tier keeps what it
-    // persisted), and a new job of the same name must not resume from them.
-    CheckpointEngine::remove_memory(o_.checkpoint.run);
+    finish_job(gen);
     return Ended::kDone;
   }
   // A joiner waits: re-form at this boundary, from a snapshot of this very step.
@@ -266,6 +234,51 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
   recovery_.join("a member joined");
   job_.before_reform(recovery_.event());
   return Ended::kJoinerWaits;
+}
+
+bool RunLoop::agree_at_boundary(at::Tensor& flag, int rank, const Generation& active,
+                                bool joiner_waits, double compute, StragglerDetector& stragglers,
+                                bool* preempted) {
+  // Slot 0: a joiner waits (leave together for the next generation); slot 1: a member was told
+  // to stop (preemption); slot 2 + rank: each one's compute time of the previous step (µs), for
+  // the straggler score.
+  flag.zero_();
+  int64_t* f = flag.data_ptr<int64_t>();
+  f[0] = joiner_waits ? 1 : 0;
+  f[1] = PreemptionSignal::received();
+  f[2 + rank] = static_cast<int64_t>(compute * 1e6);
+  acomm_->all_reduce(flag, ReduceOp::kMax);
+  f = flag.data_ptr<int64_t>();
+  *preempted = f[1] != 0;
+  if (o_.health.straggler != StragglerPolicy::kOff) {
+    const int n = active.size();
+    std::vector<double> per_rank(n);
+    for (int r = 0; r < n; ++r) per_rank[r] = static_cast<double>(f[2 + r]) / 1e6;
+    const std::vector<int> slow = stragglers.add(per_rank);
+    if (!slow.empty()) straggling(active, slow, stragglers);
+  }
+  return f[0] == 1;
+}
+
+void RunLoop::complete_recovery(double first_step_ms, bool trained_before) {
+  const RecoveryEvent ev = recovery_.complete(first_step_ms);
+  // A process's own arrival is its start-up, already counted at its first step.
+  if (trained_before) {
+    account_time(TimeUse::kRecovery, (ev.detect_ms + ev.total_ms - ev.first_step_ms) / 1000);
+  }
+  elastic_metrics().recovered(ev);
+  publish_(ev);
+}
+
+void RunLoop::finish_job(const Generation& gen) {
+  finishing_ = true;
+  engine_->wait();
+  acomm_->barrier();
+  if (gen.rank == 0) rdzv_.finish();
+  engine_.reset();
+  // Done: the snapshots are no longer needed for recovery (the durable tier keeps what it
+  // persisted), and a new job of the same name must not resume from them.
+  CheckpointEngine::remove_memory(o_.checkpoint.run);
 }
 
 void RunLoop::account_step(int64_t step, double seconds, double stall, double evaluation) {

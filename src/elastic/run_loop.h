@@ -62,6 +62,16 @@ class RunLoop {
   // Steps from `step` until the job is done, a joiner waits at a boundary, or the members
   // agree to stop for a preemption.
   Ended train(const Generation& gen, int64_t step);
+  // The step boundary's all-reduce over the active members (`flag`: 2 + their count slots):
+  // whether a joiner waits (returned), whether a member was preempted (*preempted), and each
+  // one's compute seconds of the previous step, fed to the straggler check.
+  bool agree_at_boundary(at::Tensor& flag, int rank, const Generation& active, bool joiner_waits,
+                         double compute, StragglerDetector& stragglers, bool* preempted);
+  // The first step after a re-formation ended `first_step_ms` after it began: closes, accounts
+  // and publishes the recovery event.
+  void complete_recovery(double first_step_ms, bool trained_before);
+  // Every step is done: the last snapshot, the job marked finished, this host's memory freed.
+  void finish_job(const Generation& gen);
   // Preempted after `step_` steps (saved with persist_now): waits for the durable tier, ends
   // the job for every member, and says so.
   void stop_preempted(const Generation& gen);
