@@ -1,6 +1,8 @@
 // The worker thread of a Gloo communicator: runs the queued operations in order, one at a time,
 // and completes their works; an operation that fails breaks the communicator.
 
+#include <chrono>
+#include <cstdlib>
 #include <list>
 #include <utility>
 
@@ -24,8 +26,8 @@ class RetiredWorkers {
     workers_.emplace_back(std::move(worker), std::move(exited));
   }
 
-  // Joins the workers that have returned.
-  void reap() {
+  // Joins the workers that have returned; true when none is left.
+  bool reap() {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = workers_.begin(); it != workers_.end();) {
       if (*it->second) {
@@ -35,6 +37,7 @@ class RetiredWorkers {
         ++it;
       }
     }
+    return workers_.empty();
   }
 
  private:
@@ -43,9 +46,23 @@ class RetiredWorkers {
   std::list<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>> workers_;
 };
 
-// Never destroyed: a worker still inside Gloo when the process exits ends with it.
+// How long an exiting process waits for retired workers to return (most are only naming the
+// failure that broke their communicator, within a second).
+constexpr auto kExitGrace = std::chrono::seconds(2);
+
+// Never destroyed: at exit the workers that return within kExitGrace are joined; one still
+// inside Gloo after that ends with the process.
 RetiredWorkers& retired_workers() {
-  static auto* r = new RetiredWorkers;
+  static auto* r = [] {
+    auto* list = new RetiredWorkers;
+    std::atexit([] {
+      const auto deadline = std::chrono::steady_clock::now() + kExitGrace;
+      while (!retired_workers().reap() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    });
+    return list;
+  }();
   return *r;
 }
 
@@ -81,15 +98,15 @@ void worker_loop(std::shared_ptr<GlooState> st) {
       st->queue.pop_front();
       if (st->fault) {
         broken = st->fault;
-        t->work->done = true;
-        t->work->error = st->fault;
-        st->done_cv.notify_all();
       } else {
         st->running = true;
       }
     }
+    // The flight record is closed before anyone can see the work done: the error object it
+    // reads stays this thread's until then.
     if (broken) {
       st->trace->ended(t->trace_id, broken);
+      complete(*st, *t, broken);
       continue;
     }
     st->trace->started(t->trace_id);
@@ -101,13 +118,13 @@ void worker_loop(std::shared_ptr<GlooState> st) {
     } catch (const std::exception& e) {
       err = classify(*st, t->desc, t->seq, e.what());
     }
+    st->trace->ended(t->trace_id, err);
     if (err) st->set_fault(err);
     {
       std::lock_guard<std::mutex> lock(st->mu);
       st->running = false;
     }
     complete(*st, *t, err);
-    st->trace->ended(t->trace_id, err);
   }
 }
 
