@@ -50,7 +50,7 @@ torch::Tensor core_attention(const torch::Tensor& q, const torch::Tensor& k,
   auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(q.size(3)));
   auto future = torch::ones({t, t}, torch::dtype(torch::kBool).device(q.device())).triu(1);
   scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-  return torch::matmul(torch::softmax(scores, -1), v);
+  return torch::matmul(torch::softmax(scores, -1, torch::kFloat), v);  // fp32 under bf16 too
 }
 
 }  // namespace
@@ -173,8 +173,9 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& x) {
 }
 
 torch::Tensor LlamaImpl::loss(const torch::Tensor& logits, const torch::Tensor& targets) {
-  return tenax::vocab_parallel_cross_entropy(logits.reshape({-1, logits.size(-1)}),
-                                             targets.reshape({-1}), *tp_);
+  // In fp32 also when the logits come from a bf16 forward.
+  return tenax::vocab_parallel_cross_entropy(
+      logits.to(torch::kFloat32).reshape({-1, logits.size(-1)}), targets.reshape({-1}), *tp_);
 }
 
 bool LlamaImpl::replicated_across_tp(const torch::Tensor& p) const {

@@ -36,6 +36,11 @@ ABSL_FLAG(int, dp, 0, "data-parallel size (0: world / (tp * pp))");
 ABSL_FLAG(int, tp, 1, "tensor-parallel size");
 ABSL_FLAG(int, pp, 1, "pipeline-parallel size");
 ABSL_FLAG(std::string, pp_schedule, "1f1b", "pipeline schedule: 1f1b or gpipe");
+ABSL_FLAG(std::string, dtype, "fp32",
+          "compute dtype of forward passes: fp32, or bf16 (mixed precision: weights, gradients "
+          "and AdamW stay fp32)");
+ABSL_FLAG(std::string, reduce_dtype, "fp32",
+          "dtype the data-parallel gradient averages travel in: fp32 or bf16");
 ABSL_FLAG(std::string, recompute, "none",
           "activations recomputed in backward instead of kept: none, full (each decoder layer) "
           "or selective (each layer's core attention)");
@@ -139,6 +144,8 @@ llama::TrainOptions options_from_flags() {
   o.pp = absl::GetFlag(FLAGS_pp);
   o.pp_schedule = absl::GetFlag(FLAGS_pp_schedule);
   o.recompute = tenax::parse_recompute(absl::GetFlag(FLAGS_recompute), "--recompute");
+  o.dtype = tenax::parse_dtype(absl::GetFlag(FLAGS_dtype), "--dtype");
+  o.reduce_dtype = tenax::parse_dtype(absl::GetFlag(FLAGS_reduce_dtype), "--reduce-dtype");
   o.micro_batch = absl::GetFlag(FLAGS_micro_batch);
   o.global_batch = absl::GetFlag(FLAGS_global_batch);
   o.seq_len = absl::GetFlag(FLAGS_seq_len);

@@ -57,6 +57,14 @@ TrainOptions resolve_options(TrainOptions o, int world_size) {
   if (o.pp_schedule != "1f1b" && o.pp_schedule != "gpipe") {
     throw ConfigError("--pp-schedule '" + o.pp_schedule + "': expected 1f1b or gpipe");
   }
+  if (o.dtype != c10::kFloat && o.dtype != c10::kBFloat16) {
+    throw ConfigError("--dtype " + tenax::dtype_name(o.dtype) +
+                      ": expected fp32 or bf16 (fp16 needs a loss scaler, not built yet)");
+  }
+  if (o.reduce_dtype != c10::kFloat && o.reduce_dtype != c10::kBFloat16) {
+    throw ConfigError("--reduce-dtype " + tenax::dtype_name(o.reduce_dtype) +
+                      ": expected fp32 or bf16");
+  }
   if (o.micro_batch < 1 || o.global_batch < 1 || o.seq_len < 1 || o.steps < 1) {
     throw ConfigError("--micro-batch, --global-batch, --seq-len and --steps must be positive");
   }
@@ -101,7 +109,10 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
   model = Llama(o.model, o.seq_len, mesh->tp(), mesh->pp_rank(), o.pp);
   model->set_recompute(o.recompute);
   model->to(device);
-  if (o.dp > 1) ddp = std::make_unique<tenax::DataParallel>(model.ptr(), mesh->dp());
+  if (o.dp > 1) {
+    ddp = std::make_unique<tenax::DataParallel>(
+        model.ptr(), mesh->dp(), tenax::DataParallelOptions().reduce_in(o.reduce_dtype));
+  }
   accumulation = o.global_batch / (o.micro_batch * o.dp);
   if (o.pp > 1) {
     schedule = std::make_unique<tenax::PipelineSchedule>(
@@ -148,11 +159,16 @@ double Trainer::Impl::accumulate_gradients(const torch::Tensor& tokens) {
     {
       std::optional<tenax::DataParallel::NoSync> hold;
       if (ddp) hold.emplace(*ddp);
-      loss = schedule->run([&](const torch::Tensor& x) { return model->forward(x); }, inputs,
-                           targets,
-                           [&](const torch::Tensor& y, const torch::Tensor& target) {
-                             return model->loss(y, target);
-                           });
+      loss = schedule->run(
+          [&](const torch::Tensor& x) {
+            tenax::Autocast compute(device.type(), o.dtype);
+            return model->forward(x);
+          },
+          inputs, targets,
+          [&](const torch::Tensor& y, const torch::Tensor& target) {
+            tenax::Autocast compute(device.type(), o.dtype);
+            return model->loss(y, target);
+          });
     }
     if (ddp) ddp->sync();
     return loss;
@@ -163,7 +179,11 @@ double Trainer::Impl::accumulate_gradients(const torch::Tensor& tokens) {
     auto y = targets.narrow(0, m * o.micro_batch, o.micro_batch);
     std::optional<tenax::DataParallel::NoSync> hold;
     if (ddp && m + 1 < accumulation) hold.emplace(*ddp);  // the last backward averages the sum
-    auto loss = model->loss(model->forward(x), y) / double(accumulation);
+    torch::Tensor loss;
+    {
+      tenax::Autocast compute(device.type(), o.dtype);  // forward only, as autocast wants
+      loss = model->loss(model->forward(x), y) / double(accumulation);
+    }
     // Fault specs count steps from 1; a nan fault belongs to a batch (a skipped one is gone).
     const int64_t fault_step = step + skipped + 1;
     if (o.faults && o.faults->nan_at(fault_step) && m == 0) {
@@ -285,6 +305,7 @@ double Trainer::Impl::evaluate(int batches) {
   const int64_t t = o.seq_len, b = o.micro_batch;
   constexpr uint32_t kEvalTag = 1u << 20;  // apart from the pipeline schedule's tags
   double total = 0;
+  tenax::Autocast compute(device.type(), o.dtype);
   for (int i = 0; i < batches; ++i) {
     // Evaluation always reads the first samples of the file, split across dp ranks.
     auto tokens = load(*val, SampleLoader::rank_samples(i * b * o.dp, b * o.dp,
@@ -303,7 +324,7 @@ double Trainer::Impl::evaluate(int batches) {
     if (model->last_stage()) {
       loss += model->loss(h, y).item<double>();
     } else {
-      pp.send(h.contiguous(), pp.rank() + 1, kEvalTag);
+      pp.send(h.to(torch::kFloat32).contiguous(), pp.rank() + 1, kEvalTag);
     }
     pp.broadcast(loss, pp.size() - 1);
     total += loss.item<double>();

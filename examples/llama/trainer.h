@@ -9,6 +9,7 @@
 #include <tenax/comm/communicator.h>
 #include <tenax/core/fault_injection.h>
 #include <tenax/health/health.h>
+#include <tenax/parallel/mixed_precision.h>
 #include <tenax/parallel/recompute.h>
 
 #include <cstdint>
@@ -27,6 +28,10 @@ struct TrainOptions {
   std::string pp_schedule = "1f1b";  // or "gpipe"
   // What each decoder layer recomputes in backward instead of keeping (tenax/parallel/recompute.h).
   tenax::Recompute recompute = tenax::Recompute::kNone;
+  // The dtype forward passes compute in (weights, gradients and AdamW stay fp32), and the one
+  // data-parallel gradient averages travel in.
+  c10::ScalarType dtype = c10::kFloat;
+  c10::ScalarType reduce_dtype = c10::kFloat;
   int64_t micro_batch = 4;           // samples per forward/backward on one rank
   int64_t global_batch = 16;         // samples per optimizer step, over all dp ranks
   int64_t seq_len = 128;

@@ -25,6 +25,7 @@ class TENAX_INTERNAL DataParallel::Impl : public std::enable_shared_from_this<Da
   };
   struct Bucket {
     torch::Tensor flat;
+    torch::Tensor wire;  // flat in the reduce dtype, when it differs (else undefined)
     std::vector<int> slots;
     int pending = 0;
     WorkHandle work;
@@ -62,7 +63,20 @@ class TENAX_INTERNAL DataParallel::Impl : public std::enable_shared_from_this<Da
       b.flat = at::empty({b.flat.numel() + p.numel()}, p.options());
       bytes += nb;
     }
-    for (auto& b : buckets_) b.flat.zero_();
+    for (auto& b : buckets_) {
+      b.flat.zero_();
+      const auto wire = opts_.reduce_dtype;
+      if (wire != c10::ScalarType::Undefined && wire != b.flat.scalar_type()) {
+        b.wire = at::empty_like(b.flat, b.flat.options().dtype(wire));
+      }
+    }
+  }
+
+  // Starts the average of bucket `b` (in its wire dtype when it has one).
+  WorkHandle reduce(Bucket& b) {
+    if (!b.wire.defined()) return dp_->all_reduce_async(b.flat, ReduceOp::kAvg);
+    b.wire.copy_(b.flat);
+    return dp_->all_reduce_async(b.wire, ReduceOp::kAvg);
   }
 
   void hook(const std::shared_ptr<Impl>& self) {
@@ -111,7 +125,7 @@ class TENAX_INTERNAL DataParallel::Impl : public std::enable_shared_from_this<Da
   void launch_ready() {
     while (next_launch_ < buckets_.size() && buckets_[next_launch_].pending == 0) {
       Bucket& b = buckets_[next_launch_++];
-      b.work = dp_->all_reduce_async(b.flat, ReduceOp::kAvg);
+      b.work = reduce(b);
       b.started = true;
       ++started_during_backward_;
     }
@@ -127,13 +141,16 @@ class TENAX_INTERNAL DataParallel::Impl : public std::enable_shared_from_this<Da
         dst.zero_();
       }
     }
-    for (auto& b : buckets_) b.work = dp_->all_reduce_async(b.flat, ReduceOp::kAvg);
+    for (auto& b : buckets_) b.work = reduce(b);
     write_back();
   }
 
   // Waits for every bucket and copies the averages into the parameters' gradients.
   void write_back() {
-    for (auto& b : buckets_) b.work->wait();
+    for (auto& b : buckets_) {
+      b.work->wait();
+      if (b.wire.defined()) b.flat.copy_(b.wire);
+    }
     for (auto& s : slots_) {
       torch::Tensor avg = buckets_[s.bucket].flat.narrow(0, s.offset, s.numel).view_as(s.param);
       if (s.param.grad().defined()) {

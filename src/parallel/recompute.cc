@@ -1,5 +1,6 @@
 #include "tenax/parallel/recompute.h"
 
+#include <ATen/autocast_mode.h>
 #include <ATen/core/ivalue.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -16,10 +17,27 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Carries the block through the autograd context (an IValue capsule owns it).
+// The autocast state of this thread (mixed precision): the block runs again under the one it
+// first ran under, so it computes the same values in the same dtypes.
+struct AutocastState {
+  bool cpu = at::autocast::is_cpu_enabled(), gpu = at::autocast::is_enabled();
+  at::ScalarType cpu_dtype = at::autocast::get_autocast_cpu_dtype();
+  at::ScalarType gpu_dtype = at::autocast::get_autocast_gpu_dtype();
+
+  void apply() const {
+    at::autocast::set_cpu_enabled(cpu);
+    at::autocast::set_autocast_cpu_dtype(cpu_dtype);
+    at::autocast::set_enabled(gpu);
+    at::autocast::set_autocast_gpu_dtype(gpu_dtype);
+  }
+};
+
+// Carries the block, and the autocast state it ran under, through the autograd context (an
+// IValue capsule owns it).
 struct Block : torch::CustomClassHolder {
   explicit Block(RecomputeFn f) : fn(std::move(f)) {}
   RecomputeFn fn;
+  AutocastState autocast;
 };
 
 Block& block_of(const c10::IValue& v) { return *static_cast<Block*>(v.toCapsule().get()); }
@@ -69,8 +87,17 @@ struct RecomputeFunction : torch::autograd::Function<RecomputeFunction> {
     }
     at::Tensor out;
     {
+      Block& block = block_of(ctx->saved_data["block"]);
+      const AutocastState now;
+      block.autocast.apply();
       at::AutoGradMode on(true);
-      out = block_of(ctx->saved_data["block"]).fn(in);
+      try {
+        out = block.fn(in);
+      } catch (...) {
+        now.apply();
+        throw;
+      }
+      now.apply();
     }
     if (!out.requires_grad()) return result;
     // Gradients with respect to the inputs and parameters, returned to the outer graph (whose

@@ -31,6 +31,10 @@ TEST(DataParallelTest, UnusedParametersAreNamedOrCountAsZeroWhenAllowed) {
   expect_all_pass(2, "unused");
 }
 
+TEST(DataParallelTest, GradientsAveragedInBf16AreTheFp32AverageToBf16Precision) {
+  expect_all_pass(3, "bf16_reduce");
+}
+
 class ShardedDataParallelTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(ShardedDataParallelTest, ShardedAdamWMatchesTheSingleProcessRunAndHoldsOneShardOfState) {

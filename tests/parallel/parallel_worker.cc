@@ -500,6 +500,36 @@ void scenario_attention(World& w) {
   }
 }
 
+// Gradients averaged in bf16 on the wire (DataParallelOptions::reduce_in): each one is the fp32
+// average of the ranks' gradients to bf16 precision, and a bf16 value (it travelled as one).
+void scenario_bf16_reduce(World& w) {
+  Net net = make_net();
+  DataParallel ddp(net.ptr(), w.comm, DataParallelOptions().reduce_in(torch::kBFloat16));
+  auto [x, y] = batch(0);
+  const int64_t per = kGlobalBatch / w.size;
+  auto mine_x = x.narrow(0, w.rank * per, per), mine_y = y.narrow(0, w.rank * per, per);
+  // The fp32 reference: the mean of every rank's own gradient, computed here for all ranks.
+  Net ref = make_net();
+  std::map<std::string, torch::Tensor> expected;
+  for (int r = 0; r < w.size; ++r) {
+    ref->zero_grad();
+    torch::mse_loss(ref->forward(x.narrow(0, r * per, per)), y.narrow(0, r * per, per)).backward();
+    for (const auto& p : ref->named_parameters()) {
+      auto g = p.value().grad().clone() / double(w.size);
+      expected[p.key()] = expected.count(p.key()) ? expected[p.key()] + g : g;
+    }
+  }
+  torch::mse_loss(net->forward(mine_x), mine_y).backward();
+  for (const auto& p : net->named_parameters()) {
+    const auto& g = p.value().grad();
+    CHECK(g.scalar_type() == torch::kFloat, p.key() << " gradient is not fp32");
+    CHECK(torch::equal(g, g.to(torch::kBFloat16).to(torch::kFloat)),
+          p.key() << " gradient did not travel as bf16");
+    const double d = rel_diff(g, expected[p.key()]);
+    CHECK(d < 1.0 / 64, p.key() << " differs from the fp32 average by " << d << " (relative)");
+  }
+}
+
 void scenario_unused(World& w) {
   Net net = make_net(/*with_unused=*/true);
   {
@@ -571,6 +601,7 @@ int main(int argc, char** argv) {
                                      {{"match", [](World& w) { scenario_match(w, 1); }},
                                       {"accumulate", [](World& w) { scenario_match(w, 2); }},
                                       {"unused", scenario_unused},
+                                      {"bf16_reduce", scenario_bf16_reduce},
                                       {"zero", scenario_zero},
                                       {"tp", scenario_tp},
                                       {"dp_tp", scenario_dp_tp},

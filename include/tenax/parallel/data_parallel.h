@@ -25,8 +25,16 @@ struct TENAX_API DataParallelOptions {
   // Parameters that get no gradient in a backward pass are an error unless this is set; then
   // they count as zero gradients.
   bool find_unused_parameters = false;
+  // The dtype gradients travel and are summed in; Undefined: their own (fp32 for fp32 master
+  // weights). kBFloat16 halves the bytes of each all-reduce; the average is rounded to bf16
+  // before it is written back into the fp32 gradients.
+  c10::ScalarType reduce_dtype = c10::ScalarType::Undefined;
 
   DataParallelOptions& bucket_cap(int64_t v) { bucket_cap_bytes = v; return *this; }
+  DataParallelOptions& reduce_in(c10::ScalarType v) {
+    reduce_dtype = v;
+    return *this;
+  }
   DataParallelOptions& first_bucket_cap(int64_t v) { first_bucket_cap_bytes = v; return *this; }
   DataParallelOptions& allow_unused(bool v) { find_unused_parameters = v; return *this; }
 };

@@ -1,12 +1,16 @@
-"""What activation recomputation costs and saves: one-process llama_train (tiny preset, long
-sequences so that activations dominate) with --recompute none, selective and full, in rotating
-order within each repetition, same machine, same data.
+"""What a training option costs and saves, side by side: one-process llama_train (tiny preset,
+long sequences so that activations dominate), one run per variant in rotating order within each
+repetition, same machine, same data.
 
-Reports per mode the median tokens/s over the steps after the third (the trainer's "tokens/s
+  recompute  --recompute none, selective and full
+  dtype      --dtype fp32 and bf16 (bf16 forward passes over fp32 master weights)
+
+Reports per variant the median tokens/s over the steps after the third (the trainer's "tokens/s
 over steps 4-N") and the median peak resident memory ("peak resident memory N MiB"), each as a
-ratio to --recompute none.
+ratio to the first variant.
 
-Usage: python3 bench/recompute_bench.py [--reps 5] [--steps 10] [--seq-len 512] [--micro-batch 8]
+Usage: python3 bench/llama_variants_bench.py recompute|dtype [--reps 5] [--steps 10]
+                                             [--seq-len 512] [--micro-batch 8]
 """
 import argparse, os, re, statistics, subprocess
 
@@ -15,14 +19,14 @@ TRAIN = os.path.join(ROOT, "build/examples/llama/llama_train")
 DATA = os.path.join(ROOT, "build/data/fortunes/train.bin")
 TPS = re.compile(r"([0-9.]+) tokens/s over steps 4-")
 PEAK = re.compile(r"peak resident memory ([0-9]+) MiB")
-MODES = ("none", "selective", "full")
+VARIANTS = {"recompute": ("none", "selective", "full"), "dtype": ("fp32", "bf16")}
 
 
 def run(mode, args):
     cmd = [TRAIN, "--preset", "tiny", "--seq-len", str(args.seq_len), "--micro-batch",
            str(args.micro_batch), "--global-batch", str(args.micro_batch), "--steps",
            str(args.steps), "--warmup", "1", "--log-interval", str(args.steps),
-           "--eval-interval", "0", "--data", DATA, "--recompute", mode]
+           "--eval-interval", "0", "--data", DATA, "--" + args.option, mode]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=900)
     tps, peak = TPS.search(p.stdout), PEAK.search(p.stdout)
@@ -33,25 +37,28 @@ def run(mode, args):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("option", choices=sorted(VARIANTS))
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--micro-batch", type=int, default=8)
     args = ap.parse_args()
-    tps = {m: [] for m in MODES}
-    peak = {m: [] for m in MODES}
+    modes = VARIANTS[args.option]
+    tps = {m: [] for m in modes}
+    peak = {m: [] for m in modes}
     for rep in range(args.reps):
-        order = MODES[rep % 3:] + MODES[:rep % 3]
+        k = rep % len(modes)
+        order = modes[k:] + modes[:k]
         for m in order:
             t, p = run(m, args)
             tps[m].append(t)
             peak[m].append(p)
-    base_t = statistics.median(tps["none"])
-    base_p = statistics.median(peak["none"])
+    base_t = statistics.median(tps[modes[0]])
+    base_p = statistics.median(peak[modes[0]])
     print(f"llama_train tiny, 1 process, seq {args.seq_len} x micro-batch {args.micro_batch}, "
           f"{args.steps} steps, {args.reps} runs per mode (medians)")
-    print(f"{'recompute':>10} {'tokens/s':>9} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}")
-    for m in MODES:
+    print(f"{args.option:>10} {'tokens/s':>9} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}")
+    for m in modes:
         t, p = statistics.median(tps[m]), statistics.median(peak[m])
         print(f"{m:>10} {t:9.0f} {t / base_t:6.2f} {p:9.0f} {p / base_p:6.2f}")
 
