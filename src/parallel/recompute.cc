@@ -32,6 +32,16 @@ struct AutocastState {
   }
 };
 
+// Puts `state` in force while alive; then the one before.
+class AutocastScope {
+ public:
+  explicit AutocastScope(const AutocastState& state) { state.apply(); }
+  ~AutocastScope() { before_.apply(); }
+
+ private:
+  const AutocastState before_;
+};
+
 // Carries the block, and the autocast state it ran under, through the autograd context (an
 // IValue capsule owns it).
 struct Block : torch::CustomClassHolder {
@@ -88,16 +98,9 @@ struct RecomputeFunction : torch::autograd::Function<RecomputeFunction> {
     at::Tensor out;
     {
       Block& block = block_of(ctx->saved_data["block"]);
-      const AutocastState now;
-      block.autocast.apply();
+      const AutocastScope as_before(block.autocast);
       at::AutoGradMode on(true);
-      try {
-        out = block.fn(in);
-      } catch (...) {
-        now.apply();
-        throw;
-      }
-      now.apply();
+      out = block.fn(in);
     }
     if (!out.requires_grad()) return result;
     // Gradients with respect to the inputs and parameters, returned to the outer graph (whose

@@ -53,6 +53,16 @@ TEST(PresetTest, SeventyBillionReportsPerRankMemoryWithoutAllocatingIt) {
       << r.output;
 }
 
+// The activation estimates --report-memory printed, in GiB, in its order: none, selective, full.
+std::vector<double> activation_estimates_gib(const std::string& out) {
+  std::vector<double> gib;
+  const std::regex line(R"(activations, .* recompute \w+: +([0-9.]+) GiB)");
+  for (std::sregex_iterator it(out.begin(), out.end(), line), end; it != end; ++it) {
+    gib.push_back(std::stod((*it)[1]));
+  }
+  return gib;
+}
+
 // At 8k tokens a sequence, 70B's activations outgrow a device unless layers are recomputed;
 // 8B fits an 80 GiB device with tensor parallelism alone.
 TEST(PresetTest, TheMemoryReportNamesAMeshThatFitsEachDeviceSize) {
@@ -67,11 +77,7 @@ TEST(PresetTest, TheMemoryReportNamesAMeshThatFitsEachDeviceSize) {
   EXPECT_TRUE(std::regex_search(big.output, std::regex(R"(fits 141 GiB: tp=\d+ pp=\d+ dp=8)")))
       << big.output;
   // Recomputation orders the activation estimates: none > selective > full.
-  std::vector<double> act;
-  const std::regex line(R"(activations, .* recompute \w+: +([0-9.]+) GiB)");
-  for (std::sregex_iterator it(big.output.begin(), big.output.end(), line), end; it != end; ++it) {
-    act.push_back(std::stod((*it)[1]));
-  }
+  const std::vector<double> act = activation_estimates_gib(big.output);
   ASSERT_EQ(act.size(), 3u) << big.output;
   EXPECT_GT(act[0], act[1]);
   EXPECT_GT(act[1], act[2]);
@@ -304,12 +310,8 @@ TEST(RecomputeRunTest, FullAndSelectiveRecomputationLowerThePeakMemoryAndKeepThe
   auto report = run_command({LLAMA_TRAIN, "--seq-len", "512", "--micro-batch", "8",
                              "--global-batch", "8", "--report-memory"});
   ASSERT_EQ(report.exit_code, 0) << report.output;
-  std::vector<double> est;
-  const std::regex line(R"(activations, .* recompute \w+: +([0-9.]+) GiB)");
-  for (std::sregex_iterator it(report.output.begin(), report.output.end(), line), end; it != end;
-       ++it) {
-    est.push_back(std::stod((*it)[1]) * 1024);
-  }
+  std::vector<double> est = activation_estimates_gib(report.output);
+  for (double& e : est) e *= 1024;  // MiB
   ASSERT_EQ(est.size(), 3u) << report.output;
   std::printf("estimated saving of full recomputation %.0f MiB, measured %.0f MiB\n",
               est[0] - est[2], none - full);
