@@ -342,10 +342,17 @@ class GlooCommunicator : public BackendCommunicator {
 
   static WorkHandle done() { return std::make_shared<CompletedWork>(); }
 
+  // Under st_->mu: a broken communicator refuses a new operation with its fault, counted.
+  void refuse_if_broken(OpKind op) {
+    if (!st_->fault) return;
+    st_->trace->refused(op, st_->fault);
+    std::rethrow_exception(st_->fault);
+  }
+
   std::shared_ptr<P2PWork> post(const OpContext& c, const at::Tensor& user, at::Tensor staged,
                                 bool is_send, int peer, const std::string& what) {
     std::lock_guard<std::mutex> lock(st_->mu);
-    if (st_->fault) std::rethrow_exception(st_->fault);
+    refuse_if_broken(is_send ? OpKind::kSend : OpKind::kRecv);
     uint64_t seq = st_->next_seq++;
     const int64_t bytes = staged.numel() * staged.element_size();
     const uint64_t id = st_->trace->enqueued(is_send ? OpKind::kSend : OpKind::kRecv, seq,
@@ -360,7 +367,7 @@ class GlooCommunicator : public BackendCommunicator {
                      std::function<void(GlooState&, Task&)> body) {
     auto t = std::make_shared<Task>();
     std::lock_guard<std::mutex> lock(st_->mu);
-    if (st_->fault) std::rethrow_exception(st_->fault);
+    refuse_if_broken(op_kind(c.op));
     t->seq = st_->next_seq++;
     t->desc = c.op + " #" + std::to_string(t->seq) + (what.empty() ? "" : " (" + what + ")");
     t->trace_id = st_->trace->enqueued(

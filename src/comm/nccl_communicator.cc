@@ -78,6 +78,13 @@ struct TENAX_INTERNAL NcclState : CommIdentity {
     std::lock_guard<std::mutex> lock(mu);
     if (fault) std::rethrow_exception(fault);
   }
+  // A broken communicator refuses a new operation with its fault, counted.
+  void refuse_if_broken(OpKind op) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!fault) return;
+    trace->refused(op, fault);
+    std::rethrow_exception(fault);
+  }
 
   // Waits for a non-blocking NCCL call to leave ncclInProgress, up to the deadline.
   void settle(ncclResult_t r, const std::string& what, Clock::time_point deadline) {
@@ -358,7 +365,7 @@ class NcclCommunicator : public BackendCommunicator {
   template <class F>
   WorkHandle launch(const OpContext& c, const at::Tensor& first, F&& call, at::Tensor user,
                     at::Tensor staged) {
-    st_->throw_if_broken();
+    st_->refuse_if_broken(op_kind(c.op));
     const uint64_t seq = st_->next_seq++;
     std::string desc =
         c.op + " #" + std::to_string(seq) + (first.defined() ? " (" + describe(first) + ")" : "");

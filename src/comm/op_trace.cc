@@ -210,6 +210,18 @@ void OpTrace::started(uint64_t id) {
   e.state = kRunning;
 }
 
+void OpTrace::count_error(OpKind op, int kind) {
+  metrics::registry()
+      .family("tenax_comm_errors_total", "Operations that failed, by error",
+              metrics::Type::kCounter, {"op", "group", "error"})
+      .counter({op_name(op), group_, kErrorKinds[kind]})
+      .inc();
+}
+
+void OpTrace::refused(OpKind op, const std::exception_ptr& err) {
+  count_error(op, error_kind(err));
+}
+
 void OpTrace::ended(uint64_t id, const std::exception_ptr& err) {
   OpKind op = OpKind::kCount;
   double seconds = -1;
@@ -235,11 +247,7 @@ void OpTrace::ended(uint64_t id, const std::exception_ptr& err) {
     metrics_of(op).seconds->observe(seconds);
     return;
   }
-  metrics::registry()
-      .family("tenax_comm_errors_total", "Operations that failed, by error",
-              metrics::Type::kCounter, {"op", "group", "error"})
-      .counter({op_name(op), group_, kErrorKinds[kind]})
-      .inc();
+  count_error(op, kind);
   if (kind > 1) return;  // only a timeout or a lost peer is worth a dump
   Traces& t = traces();
   const int64_t now = unix_us();

@@ -59,6 +59,9 @@ class OpTrace {
   // Finished (`err` null) or failed: a TimeoutError or PeerLostError also writes this process's
   // records to the flight directory (at most once a second).
   void ended(uint64_t id, const std::exception_ptr& err);
+  // An operation refused at its call because the communicator is already broken: counted as a
+  // failure of its kind (no flight record; the one that broke it has it).
+  void refused(OpKind op, const std::exception_ptr& err);
 
   // {"name":…,"group":…,"rank":…,"size":…,"entries":[…]} oldest first.
   std::string to_json() const;
@@ -85,6 +88,7 @@ class OpTrace {
     metrics::Histogram* seconds = nullptr;
   };
   OpMetrics& metrics_of(OpKind op);
+  void count_error(OpKind op, int kind);  // `kind`: an index into the error kinds' names
 
   const std::string name_, group_;
   const int rank_, size_;

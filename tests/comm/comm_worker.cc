@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "support/worker_main.h"
+#include "tenax/core/metrics.h"
 #include "tenax/tenax.h"
 
 using namespace tenax;
@@ -353,6 +354,38 @@ void scenario_destroy_aborted(World& w) {
   child.reset();
 }
 
+// Calls on a communicator that is already broken fail at once, and the metrics count them.
+void scenario_refused_counted(World& w) {
+  Communicator& c = *w.comm;
+  auto child = c.split(0, c.rank());
+  if (c.rank() == 1) {
+    child->abort("test abort");
+    for (int i = 0; i < 2; ++i) {
+      at::Tensor t = at::ones({4});
+      try {
+        child->all_reduce(t);
+        CHECK(false, "an all_reduce on an aborted communicator went ahead");
+      } catch (const AbortedError&) {
+      }
+    }
+    const std::string text = metrics::registry().render();
+    std::string counted;
+    for (size_t at = text.find("tenax_comm_errors_total{"); at != std::string::npos;
+         at = text.find("tenax_comm_errors_total{", at + 1)) {
+      const std::string line = text.substr(at, text.find('\n', at) - at);
+      if (line.find("op=\"all_reduce\"") != std::string::npos &&
+          line.find("error=\"aborted\"") != std::string::npos) {
+        counted = line;
+      }
+    }
+    std::cout << "rank 1: " << counted << std::endl;
+    CHECK(counted.size() > 2 && counted.substr(counted.size() - 2) == " 2",
+          "refused calls not counted: '" << counted << "'");
+  }
+  c.barrier();
+  child.reset();
+}
+
 template <class E>
 void expect_error(const std::function<void()>& f, const std::vector<std::string>& words,
                   const std::string& what) {
@@ -511,6 +544,7 @@ int main(int argc, char** argv) {
        {"hang", scenario_hang},
        {"abort", scenario_abort},
        {"destroy_aborted", scenario_destroy_aborted},
+       {"refused_counted", scenario_refused_counted},
        {"bad_input", scenario_bad_input},
        {"store_starter_dies", scenario_store_starter_dies},
        {"wait_time_per_thread", scenario_wait_time_per_thread},

@@ -86,6 +86,10 @@ TEST(FailureTest, AnAbortedCommunicatorIsDestroyedAtOnceAndItsThreadEndsByTheTim
                   "destroy_aborted");
 }
 
+TEST(FailureTest, ACallOnABrokenCommunicatorIsRefusedAndCountedAsAnError) {
+  expect_all_pass(run_ranks(2, {COMM_WORKER, "refused_counted"}, {}, 30s), "refused_counted");
+}
+
 TEST(FailureTest, RankZeroDyingLeavesTheStoreItStartedServingTheOthers) {
   // MASTER_PORT: rank 0 starts the store, as a process of its own (the store's own death is a
   // clear error: StoreServerProcess.KilledServerIsAClearErrorNotAHang).
