@@ -53,13 +53,14 @@ nlohmann::json first_recovery(const std::string& out) {
   return nlohmann::json();
 }
 
-// Tokens/s of the logged windows after step `after` (median).
-double tokens_per_second_after(const std::string& out, int after) {
+// Tokens/s of the logged windows after step `after` and up to `upto` (median).
+double tokens_per_second_after(const std::string& out, int after, int upto = 1 << 30) {
   std::regex re(R"(step +(\d+)/\d+ \| loss [^|]+\|[^|]+\|[^|]+\| +(\d+) tok/s)");
   std::vector<double> v;
   for (auto it = std::sregex_iterator(out.begin(), out.end(), re); it != std::sregex_iterator();
        ++it) {
-    if (std::stoi((*it)[1]) > after) v.push_back(std::stod((*it)[2]));
+    const int step = std::stoi((*it)[1]);
+    if (step > after && step <= upto) v.push_back(std::stod((*it)[2]));
   }
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -122,11 +123,16 @@ TEST(StragglerRunTest, EvictingAStragglerBringsTheThroughputBack) {
   // The window filled (10 steps after the first, whose compute time is unknown), then 5 steps
   // above the threshold; a loaded machine may dip a score below it once or twice.
   EXPECT_LE(ev["failed_step"].get<int>(), 1 + 10 + 5 + 4) << ev.dump();
-  const double before = tokens_per_second_after(healthy.output, 30);
+  // Back: far above the throughput with the straggler in, and near the healthy run's (a run
+  // earlier on a machine whose load changes from one minute to the next: a looser bound).
+  const double healthy_tps = tokens_per_second_after(healthy.output, 30);
+  const double slowed = tokens_per_second_after(r.output, 1, ev["failed_step"].get<int>());
   const double after = tokens_per_second_after(r.output, 30);
-  std::printf("tokens/s: healthy %.0f, after evicting the straggler %.0f (%.2fx)\n", before, after,
-              after / before);
-  EXPECT_GE(after, 0.9 * before) << r.output;
+  std::printf(
+      "tokens/s: healthy %.0f, with the straggler %.0f, after evicting it %.0f (%.2fx, %.2fx)\n",
+      healthy_tps, slowed, after, after / slowed, after / healthy_tps);
+  EXPECT_GE(after, 1.4 * slowed) << r.output;
+  EXPECT_GE(after, 0.75 * healthy_tps) << r.output;
 }
 
 TEST(HangRunTest, AHangInsideBackwardIsFoundWithinItsDerivedDeadlineAndRecovered) {
