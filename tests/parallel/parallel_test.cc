@@ -35,6 +35,10 @@ TEST(DataParallelTest, GradientsAveragedInBf16AreTheFp32AverageToBf16Precision) 
   expect_all_pass(3, "bf16_reduce");
 }
 
+TEST(LossScalerTest, AnOverflowOnOneRankSkipsTheStepOnEveryRank) {
+  expect_all_pass(3, "loss_scale_overflow");
+}
+
 class ShardedDataParallelTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(ShardedDataParallelTest, ShardedAdamWMatchesTheSingleProcessRunAndHoldsOneShardOfState) {

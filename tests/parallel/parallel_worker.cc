@@ -9,12 +9,13 @@
 #include <iostream>
 #include <map>
 
+#include "support/worker_main.h"
 #include "tenax/parallel/data_parallel.h"
+#include "tenax/parallel/loss_scaler.h"
 #include "tenax/parallel/mesh.h"
 #include "tenax/parallel/pipeline.h"
 #include "tenax/parallel/tensor_parallel.h"
 #include "tenax/parallel/zero.h"
-#include "support/worker_main.h"
 #include "tenax/tenax.h"
 
 using namespace tenax;
@@ -530,6 +531,22 @@ void scenario_bf16_reduce(World& w) {
   }
 }
 
+// An overflow on one rank only (its own parameters, as in tensor or pipeline parallelism)
+// skips the step on every rank: each learns it from the all-reduced flag.
+void scenario_loss_scale_overflow(World& w) {
+  LossScaler scaler;
+  auto p = torch::zeros({4}, torch::requires_grad());
+  for (int round = 0; round < 2; ++round) {
+    const bool overflow_here = round == 0 && w.rank == w.size - 1;
+    p.mutable_grad() = torch::full({4}, overflow_here ? INFINITY : 65536.0f);
+    const bool finite = scaler.unscale({p}, {w.comm.get()});
+    CHECK(finite == (round == 1), "rank " << w.rank << " round " << round << ": finite " << finite);
+    scaler.update(finite);
+  }
+  CHECK(scaler.scale_value() == 32768, "scale " << scaler.scale_value());
+  CHECK(torch::equal(p.grad(), torch::full({4}, 2.0f)), "unscaled by the backed-off scale");
+}
+
 void scenario_unused(World& w) {
   Net net = make_net(/*with_unused=*/true);
   {
@@ -602,6 +619,7 @@ int main(int argc, char** argv) {
                                       {"accumulate", [](World& w) { scenario_match(w, 2); }},
                                       {"unused", scenario_unused},
                                       {"bf16_reduce", scenario_bf16_reduce},
+                                      {"loss_scale_overflow", scenario_loss_scale_overflow},
                                       {"zero", scenario_zero},
                                       {"tp", scenario_tp},
                                       {"dp_tp", scenario_dp_tp},
