@@ -30,6 +30,7 @@ void StepLog::add(const StepStats& s) {
   tenax::set_log_step(s.step + 1);
   window_s_ += s.seconds, window_comm_ += s.comm_seconds, window_ckpt_ += s.ckpt_seconds;
   window_tokens_ += s.tokens, ++window_steps_;
+  if (s.overflow) ++window_overflows_;
   if (s.step >= first_ + 3) steady_s_ += s.seconds, steady_tokens_ += s.tokens;
   const int64_t done = s.step + 1;
   if (!(done % every_ == 0 || s.step == first_ || done == steps_)) return;
@@ -50,7 +51,9 @@ void StepLog::add(const StepStats& s) {
                                {"step_ms", num(window_s_ * ms)},
                                {"compute_ms", num((window_s_ - window_comm_ - window_ckpt_) * ms)},
                                {"comm_ms", num(window_comm_ * ms)},
-                               {"ckpt_ms", num(window_ckpt_ * ms)}})
+                               {"ckpt_ms", num(window_ckpt_ * ms)},
+                               {"loss_scale", num(s.loss_scale)},
+                               {"overflows", std::to_string(window_overflows_)}})
                               .c_str());
     } else {
       std::printf(
@@ -59,10 +62,15 @@ void StepLog::add(const StepStats& s) {
           (long long)done, (long long)steps_, s.loss, s.lr, s.grad_norm, tps, 100 * mfu,
           window_s_ * ms, (window_s_ - window_comm_ - window_ckpt_) * ms, window_comm_ * ms,
           window_ckpt_ * ms);
+      if (s.loss_scale > 0) {
+        std::printf("            loss scale %g | overflowed %lld of %lld steps\n", s.loss_scale,
+                    (long long)window_overflows_, (long long)window_steps_);
+      }
     }
     std::fflush(stdout);
   }
-  window_s_ = window_comm_ = window_ckpt_ = 0, window_tokens_ = window_steps_ = 0;
+  window_s_ = window_comm_ = window_ckpt_ = 0;
+  window_tokens_ = window_steps_ = window_overflows_ = 0;
 }
 
 void StepLog::validation(int64_t step, double loss) const {

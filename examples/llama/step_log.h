@@ -3,6 +3,7 @@
 // The trainer's log, one format for static and elastic runs, printed by the first rank:
 //   step    20/300 | loss 2.3456 | lr 3.00e-03 | grad norm 0.512 |   12345 tok/s | MFU  1.23% |
 //     step   45.6 ms = compute 30.1 + comm 10.2 + ckpt 5.3
+// and, with loss scaling, a line with the scale and the window's overflowed (skipped) steps.
 // Each line covers the steps since the previous one (tokens/s, MFU and the split of the step
 // time are averaged over them); validation losses get lines of their own.
 
@@ -35,7 +36,7 @@ class StepLog {
   bool leader_ = false;
   int64_t first_ = -1;  // the first step logged
   double window_s_ = 0, window_comm_ = 0, window_ckpt_ = 0;
-  int64_t window_tokens_ = 0, window_steps_ = 0;
+  int64_t window_tokens_ = 0, window_steps_ = 0, window_overflows_ = 0;
   double steady_s_ = 0;
   int64_t steady_tokens_ = 0;
 };

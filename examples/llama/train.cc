@@ -37,8 +37,15 @@ ABSL_FLAG(int, tp, 1, "tensor-parallel size");
 ABSL_FLAG(int, pp, 1, "pipeline-parallel size");
 ABSL_FLAG(std::string, pp_schedule, "1f1b", "pipeline schedule: 1f1b or gpipe");
 ABSL_FLAG(std::string, dtype, "fp32",
-          "compute dtype of forward passes: fp32, or bf16 (mixed precision: weights, gradients "
-          "and AdamW stay fp32)");
+          "compute dtype of forward passes: fp32, bf16 or fp16 (mixed precision: weights, "
+          "gradients and AdamW stay fp32; fp16 on CUDA only, with a loss scale)");
+ABSL_FLAG(std::string, loss_scale, "",
+          "loss scaling: none, dynamic, or a number (a static scale); default dynamic with "
+          "--dtype fp16, else none");
+ABSL_FLAG(double, initial_loss_scale, 65536, "the dynamic loss scale's first value");
+ABSL_FLAG(int64_t, loss_scale_window, 1000,
+          "steps without an overflow before the dynamic loss scale doubles");
+ABSL_FLAG(double, min_loss_scale, 1, "the dynamic loss scale never halves below it");
 ABSL_FLAG(std::string, reduce_dtype, "fp32",
           "dtype the data-parallel gradient averages travel in: fp32 or bf16");
 ABSL_FLAG(std::string, recompute, "none",
@@ -136,6 +143,39 @@ std::vector<char*> underscore_flags(int argc, char** argv, std::vector<std::stri
   return out;
 }
 
+// --loss-scale and its dynamic scale's flags; empty: no loss scaling.
+std::optional<tenax::LossScalerOptions> loss_scale_options(c10::ScalarType dtype) {
+  std::string mode = absl::GetFlag(FLAGS_loss_scale);
+  if (mode.empty()) mode = dtype == c10::kHalf ? "dynamic" : "none";
+  if (mode == "none") return std::nullopt;
+  tenax::LossScalerOptions s;
+  s.init_scale = absl::GetFlag(FLAGS_initial_loss_scale);
+  s.growth_interval = absl::GetFlag(FLAGS_loss_scale_window);
+  s.min_scale = std::min(absl::GetFlag(FLAGS_min_loss_scale), s.init_scale);
+  if (!(s.init_scale > 0) || !std::isfinite(s.init_scale)) {
+    throw tenax::ConfigError("--initial-loss-scale " + std::to_string(s.init_scale) +
+                             ": expected a positive number");
+  }
+  if (s.growth_interval < 1) {
+    throw tenax::ConfigError("--loss-scale-window " + std::to_string(s.growth_interval) +
+                             ": expected at least 1");
+  }
+  if (!(s.min_scale > 0)) {
+    throw tenax::ConfigError("--min-loss-scale " + std::to_string(s.min_scale) +
+                             ": expected a positive number");
+  }
+  if (mode == "dynamic") return s;
+  char* end = nullptr;
+  const double fixed = std::strtod(mode.c_str(), &end);
+  if (end == mode.c_str() || *end != '\0' || !(fixed > 0) || !std::isfinite(fixed)) {
+    throw tenax::ConfigError("--loss-scale '" + mode +
+                             "': expected none, dynamic or a positive number");
+  }
+  s.init_scale = s.min_scale = fixed;
+  s.dynamic = false;
+  return s;
+}
+
 llama::TrainOptions options_from_flags() {
   llama::TrainOptions o;
   o.model = llama::preset(absl::GetFlag(FLAGS_preset));
@@ -146,6 +186,7 @@ llama::TrainOptions options_from_flags() {
   o.recompute = tenax::parse_recompute(absl::GetFlag(FLAGS_recompute), "--recompute");
   o.dtype = tenax::parse_dtype(absl::GetFlag(FLAGS_dtype), "--dtype");
   o.reduce_dtype = tenax::parse_dtype(absl::GetFlag(FLAGS_reduce_dtype), "--reduce-dtype");
+  o.loss_scale = loss_scale_options(o.dtype);
   o.micro_batch = absl::GetFlag(FLAGS_micro_batch);
   o.global_batch = absl::GetFlag(FLAGS_global_batch);
   o.seq_len = absl::GetFlag(FLAGS_seq_len);

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
 
@@ -57,10 +58,20 @@ TrainOptions resolve_options(TrainOptions o, int world_size) {
   if (o.pp_schedule != "1f1b" && o.pp_schedule != "gpipe") {
     throw ConfigError("--pp-schedule '" + o.pp_schedule + "': expected 1f1b or gpipe");
   }
-  if (o.dtype != c10::kFloat && o.dtype != c10::kBFloat16) {
-    throw ConfigError("--dtype " + tenax::dtype_name(o.dtype) +
-                      ": expected fp32 or bf16 (fp16 needs a loss scaler, not built yet)");
+  if (o.dtype == c10::kHalf && o.device != "cuda") {
+    throw ConfigError(
+        "--dtype fp16 computes on CUDA only (the CPU's autocast is bf16 only): "
+        "use --dtype bf16, or --device cuda");
   }
+  if (o.dtype == c10::kHalf && !o.loss_scale) {
+    throw ConfigError(
+        "--dtype fp16 needs a loss scale (--loss-scale dynamic or a number): "
+        "its small gradients flush to zero without one");
+  }
+  if (o.dtype != c10::kFloat && o.dtype != c10::kBFloat16 && o.dtype != c10::kHalf) {
+    throw ConfigError("--dtype " + tenax::dtype_name(o.dtype) + ": expected fp32, bf16 or fp16");
+  }
+  if (o.loss_scale) tenax::LossScaler check(*o.loss_scale);  // its options' own errors
   if (o.reduce_dtype != c10::kFloat && o.reduce_dtype != c10::kBFloat16) {
     throw ConfigError("--reduce-dtype " + tenax::dtype_name(o.reduce_dtype) +
                       ": expected fp32 or bf16");
@@ -132,6 +143,7 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
   groups.emplace_back(decay, adamw(o.weight_decay));
   groups.emplace_back(no_decay, adamw(0.0));
   optimizer = std::make_unique<torch::optim::AdamW>(groups, *adamw(o.weight_decay));
+  if (o.loss_scale) scaler = std::make_unique<tenax::LossScaler>(*o.loss_scale);
   train = std::make_unique<SampleLoader>(std::make_shared<TokenFile>(o.data, o.token_bytes),
                                          o.seq_len, o.seed);
   if (!o.val_data.empty()) {
@@ -167,11 +179,12 @@ double Trainer::Impl::accumulate_gradients(const torch::Tensor& tokens) {
           inputs, targets,
           [&](const torch::Tensor& y, const torch::Tensor& target) {
             tenax::Autocast compute(device.type(), o.dtype);
-            return model->loss(y, target);
+            auto loss = model->loss(y, target);
+            return scaler ? scaler->scale(loss) : loss;
           });
     }
     if (ddp) ddp->sync();
-    return loss;
+    return scaler ? loss / scaler->scale_value() : loss;
   }
   double total = 0;
   for (int64_t m = 0; m < accumulation; ++m) {
@@ -197,7 +210,7 @@ double Trainer::Impl::accumulate_gradients(const torch::Tensor& tokens) {
         return g;
       });
     }
-    loss.backward();
+    (scaler ? scaler->scale(loss) : loss).backward();
     total += loss.item<double>();
   }
   return total;
@@ -256,6 +269,29 @@ double Trainer::Impl::clip_gradients() {
   return norm;
 }
 
+bool Trainer::Impl::unscale_gradients(StepStats& s) {
+  s.loss_scale = scaler->scale_value();
+  // dp too: gradients are averaged over it already, but a sharded optimizer's are not.
+  const bool finite =
+      scaler->unscale(model->parameters(), {mesh->dp().get(), mesh->tp().get(), mesh->pp().get()});
+  scaler->update(finite);
+  auto& reg = tenax::metrics::registry();
+  reg.gauge("tenax_train_loss_scale", "The loss scale of the next step's backward")
+      .set(scaler->scale_value());
+  if (finite) return true;
+  reg.counter("tenax_train_overflow_steps_total",
+              "Steps skipped because their scaled gradients overflowed")
+      .inc();
+  optimizer->zero_grad();
+  s.overflow = s.skipped = true;
+  char line[160];
+  std::snprintf(line, sizeof line,
+                "step %lld: gradients overflowed at loss scale %g: update skipped, scale now %g",
+                static_cast<long long>(step + 1), s.loss_scale, scaler->scale_value());
+  tenax::log(tenax::LogLevel::kWarning, line);
+  return false;
+}
+
 StepStats Trainer::Impl::train_step() {
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
@@ -278,8 +314,9 @@ StepStats Trainer::Impl::train_step() {
                           torch::dtype(torch::kFloat64).device(device));
   mesh->dp()->all_reduce(loss, tenax::ReduceOp::kAvg);
   s.loss = loss.item<double>();
-  s.grad_norm = clip_gradients();
-  if (!discard(s)) {
+  const bool finite = !scaler || unscale_gradients(s);  // an overflow skips the step
+  s.grad_norm = finite ? clip_gradients() : std::numeric_limits<double>::infinity();
+  if (finite && !discard(s)) {
     optimizer->step();
     if (o.faults && o.faults->corrupt_at(step + 1)) {
       // sdc@S: one parameter of this replica silently changes.
@@ -366,6 +403,7 @@ tenax::StateDict& Trainer::state() {
   i.checkpoint_state->set_int("step", i.step);
   i.checkpoint_state->set_int("cursor", (i.step + i.skipped) * i.o.global_batch);
   i.checkpoint_state->set_int("skipped", i.skipped);
+  if (i.scaler) i.checkpoint_state->set_blob("loss_scaler", i.scaler->state());
   return *i.checkpoint_state;
 }
 
@@ -375,6 +413,8 @@ void Trainer::resume_from_state() {
   i.step = i.checkpoint_state->get_int("step");
   const auto& ints = i.checkpoint_state->ints();
   i.skipped = ints.count("skipped") ? ints.at("skipped") : 0;
+  const auto& blobs = i.checkpoint_state->blobs();
+  if (i.scaler && blobs.count("loss_scaler")) i.scaler->restore(blobs.at("loss_scaler"));
   if (i.checkpoint_state->get_int("cursor") != (i.step + i.skipped) * i.o.global_batch) {
     throw tenax::ConfigError("the checkpoint's data cursor " +
                              std::to_string(i.checkpoint_state->get_int("cursor")) +

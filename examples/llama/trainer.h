@@ -9,11 +9,13 @@
 #include <tenax/comm/communicator.h>
 #include <tenax/core/fault_injection.h>
 #include <tenax/health/health.h>
+#include <tenax/parallel/loss_scaler.h>
 #include <tenax/parallel/mixed_precision.h>
 #include <tenax/parallel/recompute.h>
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "config.h"
@@ -32,6 +34,8 @@ struct TrainOptions {
   // data-parallel gradient averages travel in.
   c10::ScalarType dtype = c10::kFloat;
   c10::ScalarType reduce_dtype = c10::kFloat;
+  // Loss scaling (tenax/parallel/loss_scaler.h); empty: none. fp16 needs it.
+  std::optional<tenax::LossScalerOptions> loss_scale;
   int64_t micro_batch = 4;           // samples per forward/backward on one rank
   int64_t global_batch = 16;         // samples per optimizer step, over all dp ranks
   int64_t seq_len = 128;
@@ -75,7 +79,9 @@ struct StepStats {
   double comm_seconds = 0; // time blocked on communication in the step
   double ckpt_seconds = 0; // time the step stalled for checkpointing
   int64_t tokens = 0;      // tokens in the global batch
-  bool skipped = false;    // the update was discarded (nan_policy kSkip)
+  bool skipped = false;    // the update was discarded (nan_policy kSkip, or an overflow)
+  double loss_scale = 0;   // the scale the step's backward used (0: no loss scaling)
+  bool overflow = false;   // the scaled gradients overflowed: the step was skipped
 };
 
 class Trainer {

@@ -30,6 +30,8 @@ class Trainer::Impl {
   // Runs forward and backward over this rank's share of the global batch; returns its mean loss.
   double accumulate_gradients(const torch::Tensor& tokens);
   double clip_gradients();
+  // With a loss scaler: unscales the gradients; false (and the scale backed off) on an overflow.
+  bool unscale_gradients(StepStats& s);
   // The nan policy's verdict on a step: true to discard its update.
   bool discard(StepStats& s);
 
@@ -40,6 +42,7 @@ class Trainer::Impl {
   std::unique_ptr<tenax::DataParallel> ddp;
   std::unique_ptr<tenax::PipelineSchedule> schedule;
   std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::unique_ptr<tenax::LossScaler> scaler;  // null: no loss scaling
   std::unique_ptr<SampleLoader> train, val;
   int64_t step = 0;
   // Batches skipped by a rollback (the data cursor is (step + skipped) · global_batch), and the

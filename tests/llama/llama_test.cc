@@ -342,9 +342,18 @@ TEST(MixedPrecisionRunTest, Bf16ReachesTheLossOfFp32After200StepsWithinTwoPercen
 TEST(MixedPrecisionRunTest, AnUnknownOrUnsupportedDtypeIsOneClearMessage) {
   auto r = run_command({LLAMA_TRAIN, "--data", kTrain, "--dtype", "fp16"});
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.output.find(
-                "--dtype fp16: expected fp32 or bf16 (fp16 needs a loss scaler, not built yet)"),
+  EXPECT_NE(r.output.find("--dtype fp16 computes on CUDA only (the CPU's autocast is bf16 only)"),
             std::string::npos)
+      << r.output;
+  r = run_command({LLAMA_TRAIN, "--data", kTrain, "--loss-scale", "lots"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--loss-scale 'lots': expected none, dynamic or a positive number"),
+            std::string::npos)
+      << r.output;
+  r = run_command(
+      {LLAMA_TRAIN, "--data", kTrain, "--loss-scale", "dynamic", "--loss-scale-window", "0"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--loss-scale-window 0: expected at least 1"), std::string::npos)
       << r.output;
   r = run_command({LLAMA_TRAIN, "--data", kTrain, "--reduce-dtype", "int8"});
   EXPECT_NE(r.exit_code, 0);
@@ -357,6 +366,63 @@ TEST(MixedPrecisionRunTest, AnUnknownOrUnsupportedDtypeIsOneClearMessage) {
 std::vector<std::string> short_run(int steps) {
   return {LLAMA_TRAIN, "--data", kTrain, "--steps", std::to_string(steps), "--warmup", "2",
           "--log-interval", "1", "--eval-interval", "0"};
+}
+
+// Every loss and gradient norm rank 0 logged, in order.
+std::vector<std::string> logged_steps(const std::string& out) {
+  std::vector<std::string> v;
+  std::regex re(R"(step +\d+/\d+ \| loss [0-9.]+ \| lr [^|]+\| grad norm [0-9.]+)");
+  for (auto it = std::sregex_iterator(out.begin(), out.end(), re); it != std::sregex_iterator();
+       ++it) {
+    v.push_back(it->str());
+  }
+  return v;
+}
+
+// A power-of-two loss scale changes no gradient's bits: scaled training is the unscaled one,
+// through data-parallel averaging and through a pipeline's micro-batch losses alike.
+TEST(LossScaleRunTest, AStaticPowerOfTwoScaleTrainsExactlyAsNoScale) {
+  for (const char* mesh : {"--dp", "--pp"}) {
+    auto run = [&](const char* scale) {
+      std::vector<std::string> argv = short_run(12);
+      argv.insert(argv.end(), {mesh, "2", "--loss-scale", scale});
+      auto results = run_ranks(2, argv, {}, std::chrono::seconds(120));
+      for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << dump(results);
+      return results[0].output;
+    };
+    const std::string plain = run("none"), scaled = run("4096");
+    EXPECT_EQ(logged_steps(plain).size(), 12u) << mesh << "\n" << plain;
+    EXPECT_EQ(logged_steps(scaled), logged_steps(plain)) << mesh << "\n" << scaled;
+    EXPECT_NE(scaled.find("loss scale 4096 | overflowed 0 of 1 steps"), std::string::npos)
+        << scaled;
+  }
+}
+
+// A scale too large for fp32 overflows the first steps: each is skipped on every rank, the
+// scale halves until it fits, and training goes on from there.
+TEST(LossScaleRunTest, ADynamicScaleBacksOffFromOverflowsAndTrains) {
+  std::vector<std::string> argv = short_run(30);
+  argv.insert(argv.end(), {"--dp", "2", "--loss-scale", "dynamic", "--initial-loss-scale",
+                           "1.0889e40"});  // 2^133
+  auto results = run_ranks(2, argv, {}, std::chrono::seconds(120));
+  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << dump(results);
+  const std::string& out = results[0].output;
+  std::regex re(R"(step (\d+): gradients overflowed at loss scale ([0-9.e+]+): update skipped)");
+  int overflows = 0, last = 0;
+  for (auto it = std::sregex_iterator(out.begin(), out.end(), re); it != std::sregex_iterator();
+       ++it, ++overflows) {
+    last = std::stoi((*it)[1]);
+    EXPECT_EQ(last, overflows + 1) << out;  // the first steps, one after another
+  }
+  EXPECT_GE(overflows, 3) << out;  // 2^133, 2^132, 2^131 × a loss of about 1.4 overflow fp32
+  EXPECT_LE(overflows, 8) << out;
+  // Every rank skipped the same steps.
+  EXPECT_NE(results[1].output.find("step 1: gradients overflowed"), std::string::npos)
+      << results[1].output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(out, m, std::regex(R"(step +30/30 \| loss ([0-9.]+))"))) << out;
+  EXPECT_LT(std::stod(m[1]), 3.6) << out;  // it trained: from 5.7
+  EXPECT_NE(out.find("done, 30 steps"), std::string::npos) << out;
 }
 
 TEST(FaultInjectionTest, AKilledRankIsNamedByTheSurvivorWithinTheStep) {
@@ -418,6 +484,52 @@ void remove_regions(const std::string& run) {
       std::filesystem::remove(e.path());
     }
   }
+}
+
+// The step and loss-scale lines rank 0 logged after step `after`.
+std::vector<std::string> step_lines_after(const std::string& out, int after) {
+  std::vector<std::string> v;
+  std::istringstream in(out);
+  std::string line;
+  bool past = false;
+  std::regex step_re(R"(^step +(\d+)/\d+ \| loss [0-9.]+ \| lr [^|]+\| grad norm [0-9.inf]+)");
+  std::smatch m;
+  while (std::getline(in, line)) {
+    if (std::regex_search(line, m, step_re)) {
+      past = std::stoi(m[1]) > after;
+      if (past) v.push_back(m.str());
+    } else if (past && line.rfind("  ", 0) == 0 &&
+               line.find_first_not_of(' ') == line.find("loss scale ")) {
+      v.push_back(line);
+    }
+  }
+  return v;
+}
+
+// The scale and its run of finite steps are checkpointed: a resumed run goes on with them, as
+// if never stopped (a fresh scale would overflow again at its first step).
+TEST(LossScaleRunTest, AResumedRunGoesOnWithTheCheckpointedScale) {
+  const std::string run = "lscale" + std::to_string(getpid());
+  std::vector<std::string> argv = short_run(20);
+  argv.insert(argv.end(), {"--loss-scale", "dynamic", "--initial-loss-scale",
+                           "1.0889035741470031e40", "--loss-scale-window", "3"});
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = argv;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return run_command(a, {}, std::chrono::seconds(120));
+  };
+  auto whole = with({});
+  ASSERT_EQ(whole.exit_code, 0) << whole.output;
+  auto first = with({"--ckpt-every", "5", "--ckpt-run", run, "--exit-after", "10"});
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  auto again = with({"--ckpt-every", "5", "--ckpt-run", run});
+  remove_regions(run);
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("resumed at step 10 from the memory tier"), std::string::npos)
+      << again.output;
+  const auto expected = step_lines_after(whole.output, 10);
+  EXPECT_EQ(expected.size(), 20u) << whole.output;  // ten steps, each with its scale line
+  EXPECT_EQ(step_lines_after(again.output, 10), expected) << again.output;
 }
 
 TEST(CheckpointResumeTest, APreemptedRunResumedFromMemoryOrReshardedFromDiskEndsWithTheSameLoss) {
