@@ -112,7 +112,7 @@ class GlooCommunicator : public BackendCommunicator {
                      at::Tensor in = in_place ? out.work : input.contiguous();
                      if (st.size == 1) {
                        if (!in_place) out.work.copy_(in);
-                     } else if (ShmAllReduce* shm = shared_memory(st)) {
+                     } else if (ShmCollectives* shm = shared_memory(st)) {
                        shm_all_reduce(st, t, *shm, {}, in, out.work, fn, op);
                      } else if (Hierarchy* h = hierarchy(st)) {
                        hierarchical_all_reduce(st, t, *h, in, out.work, fn, op);
@@ -133,6 +133,12 @@ class GlooCommunicator : public BackendCommunicator {
     return enqueue(c, describe(input), {2, input.scalar_type(), input.numel(), -1},
                    [=](GlooState& st, Task& t) {
                      Staged out(output);
+                     if (ShmCollectives* shm = shared_memory(st)) {
+                       shm_reduce_scatter(st, t, *shm, input.contiguous(), out.work, fn, op);
+                       if (op == ReduceOp::kAvg) divide_for_avg(out.work, st.size);
+                       out.finish();
+                       return;
+                     }
                      const size_t chunk = out.nbytes();
                      const int n = st.size, r = st.rank;
                      // Ring: in step s, send the partial sum of chunk (r-s-1) to the right
@@ -167,8 +173,14 @@ class GlooCommunicator : public BackendCommunicator {
     check_all_gather(c, output, input);
     if (input.numel() == 0) return done();
     return enqueue(
-        c, describe(input), {3, input.scalar_type(), input.numel(), -1}, [=](GlooState& st, Task&) {
+        c, describe(input), {3, input.scalar_type(), input.numel(), -1},
+        [=](GlooState& st, Task& t) {
           Staged out(output);
+          if (ShmCollectives* shm = shared_memory(st)) {
+            shm_all_gather(st, t, *shm, input.contiguous(), out.work);
+            out.finish();
+            return;
+          }
           at::Tensor mine = out.work.view({-1}).narrow(0, st.rank * input.numel(), input.numel());
           if (!mine.is_same(input)) mine.copy_(input.reshape({-1}));
           if (st.size > 1) {

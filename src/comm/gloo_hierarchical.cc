@@ -50,8 +50,9 @@ Hierarchy* hierarchy(GlooState& st) {
   const int local_rank =
       static_cast<int>(std::find(h->local.begin(), h->local.end(), st.rank) - h->local.begin());
   if (h->local.size() > 1) {
-    h->shm = ShmAllReduce::create(*st.store, st.prefix + "/hier/" + std::to_string(leader),
-                                  local_rank, static_cast<int>(h->local.size()), st.timeout, true);
+    h->shm =
+        ShmCollectives::create(*st.store, st.prefix + "/hier/" + std::to_string(leader), local_rank,
+                               static_cast<int>(h->local.size()), st.timeout, true);
   }
   if (st.rank == leader) {
     std::vector<int> leaders;

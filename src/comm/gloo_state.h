@@ -32,7 +32,7 @@
 #include "comm/fault.h"
 #include "comm/gloo_allreduce_cache.h"
 #include "comm/op_trace.h"
-#include "comm/shm_allreduce.h"
+#include "comm/shm_collectives.h"
 #include "tenax/comm/communicator.h"
 #include "tenax/comm/store.h"
 #include "tenax/core/error.h"
@@ -67,7 +67,7 @@ struct Task;
 // (gloo_hierarchical.cc). Worker thread only.
 struct Hierarchy {
   std::vector<int> local;             // the ranks on this host, ascending; local[0] leads it
-  std::unique_ptr<ShmAllReduce> shm;  // over `local` (null when the host has one rank)
+  std::unique_ptr<ShmCollectives> shm;  // over `local` (null when the host has one rank)
   std::shared_ptr<gloo::rendezvous::Context> leaders;  // over every host's leader (leaders only)
   AllreduceCache cache;                                // the leaders' ring options
 };
@@ -104,7 +104,7 @@ struct TENAX_INTERNAL GlooState : CommIdentity {
   AllreduceCache allreduce_cache;
   // All-reduce through shared memory when every rank is on this host (null otherwise), set up
   // by the first all_reduce.
-  std::unique_ptr<ShmAllReduce> shm;
+  std::unique_ptr<ShmCollectives> shm;
   bool shm_tried = false;
   // Across hosts: reduce within each host through shared memory, all-reduce between the hosts'
   // leaders over sockets, then share the result within each host (null: the flat ring).
@@ -215,15 +215,21 @@ inline void divide_for_avg(at::Tensor& t, int size) {
   }
 }
 
-// The shared-memory all-reduce of `st`, set up by the first call (a collective over the store
-// that every rank reaches at the same point), so communicators that never all-reduce reserve
-// no shared memory. Null when the ranks are not all on this host. Worker thread only
-// (gloo_shm_bridge.cc).
-ShmAllReduce* shared_memory(GlooState& st);
+// The shared-memory collectives of `st`, set up by the first call (a collective over the store
+// that every rank reaches at the same point), so communicators that never all-reduce,
+// reduce-scatter or all-gather reserve no shared memory. Null when the ranks are not all on this
+// host. Worker thread only (gloo_shm_bridge.cc).
+ShmCollectives* shared_memory(GlooState& st);
 // All-reduces `in` into `out` through `shm`, whose rank i is the communicator's ranks[i] (all of
 // them in order when `ranks` is empty); its early ends become the communicator's faults.
-void shm_all_reduce(GlooState& st, Task& t, ShmAllReduce& shm, const std::vector<int>& ranks,
+void shm_all_reduce(GlooState& st, Task& t, ShmCollectives& shm, const std::vector<int>& ranks,
                     const at::Tensor& in, at::Tensor& out, ReduceFn fn, ReduceOp op);
+// Reduce-scatters `in` (size pieces) into `out`, and all-gathers `in` into `out` (size × in),
+// through `shm` over all of the communicator's ranks.
+void shm_reduce_scatter(GlooState& st, Task& t, ShmCollectives& shm, const at::Tensor& in,
+                        at::Tensor& out, ReduceFn fn, ReduceOp op);
+void shm_all_gather(GlooState& st, Task& t, ShmCollectives& shm, const at::Tensor& in,
+                    at::Tensor& out);
 
 // Gloo's ring all-reduce of `in` into `out` over `ctx`, its options kept in `cache`.
 void ring_all_reduce(GlooState& st, const std::shared_ptr<gloo::rendezvous::Context>& ctx,

@@ -166,6 +166,22 @@ void scenario_collectives(World& w) {
     }
     checked += 2;
   }
+  // Tensors larger than one shared-memory slot (4 MiB) go through it in several chunks.
+  {
+    const int64_t count = (3 << 20) / n + 5;  // floats per rank: 12 MiB across all pieces
+    std::vector<at::Tensor> pieces, ins;
+    for (int k = 0; k < n; ++k) {
+      pieces.push_back(input_for(k, count * n, at::kFloat, false));
+      ins.push_back(input_for(k, count, at::kFloat, false));
+    }
+    at::Tensor rs = at::empty({count}, at::kFloat);
+    c.reduce_scatter(rs, pieces[r]);
+    CHECK(same(rs, reference(pieces, ReduceOp::kSum, at::kFloat).narrow(0, r * count, count)),
+          "reduce_scatter of " << count << " floats a rank");
+    at::Tensor g = at::empty({count * n}, at::kFloat);
+    c.all_gather(g, ins[r]);
+    CHECK(same(g, at::cat(ins)), "all_gather of " << count << " floats a rank");
+  }
   // Non-contiguous tensors are handled (staged through a contiguous copy).
   at::Tensor base = at::arange(12, at::kFloat).reshape({3, 4}) + r;
   at::Tensor nc = base.t();

@@ -1,4 +1,4 @@
-#include "comm/shm_allreduce.h"
+#include "comm/shm_collectives.h"
 
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -26,10 +26,12 @@ using Ms = std::chrono::milliseconds;
 struct alignas(64) Line {
   std::atomic<uint32_t> value{0};
 };
-struct ShmAllReduce::RankControl {
+struct ShmCollectives::RankControl {
   Line arrived, reduced;
   alignas(64) int32_t pid = 0;
-  uint64_t count = 0, signature = 0;  // of the operation in progress, checked across ranks
+  // Of the operation whose first chunk used set k, checked across ranks: a rank may start its
+  // next operation (on the other set) while a slower one still compares this one's.
+  uint64_t count[2] = {0, 0}, signature[2] = {0, 0};
 };
 
 namespace {
@@ -71,9 +73,9 @@ size_t slot_bytes_for(int size) {
 
 }  // namespace
 
-std::unique_ptr<ShmAllReduce> ShmAllReduce::create(Store& store, const std::string& prefix,
-                                                   int rank, int size, Ms timeout,
-                                                   bool enabled) {
+std::unique_ptr<ShmCollectives> ShmCollectives::create(Store& store, const std::string& prefix,
+                                                       int rank, int size, Ms timeout,
+                                                       bool enabled) {
   if (size < 2) return nullptr;
   // The setting is part of the identity, so ranks that disagree all fall back together.
   const std::string me = host_identity() + (enabled ? "" : "|off");
@@ -123,34 +125,39 @@ std::unique_ptr<ShmAllReduce> ShmAllReduce::create(Store& store, const std::stri
     return nullptr;
   }
   static_cast<RankControl*>(p)[rank].pid = static_cast<int32_t>(::getpid());
-  return std::unique_ptr<ShmAllReduce>(new ShmAllReduce(rank, size, slot, p, bytes, timeout));
+  return std::unique_ptr<ShmCollectives>(new ShmCollectives(rank, size, slot, p, bytes, timeout));
 }
 
-ShmAllReduce::ShmAllReduce(int rank, int size, size_t slot_bytes, void* base, size_t mapped,
-                           Ms timeout)
-    : rank_(rank), size_(size), slot_bytes_(slot_bytes), base_(base), mapped_(mapped),
-      timeout_(timeout), ctl_(static_cast<RankControl*>(base)),
+ShmCollectives::ShmCollectives(int rank, int size, size_t slot_bytes, void* base, size_t mapped,
+                               Ms timeout)
+    : rank_(rank),
+      size_(size),
+      slot_bytes_(slot_bytes),
+      base_(base),
+      mapped_(mapped),
+      timeout_(timeout),
+      ctl_(static_cast<RankControl*>(base)),
       data_(static_cast<char*>(base) + control_bytes(size)) {}
 
-size_t ShmAllReduce::control_bytes(int size) {
+size_t ShmCollectives::control_bytes(int size) {
   const size_t b = sizeof(RankControl) * static_cast<size_t>(size);
   return (b + 4095) / 4096 * 4096;
 }
 
-ShmAllReduce::~ShmAllReduce() { ::munmap(base_, mapped_); }
+ShmCollectives::~ShmCollectives() { ::munmap(base_, mapped_); }
 
-char* ShmAllReduce::slot(uint32_t epoch, int r) const {
+char* ShmCollectives::slot(uint32_t epoch, int r) const {
   return data_ + ((epoch % 2) * static_cast<size_t>(size_) + static_cast<size_t>(r)) * slot_bytes_;
 }
 
-std::atomic<uint32_t>& ShmAllReduce::counter(int rank, Counter which) const {
+std::atomic<uint32_t>& ShmCollectives::counter(int rank, Counter which) const {
   RankControl& r = ctl_[rank];
   return which == Counter::kArrived ? r.arrived.value : r.reduced.value;
 }
 
 // Waits until every other rank has published `epoch` in its counter `which`.
-void ShmAllReduce::wait_all(Counter which, uint32_t epoch, const std::atomic<bool>& cancelled,
-                            const Clock::time_point& deadline) {
+void ShmCollectives::wait_all(Counter which, uint32_t epoch, const std::atomic<bool>& cancelled,
+                              const Clock::time_point& deadline) {
   auto next_liveness = Clock::now() + kLivenessEvery;
   for (int j = 0; j < size_; ++j) {
     if (j == rank_) continue;
@@ -184,33 +191,54 @@ void ShmAllReduce::wait_all(Counter which, uint32_t epoch, const std::atomic<boo
   }
 }
 
-void ShmAllReduce::all_reduce(void* out, const void* in, size_t count, size_t elem_size,
-                              ReduceFn fn, uint64_t signature, const std::atomic<bool>& cancelled) {
+void ShmCollectives::arrive_all(uint32_t e, bool first, size_t count, uint64_t signature,
+                                const std::atomic<bool>& cancelled,
+                                const Clock::time_point& deadline) {
+  RankControl& mine = ctl_[rank_];
+  const int set = static_cast<int>(e % 2);
+  if (first) {  // compared by every rank once all have arrived at the first chunk
+    mine.count[set] = count;
+    mine.signature[set] = signature;
+  }
+  mine.arrived.value.store(e, std::memory_order_release);
+  futex_wake(&mine.arrived.value);
+  wait_all(Counter::kArrived, e, cancelled, deadline);
+  if (!first) return;
+  for (int j = 0; j < size_; ++j) {
+    const RankControl& r = ctl_[j];
+    if (r.count[set] != count || r.signature[set] != signature) {
+      throw WaitFailure{WaitFailure::kMismatch, {j}, r.count[set], r.signature[set]};
+    }
+  }
+}
+
+uint32_t ShmCollectives::put_and_arrive(const void* in, size_t first, size_t m, size_t elem_size,
+                                        size_t count, uint64_t signature,
+                                        const std::atomic<bool>& cancelled,
+                                        const Clock::time_point& deadline) {
+  const uint32_t e = ++epoch_;
+  std::memcpy(slot(e, rank_), static_cast<const char*>(in) + first * elem_size, m * elem_size);
+  arrive_all(e, first == 0, count, signature, cancelled, deadline);
+  return e;
+}
+
+void ShmCollectives::publish_reduced(uint32_t e) {
+  RankControl& mine = ctl_[rank_];
+  mine.reduced.value.store(e, std::memory_order_release);
+  futex_wake(&mine.reduced.value);
+}
+
+void ShmCollectives::all_reduce(void* out, const void* in, size_t count, size_t elem_size,
+                                ReduceFn fn, uint64_t signature,
+                                const std::atomic<bool>& cancelled) {
   const size_t per_chunk = slot_bytes_ / elem_size;
   const auto deadline = Clock::now() + timeout_;
   auto* dst = static_cast<char*>(out);
-  auto* src = static_cast<const char*>(in);
-  RankControl& mine = ctl_[rank_];
   for (size_t first = 0; first < count; first += per_chunk) {
     const size_t m = std::min(per_chunk, count - first);
-    const uint32_t e = ++epoch_;
     // 1. Copy in and arrive.
-    std::memcpy(slot(e, rank_), src + first * elem_size, m * elem_size);
-    if (first == 0) {  // compared by every rank once all have arrived at the first chunk
-      mine.count = count;
-      mine.signature = signature;
-    }
-    mine.arrived.value.store(e, std::memory_order_release);
-    futex_wake(&mine.arrived.value);
-    wait_all(Counter::kArrived, e, cancelled, deadline);
-    if (first == 0) {
-      for (int j = 0; j < size_; ++j) {
-        const RankControl& r = ctl_[j];
-        if (r.count != count || r.signature != signature) {
-          throw WaitFailure{WaitFailure::kMismatch, {j}, r.count, r.signature};
-        }
-      }
-    }
+    const uint32_t e =
+        put_and_arrive(in, first, m, elem_size, count, signature, cancelled, deadline);
     // 2. Reduce this rank's slice over every slot, into its own slot and the output.
     const size_t lo = m * rank_ / size_, hi = m * (rank_ + 1) / size_;
     if (hi > lo) {
@@ -221,8 +249,7 @@ void ShmAllReduce::all_reduce(void* out, const void* in, size_t count, size_t el
       }
       std::memcpy(dst + (first + lo) * elem_size, acc, (hi - lo) * elem_size);
     }
-    mine.reduced.value.store(e, std::memory_order_release);
-    futex_wake(&mine.reduced.value);
+    publish_reduced(e);
     // 3. Gather the others' slices.
     wait_all(Counter::kReduced, e, cancelled, deadline);
     for (int j = 0; j < size_; ++j) {
@@ -233,6 +260,46 @@ void ShmAllReduce::all_reduce(void* out, const void* in, size_t count, size_t el
                     (jhi - jlo) * elem_size);
       }
     }
+  }
+}
+
+void ShmCollectives::reduce_scatter(void* out, const void* in, size_t count, size_t elem_size,
+                                    ReduceFn fn, uint64_t signature,
+                                    const std::atomic<bool>& cancelled) {
+  const size_t per_chunk = std::max<size_t>(1, slot_bytes_ / elem_size / size_);
+  const auto deadline = Clock::now() + timeout_;
+  auto* dst = static_cast<char*>(out);
+  auto* src = static_cast<const char*>(in);
+  for (size_t first = 0; first < count; first += per_chunk) {
+    const size_t m = std::min(per_chunk, count - first);
+    const size_t part = m * elem_size;
+    const uint32_t e = ++epoch_;
+    for (int j = 0; j < size_; ++j) {
+      std::memcpy(slot(e, rank_) + j * part, src + (j * count + first) * elem_size, part);
+    }
+    arrive_all(e, first == 0, count, signature, cancelled, deadline);
+    char* acc = slot(e, rank_) + rank_ * part;
+    for (int j = 0; j < size_; ++j) {
+      if (j != rank_) fn(acc, acc, slot(e, j) + rank_ * part, m);
+    }
+    std::memcpy(dst + first * elem_size, acc, part);
+    publish_reduced(e);
+  }
+}
+
+void ShmCollectives::all_gather(void* out, const void* in, size_t count, size_t elem_size,
+                                uint64_t signature, const std::atomic<bool>& cancelled) {
+  const auto deadline = Clock::now() + timeout_;
+  const size_t per_chunk = slot_bytes_ / elem_size;
+  for (size_t first = 0; first < count; first += per_chunk) {
+    const size_t m = std::min(per_chunk, count - first);
+    const uint32_t e =
+        put_and_arrive(in, first, m, elem_size, count, signature, cancelled, deadline);
+    for (int j = 0; j < size_; ++j) {
+      std::memcpy(static_cast<char*>(out) + (j * count + first) * elem_size, slot(e, j),
+                  m * elem_size);
+    }
+    publish_reduced(e);
   }
 }
 
