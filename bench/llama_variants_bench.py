@@ -4,29 +4,42 @@ repetition, same machine, same data.
 
   recompute  --recompute none, selective and full
   dtype      --dtype fp32 and bf16 (bf16 forward passes over fp32 master weights)
+  sp         two ranks (tenaxrun), --tp 2 without and with --sequence-parallel (tokens/s of the
+             job; the peak memory of rank 0)
 
 Reports per variant the median tokens/s over the steps after the third (the trainer's "tokens/s
 over steps 4-N") and the median peak resident memory ("peak resident memory N MiB"), each as a
 ratio to the first variant.
 
-Usage: python3 bench/llama_variants_bench.py recompute|dtype [--reps 5] [--steps 10]
-                                             [--seq-len 512] [--micro-batch 8]
+Usage: python3 bench/llama_variants_bench.py recompute|dtype|sp [--reps 5] [--steps 10]
+                                             [--seq-len 512] [--micro-batch 8] [--preset tiny]
 """
 import argparse, os, re, statistics, subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "build/examples/llama/llama_train")
+TENAXRUN = os.path.join(ROOT, "build/tools/tenaxrun")
 DATA = os.path.join(ROOT, "build/data/fortunes/train.bin")
 TPS = re.compile(r"([0-9.]+) tokens/s over steps 4-")
 PEAK = re.compile(r"peak resident memory ([0-9]+) MiB")
-VARIANTS = {"recompute": ("none", "selective", "full"), "dtype": ("fp32", "bf16")}
+VARIANTS = {"recompute": ("none", "selective", "full"), "dtype": ("fp32", "bf16"),
+            "sp": ("tp", "tp+sp")}
+
+
+def variant_args(option, mode):
+    """The launcher and the flags of one variant."""
+    if option == "sp":
+        return [TENAXRUN, "--nproc-per-node", "2"], ["--tp", "2"] + (
+            ["--sequence-parallel"] if mode == "tp+sp" else [])
+    return [], ["--" + option, mode]
 
 
 def run(mode, args):
-    cmd = [TRAIN, "--preset", "tiny", "--seq-len", str(args.seq_len), "--micro-batch",
-           str(args.micro_batch), "--global-batch", str(args.micro_batch), "--steps",
-           str(args.steps), "--warmup", "1", "--log-interval", str(args.steps),
-           "--eval-interval", "0", "--data", DATA, "--" + args.option, mode]
+    launcher, flags = variant_args(args.option, mode)
+    cmd = launcher + [TRAIN, "--preset", args.preset, "--seq-len", str(args.seq_len), "--micro-batch",
+                      str(args.micro_batch), "--global-batch", str(args.micro_batch), "--steps",
+                      str(args.steps), "--warmup", "1", "--log-interval", str(args.steps),
+                      "--eval-interval", "0", "--data", DATA] + flags
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=900)
     tps, peak = TPS.search(p.stdout), PEAK.search(p.stdout)
@@ -38,6 +51,7 @@ def run(mode, args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("option", choices=sorted(VARIANTS))
+    ap.add_argument("--preset", default="tiny")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seq-len", type=int, default=512)
@@ -55,7 +69,8 @@ def main():
             peak[m].append(p)
     base_t = statistics.median(tps[modes[0]])
     base_p = statistics.median(peak[modes[0]])
-    print(f"llama_train tiny, 1 process, seq {args.seq_len} x micro-batch {args.micro_batch}, "
+    procs = "2 ranks" if args.option == "sp" else "1 process"
+    print(f"llama_train {args.preset}, {procs}, seq {args.seq_len} x micro-batch {args.micro_batch}, "
           f"{args.steps} steps, {args.reps} runs per mode (medians)")
     print(f"{args.option:>10} {'tokens/s':>9} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}")
     for m in modes:

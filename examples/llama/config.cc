@@ -109,23 +109,28 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, int dp, int tp, int pp,
 }
 
 ActivationEstimate estimate_activations(const LlamaConfig& c, int tp, int pp, int64_t micro_batch,
-                                        int64_t seq, int64_t in_flight, tenax::Recompute mode) {
+                                        int64_t seq, int64_t in_flight, tenax::Recompute mode,
+                                        bool sequence_parallel, int compute_bytes) {
   const int64_t n = micro_batch * seq, d = c.dim, h = c.head_dim();
   const int64_t a = c.heads / tp, k = c.kv_heads / tp, f = c.ffn / tp;
   const int64_t scores = a * seq * seq * micro_batch;
-  const int64_t plain = 4 * n * d + 6 * n * a * h + 2 * n * k * h + scores + 4 * n * f;
+  const int64_t split = sequence_parallel ? tp : 1;
+  const int64_t cb = compute_bytes, mixed = compute_bytes < 4;
+  const int64_t input = 4 * n * d / split;
+  const int64_t softmax = 4 * scores + (mixed ? cb * scores : 0);
+  const int64_t plain = 4 * input + cb * (6 * n * a * h + 2 * n * k * h + 4 * n * f) + softmax;
   ActivationEstimate e;
   switch (mode) {
     case tenax::Recompute::kNone:
-      e.per_layer_bytes = 4 * plain;
+      e.per_layer_bytes = plain;
       break;
     case tenax::Recompute::kSelective:
-      e.per_layer_bytes = 4 * (plain - scores);
-      e.transient_bytes = 4 * 3 * scores;
+      e.per_layer_bytes = plain - softmax;
+      e.transient_bytes = 2 * 4 * scores + softmax;
       break;
     case tenax::Recompute::kFull:
-      e.per_layer_bytes = 4 * n * d;
-      e.transient_bytes = 4 * plain;
+      e.per_layer_bytes = input;
+      e.transient_bytes = plain;
       break;
   }
   const int64_t layers = stage_layers(c, 0, pp).count;

@@ -54,23 +54,27 @@ struct MemoryEstimate {
 MemoryEstimate estimate_memory(const LlamaConfig& c, int dp, int tp, int pp,
                                bool shard_optimizer);
 
-// Activations of one rank on the most loaded pipeline stage (the first), fp32, as this model's
+// Activations of one rank on the most loaded pipeline stage (the first), as this model's
 // operations keep them for backward: per decoder layer and micro-batch of b sequences of s
 // tokens (n = b·s), with d the width, a and k the query and K/V heads on the rank, h the head
-// width and f the feed-forward width on the rank,
-//   none       4·n·d (norms) + 6·n·a·h + 2·n·k·h (attention) + a·s²·b (softmax) + 4·n·f (MLP)
+// width and f the feed-forward width on the rank, in elements,
+//   none       4·n·d (norms, fp32) + 6·n·a·h + 2·n·k·h (attention) + a·s²·b (softmax, fp32)
+//              + 4·n·f (MLP)
 //   selective  the same without a·s²·b, plus one core attention recomputed at a time
 //              (scores, masked scores, softmax: 3·a·s²·b)
 //   full       n·d (the layer's input), plus one whole layer recomputed at a time (none's set)
 // times the micro-batches in flight on the stage, plus the output logits n·vocab/tp (last
-// stage; counted when pp = 1).
+// stage; counted when pp = 1). The projections' outputs (attention and MLP terms, and a copy of
+// the softmax for its product with v) take `compute_bytes` each (2 under bf16 or fp16
+// autocast), the rest 4. Sequence parallelism divides the norm terms and the layer input by tp.
 struct ActivationEstimate {
   int64_t per_layer_bytes = 0;  // kept per layer and micro-batch
   int64_t transient_bytes = 0;  // one recomputation's tensors during backward
   int64_t total_bytes = 0;      // the stage's peak
 };
 ActivationEstimate estimate_activations(const LlamaConfig& c, int tp, int pp, int64_t micro_batch,
-                                        int64_t seq, int64_t in_flight, tenax::Recompute mode);
+                                        int64_t seq, int64_t in_flight, tenax::Recompute mode,
+                                        bool sequence_parallel = false, int compute_bytes = 4);
 
 // Layers [first, first + count) of pipeline stage `stage` of `pp`: an even split, the first
 // stages taking one more when pp does not divide the layer count.

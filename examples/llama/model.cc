@@ -13,7 +13,8 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps_) * weight;
+  const torch::Tensor w = sp_ ? tenax::copy_to_tensor_parallel(weight, *sp_) : weight;
+  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps_) * w;
 }
 
 Rope::Rope(int64_t head_dim, int64_t max_seq, double theta) {
@@ -53,10 +54,23 @@ torch::Tensor core_attention(const torch::Tensor& q, const torch::Tensor& k,
   return torch::matmul(torch::softmax(scores, -1, torch::kFloat), v);  // fp32 under bf16 too
 }
 
+// Column-parallel products of one input, communicating once for all of them: the sequence
+// all-gather under sequence parallelism, else the f operator (one all-reduce in backward).
+std::vector<torch::Tensor> column_products(const torch::Tensor& x,
+                                           const std::vector<torch::Tensor>& weights,
+                                           tenax::Communicator& tp, bool sequence_parallel) {
+  if (sequence_parallel) return tenax::sequence_parallel_linears(x, weights, tp);
+  const torch::Tensor in = tenax::copy_to_tensor_parallel(x, tp);
+  std::vector<torch::Tensor> out;
+  for (const auto& w : weights) out.push_back(torch::nn::functional::linear(in, w));
+  return out;
+}
+
 }  // namespace
 
 AttentionImpl::AttentionImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp)
-    : heads_(c.heads / tp->size()),
+    : tp_(tp),
+      heads_(c.heads / tp->size()),
       kv_heads_(c.kv_heads / tp->size()),
       head_dim_(c.head_dim()) {
   require_divides("heads", c.heads, *tp);
@@ -68,11 +82,17 @@ AttentionImpl::AttentionImpl(const LlamaConfig& c, std::shared_ptr<tenax::Commun
   o_ = register_module("o", tenax::RowParallelLinear(c.dim, c.dim, tp, true, false));
 }
 
+void AttentionImpl::set_sequence_parallel(bool on) {
+  sequence_parallel_ = on;
+  o_->set_sequence_parallel(on);
+}
+
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope) {
-  const int64_t b = x.size(0), t = x.size(1);
-  auto q = q_(x).view({b, t, heads_, head_dim_}).transpose(1, 2);
-  auto k = k_(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
-  auto v = v_(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  auto qkv = column_products(x, {q_->weight, k_->weight, v_->weight}, *tp_, sequence_parallel_);
+  const int64_t b = qkv[0].size(0), t = qkv[0].size(1);  // the whole sequence
+  auto q = qkv[0].view({b, t, heads_, head_dim_}).transpose(1, 2);
+  auto k = qkv[1].view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  auto v = qkv[2].view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
   q = rope.apply(q);
   k = rope.apply(k);
   if (heads_ != kv_heads_) {  // each K/V head serves heads/kv_heads consecutive query heads
@@ -88,15 +108,22 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope) {
   return o_(out.transpose(1, 2).reshape({b, t, heads_ * head_dim_}));
 }
 
-FeedForwardImpl::FeedForwardImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp) {
+FeedForwardImpl::FeedForwardImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp)
+    : tp_(tp) {
   require_divides("ffn", c.ffn, *tp);
   gate_ = register_module("gate", tenax::ColumnParallelLinear(c.dim, c.ffn, tp, false, false));
   up_ = register_module("up", tenax::ColumnParallelLinear(c.dim, c.ffn, tp, false, false));
   down_ = register_module("down", tenax::RowParallelLinear(c.ffn, c.dim, tp, true, false));
 }
 
+void FeedForwardImpl::set_sequence_parallel(bool on) {
+  sequence_parallel_ = on;
+  down_->set_sequence_parallel(on);
+}
+
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  return down_(torch::silu(gate_(x)) * up_(x));
+  auto gate_up = column_products(x, {gate_->weight, up_->weight}, *tp_, sequence_parallel_);
+  return down_(torch::silu(gate_up[0]) * gate_up[1]);
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp) {
@@ -116,6 +143,14 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const Rope& rope
   return tenax::recompute(
       [this, &rope](const std::vector<torch::Tensor>& in) { return body(in[0], rope); }, {x},
       parameters());
+}
+
+void DecoderLayerImpl::set_sequence_parallel(const std::shared_ptr<tenax::Communicator>& tp,
+                                             bool on) {
+  attention_norm_->set_sequence_parallel(on ? tp : nullptr);
+  mlp_norm_->set_sequence_parallel(on ? tp : nullptr);
+  attention_->set_sequence_parallel(on);
+  mlp_->set_sequence_parallel(on);
 }
 
 void DecoderLayerImpl::set_recompute(tenax::Recompute mode) {
@@ -162,6 +197,15 @@ void LlamaImpl::set_recompute(tenax::Recompute mode) {
   for (const auto& layer : *layers_) layer->as<DecoderLayerImpl>()->set_recompute(mode);
 }
 
+void LlamaImpl::set_sequence_parallel(bool on) {
+  if (tp_->size() == 1) return;  // nothing is split: the plain model
+  sequence_parallel_ = on;
+  if (embedding_) embedding_->set_sequence_parallel(on);
+  for (const auto& layer : *layers_) layer->as<DecoderLayerImpl>()->set_sequence_parallel(tp_, on);
+  if (norm_) norm_->set_sequence_parallel(on ? tp_ : nullptr);
+  if (output_) output_->set_sequence_parallel(on);
+}
+
 torch::Tensor LlamaImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = first_stage() ? embedding_(x) : x;
   for (const auto& layer : *layers_) h = layer->as<DecoderLayerImpl>()->forward(h, rope_);
@@ -169,7 +213,7 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& x) {
   h = norm_(h);
   if (output_) return output_(h);
   // Tied: this rank's vocabulary rows of the embedding table are its slice of the output.
-  return torch::matmul(tenax::copy_to_tensor_parallel(h, *tp_), embedding_->weight.t());
+  return column_products(h, {embedding_->weight}, *tp_, sequence_parallel_)[0];
 }
 
 torch::Tensor LlamaImpl::loss(const torch::Tensor& logits, const torch::Tensor& targets) {

@@ -31,10 +31,14 @@ class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps);
   torch::Tensor forward(const torch::Tensor& x);
+  // Under sequence parallelism each tp rank normalises its own positions: the weight's
+  // gradient is the sum of the ranks' parts, all-reduced over `tp` in backward. Null: off.
+  void set_sequence_parallel(std::shared_ptr<tenax::Communicator> tp) { sp_ = std::move(tp); }
   torch::Tensor weight;
 
  private:
   double eps_;
+  std::shared_ptr<tenax::Communicator> sp_;
 };
 TORCH_MODULE(RMSNorm);
 
@@ -53,10 +57,13 @@ class AttentionImpl : public torch::nn::Module {
   // Recompute the core attention (scores, softmax, weighted sum) in backward instead of
   // keeping its [batch, heads, seq, seq] tensors.
   void set_selective_recompute(bool on) { selective_ = on; }
+  // Input and output are this rank's sequence chunk [batch, seq/tp, dim].
+  void set_sequence_parallel(bool on);
 
  private:
+  std::shared_ptr<tenax::Communicator> tp_;
   int64_t heads_, kv_heads_, head_dim_;  // this rank's heads
-  bool selective_ = false;
+  bool selective_ = false, sequence_parallel_ = false;
   tenax::ColumnParallelLinear q_{nullptr}, k_{nullptr}, v_{nullptr};
   tenax::RowParallelLinear o_{nullptr};
 };
@@ -66,8 +73,11 @@ class FeedForwardImpl : public torch::nn::Module {
  public:
   FeedForwardImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp);
   torch::Tensor forward(const torch::Tensor& x);
+  void set_sequence_parallel(bool on);  // as Attention's
 
  private:
+  std::shared_ptr<tenax::Communicator> tp_;
+  bool sequence_parallel_ = false;
   tenax::ColumnParallelLinear gate_{nullptr}, up_{nullptr};
   tenax::RowParallelLinear down_{nullptr};
 };
@@ -78,6 +88,7 @@ class DecoderLayerImpl : public torch::nn::Module {
   DecoderLayerImpl(const LlamaConfig& c, std::shared_ptr<tenax::Communicator> tp);
   torch::Tensor forward(const torch::Tensor& x, const Rope& rope);
   void set_recompute(tenax::Recompute mode);
+  void set_sequence_parallel(const std::shared_ptr<tenax::Communicator>& tp, bool on);
 
  private:
   torch::Tensor body(const torch::Tensor& x, const Rope& rope);
@@ -112,8 +123,15 @@ class LlamaImpl : public torch::nn::Module {
   // What every decoder layer of this stage recomputes in backward (default: nothing). The
   // gradients are those of the plain model; peak activation memory drops.
   void set_recompute(tenax::Recompute mode);
+  // Sequence parallelism over the tp group (no-op for tp = 1): between the tensor-parallel
+  // blocks each rank holds its 1/tp of the positions, and a stage's input and output are
+  // [batch, seq/tp, dim]; the logits stay [batch, seq, vocab/tp]. The sequence length must be
+  // divisible by tp. The gradients are those of the plain model.
+  void set_sequence_parallel(bool on);
+  bool sequence_parallel() const { return sequence_parallel_; }
 
  private:
+  bool sequence_parallel_ = false;
   LlamaConfig c_;
   std::shared_ptr<tenax::Communicator> tp_;
   int pp_rank_, pp_size_;

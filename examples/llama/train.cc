@@ -51,6 +51,9 @@ ABSL_FLAG(std::string, reduce_dtype, "fp32",
 ABSL_FLAG(std::string, recompute, "none",
           "activations recomputed in backward instead of kept: none, full (each decoder layer) "
           "or selective (each layer's core attention)");
+ABSL_FLAG(bool, sequence_parallel, false,
+          "with --tp: split the activations between the tensor-parallel blocks along the "
+          "sequence (all-gather / reduce-scatter instead of all-reduce)");
 ABSL_FLAG(int64_t, micro_batch, 4, "samples per forward/backward on one rank");
 ABSL_FLAG(int64_t, global_batch, 16, "samples per optimizer step over all dp ranks");
 ABSL_FLAG(int64_t, seq_len, 128, "tokens per sample");
@@ -184,6 +187,7 @@ llama::TrainOptions options_from_flags() {
   o.pp = absl::GetFlag(FLAGS_pp);
   o.pp_schedule = absl::GetFlag(FLAGS_pp_schedule);
   o.recompute = tenax::parse_recompute(absl::GetFlag(FLAGS_recompute), "--recompute");
+  o.sequence_parallel = absl::GetFlag(FLAGS_sequence_parallel);
   o.dtype = tenax::parse_dtype(absl::GetFlag(FLAGS_dtype), "--dtype");
   o.reduce_dtype = tenax::parse_dtype(absl::GetFlag(FLAGS_reduce_dtype), "--reduce-dtype");
   o.loss_scale = loss_scale_options(o.dtype);
@@ -221,6 +225,9 @@ std::string gib_text(int64_t bytes) {
 }
 
 // Micro-batches whose activations the first pipeline stage holds at once.
+// Bytes of a projection's output: 2 when forward passes compute in bf16 or fp16.
+int compute_bytes(const llama::TrainOptions& o) { return o.dtype == c10::kFloat ? 4 : 2; }
+
 int64_t in_flight(int pp, const std::string& schedule, int64_t accumulation) {
   if (pp == 1) return 1;  // each micro-batch's backward follows its forward
   return schedule == "gpipe" ? accumulation : std::min<int64_t>(pp, accumulation);
@@ -241,7 +248,9 @@ void print_fitting_mesh(const llama::TrainOptions& o, int dp, double gib) {
       if (c.tie_embeddings && pp > 1) continue;
       const auto state = llama::estimate_memory(c, dp, tp, pp, true);
       for (auto mode : modes) {
-        const auto act = llama::estimate_activations(c, tp, pp, o.micro_batch, o.seq_len, pp, mode);
+        const auto act =
+            llama::estimate_activations(c, tp, pp, o.micro_batch, o.seq_len, pp, mode,
+                                        o.sequence_parallel && tp > 1, compute_bytes(o));
         const int64_t total = state.total_bytes() + act.total_bytes;
         if (double(total) > limit) continue;
         std::printf(
@@ -279,11 +288,15 @@ int report_memory(const llama::TrainOptions& o) {
   for (auto mode :
        {tenax::Recompute::kNone, tenax::Recompute::kSelective, tenax::Recompute::kFull}) {
     const auto act =
-        llama::estimate_activations(o.model, o.tp, o.pp, o.micro_batch, o.seq_len, flight, mode);
-    std::printf("activations, micro-batch %lld x seq %lld, %lld in flight, recompute %-9s %s%s\n",
-                (long long)o.micro_batch, (long long)o.seq_len, (long long)flight,
-                (std::string(tenax::recompute_name(mode)) + ":").c_str(),
-                gib_text(act.total_bytes).c_str(), mode == o.recompute ? "  (--recompute)" : "");
+        llama::estimate_activations(o.model, o.tp, o.pp, o.micro_batch, o.seq_len, flight, mode,
+                                    o.sequence_parallel && o.tp > 1, compute_bytes(o));
+    std::printf(
+        "activations, micro-batch %lld x seq %lld, %lld in flight, %s%s, recompute %-9s %s%s\n",
+        (long long)o.micro_batch, (long long)o.seq_len, (long long)flight,
+        tenax::dtype_name(o.dtype).c_str(),
+        o.sequence_parallel && o.tp > 1 ? ", sequence parallel" : "",
+        (std::string(tenax::recompute_name(mode)) + ":").c_str(), gib_text(act.total_bytes).c_str(),
+        mode == o.recompute ? "  (--recompute)" : "");
   }
   print_fitting_mesh(o, dp, 80);
   print_fitting_mesh(o, dp, 141);

@@ -55,6 +55,10 @@ TrainOptions resolve_options(TrainOptions o, int world_size) {
                       " = " + str(o.dp * o.tp * o.pp) + " but there are " + str(world_size) +
                       " ranks");
   }
+  if (o.sequence_parallel && o.seq_len % o.tp != 0) {
+    throw ConfigError("--sequence-parallel splits the sequence over tp: --seq-len " +
+                      str(o.seq_len) + " is not divisible by --tp " + str(o.tp));
+  }
   if (o.pp_schedule != "1f1b" && o.pp_schedule != "gpipe") {
     throw ConfigError("--pp-schedule '" + o.pp_schedule + "': expected 1f1b or gpipe");
   }
@@ -119,6 +123,7 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
   torch::manual_seed(o.seed);
   model = Llama(o.model, o.seq_len, mesh->tp(), mesh->pp_rank(), o.pp);
   model->set_recompute(o.recompute);
+  model->set_sequence_parallel(o.sequence_parallel);
   model->to(device);
   if (o.dp > 1) {
     ddp = std::make_unique<tenax::DataParallel>(

@@ -30,6 +30,8 @@ struct TrainOptions {
   std::string pp_schedule = "1f1b";  // or "gpipe"
   // What each decoder layer recomputes in backward instead of keeping (tenax/parallel/recompute.h).
   tenax::Recompute recompute = tenax::Recompute::kNone;
+  // Sequence parallelism with tp (Llama::set_sequence_parallel); nothing changes at tp = 1.
+  bool sequence_parallel = false;
   // The dtype forward passes compute in (weights, gradients and AdamW stay fp32), and the one
   // data-parallel gradient averages travel in.
   c10::ScalarType dtype = c10::kFloat;

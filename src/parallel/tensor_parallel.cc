@@ -1,5 +1,6 @@
 #include "tenax/parallel/tensor_parallel.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/modules/embedding.h>
@@ -34,14 +35,36 @@ torch::Tensor own_slice(const torch::Tensor& x, Communicator& c) {
   const int64_t part = x.size(-1) / c.size();
   return x.narrow(-1, c.rank() * part, part).contiguous();
 }
-torch::Tensor gathered(const torch::Tensor& x, Communicator& c) {
+torch::Tensor gathered(const torch::Tensor& x, Communicator& c, int64_t dim = -1) {
   // all_gather concatenates flat chunks; move the split dim first so chunks are contiguous.
-  torch::Tensor xt = x.movedim(-1, 0).contiguous();
+  torch::Tensor xt = x.movedim(dim, 0).contiguous();
   std::vector<int64_t> shape = xt.sizes().vec();
   shape[0] *= c.size();
   torch::Tensor out = at::empty(shape, x.options());
   c.all_gather(out, xt);
-  return out.movedim(0, -1).contiguous();
+  return out.movedim(0, dim).contiguous();
+}
+void check_sequence_divides(const torch::Tensor& x, int64_t dim, const Communicator& c) {
+  if (x.size(dim) % c.size() != 0) {
+    throw ConfigError("sequence parallelism: dimension " + std::to_string(dim) + " of size " +
+                      std::to_string(x.size(dim)) +
+                      " is not divisible by the tensor-parallel size " + std::to_string(c.size()) +
+                      " (rank " + std::to_string(c.rank()) + ")");
+  }
+}
+torch::Tensor slice_along(const torch::Tensor& x, Communicator& c, int64_t dim) {
+  check_sequence_divides(x, dim, c);
+  const int64_t part = x.size(dim) / c.size();
+  return x.narrow(dim, c.rank() * part, part).contiguous();
+}
+torch::Tensor reduce_scattered(const torch::Tensor& x, Communicator& c, int64_t dim) {
+  check_sequence_divides(x, dim, c);
+  torch::Tensor xt = x.movedim(dim, 0).contiguous();
+  std::vector<int64_t> shape = xt.sizes().vec();
+  shape[0] /= c.size();
+  torch::Tensor out = at::empty(shape, x.options());
+  c.reduce_scatter(out, xt);
+  return out.movedim(0, dim).contiguous();
 }
 
 struct CopyToTP : torch::autograd::Function<CopyToTP> {
@@ -75,6 +98,74 @@ struct GatherFromTP : torch::autograd::Function<GatherFromTP> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     return {own_slice(g[0], comm(ctx)), torch::Tensor()};
+  }
+};
+
+// Sequence parallelism: the split dimension travels in the context with the communicator.
+int64_t saved_dim(AutogradContext* ctx) { return ctx->saved_data["dim"].toInt(); }
+
+using SequenceFn = torch::Tensor (*)(const torch::Tensor&, Communicator&, int64_t);
+
+// Forward along the sequence dimension, and its adjoint in backward.
+template <SequenceFn Forward, SequenceFn Backward>
+struct SequenceOp : torch::autograd::Function<SequenceOp<Forward, Backward>> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, Communicator* c,
+                               int64_t dim) {
+    save_comm(ctx, c);
+    ctx->saved_data["dim"] = dim;
+    return Forward(x, *c, dim);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    return {Backward(g[0], comm(ctx), saved_dim(ctx)), torch::Tensor(), torch::Tensor()};
+  }
+};
+using GatherFromSP = SequenceOp<gathered, reduce_scattered>;
+using ReduceScatterToSP = SequenceOp<reduce_scattered, gathered>;
+using ScatterToSP = SequenceOp<slice_along, gathered>;
+
+// The dtype a product on `x` computes in: autocast's for x's device when it is on, else x's.
+at::ScalarType compute_dtype(const torch::Tensor& x) {
+  if (x.is_cuda() && at::autocast::is_enabled()) return at::autocast::get_autocast_gpu_dtype();
+  if (x.is_cpu() && at::autocast::is_cpu_enabled()) return at::autocast::get_autocast_cpu_dtype();
+  return x.scalar_type();
+}
+
+// x_full · W_iᵀ for each weight, x_full the sequence all-gather of x. Keeps x's chunk, not
+// x_full: backward gathers it again.
+struct SequenceParallelLinears : torch::autograd::Function<SequenceParallelLinears> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, at::TensorList weights,
+                               Communicator* c, int64_t dim) {
+    save_comm(ctx, c);
+    ctx->saved_data["dim"] = dim;
+    const at::ScalarType dt = compute_dtype(x);
+    ctx->saved_data["dtype"] = static_cast<int64_t>(dt);
+    std::vector<torch::Tensor> saved = {x};
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    ctx->save_for_backward(saved);
+    const torch::Tensor full = gathered(x, *c, dim).to(dt);
+    variable_list out;
+    for (const auto& w : weights) out.push_back(torch::nn::functional::linear(full, w.to(dt)));
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const auto dt = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
+    Communicator& c = comm(ctx);
+    const int64_t dim = saved_dim(ctx);
+    const torch::Tensor& x = saved[0];
+    const torch::Tensor full = gathered(x, c, dim).to(dt);
+    const torch::Tensor rows = full.reshape({-1, full.size(-1)});
+    variable_list result(saved.size() + 2);  // x, each weight, none for c and dim
+    torch::Tensor dx = at::zeros(full.sizes(), x.options());
+    for (size_t i = 0; i + 1 < saved.size(); ++i) {
+      if (!grads[i].defined()) continue;
+      const torch::Tensor& w = saved[i + 1];
+      const torch::Tensor g = grads[i].to(dt);
+      result[i + 1] = g.reshape({-1, g.size(-1)}).t().mm(rows).to(w.scalar_type());
+      dx.add_(g.matmul(w.to(dt)).to(x.scalar_type()));
+    }
+    result[0] = reduce_scattered(dx, c, dim);
+    return result;
   }
 };
 
@@ -137,6 +228,30 @@ torch::Tensor gather_from_tensor_parallel(const torch::Tensor& x, Communicator& 
   return tp.size() == 1 ? x : GatherFromTP::apply(x, &tp);
 }
 
+torch::Tensor gather_from_sequence_parallel(const torch::Tensor& x, Communicator& tp, int64_t dim) {
+  return tp.size() == 1 ? x : GatherFromSP::apply(x, &tp, dim);
+}
+torch::Tensor reduce_scatter_to_sequence_parallel(const torch::Tensor& x, Communicator& tp,
+                                                  int64_t dim) {
+  return tp.size() == 1 ? x : ReduceScatterToSP::apply(x, &tp, dim);
+}
+torch::Tensor scatter_to_sequence_parallel(const torch::Tensor& x, Communicator& tp, int64_t dim) {
+  return tp.size() == 1 ? x : ScatterToSP::apply(x, &tp, dim);
+}
+
+std::vector<torch::Tensor> sequence_parallel_linears(const torch::Tensor& x,
+                                                     const std::vector<torch::Tensor>& weights,
+                                                     Communicator& tp, int64_t dim) {
+  if (tp.size() == 1 || !at::GradMode::is_enabled()) {
+    const torch::Tensor full = gather_from_sequence_parallel(x, tp, dim);
+    std::vector<torch::Tensor> out;
+    for (const auto& w : weights) out.push_back(torch::nn::functional::linear(full, w));
+    return out;
+  }
+  check_sequence_divides(x, dim, tp);  // of the gradient, in backward: the same size
+  return SequenceParallelLinears::apply(x, at::TensorList(weights), &tp, dim);
+}
+
 ColumnParallelLinearImpl::ColumnParallelLinearImpl(int64_t in, int64_t out,
                                                    std::shared_ptr<Communicator> tp,
                                                    bool gather_output, bool bias)
@@ -155,8 +270,14 @@ void ColumnParallelLinearImpl::reset() {
 }
 
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& x) {
-  torch::Tensor y = torch::nn::functional::linear(copy_to_tensor_parallel(x, *tp_), weight,
-                                                  has_bias_ ? bias : torch::Tensor());
+  torch::Tensor y;
+  if (sequence_parallel_) {
+    y = sequence_parallel_linears(x, {weight}, *tp_)[0];
+    if (has_bias_) y = y + bias;
+  } else {
+    y = torch::nn::functional::linear(copy_to_tensor_parallel(x, *tp_), weight,
+                                      has_bias_ ? bias : torch::Tensor());
+  }
   return gather_output_ ? gather_from_tensor_parallel(y, *tp_) : y;
 }
 
@@ -178,7 +299,9 @@ void RowParallelLinearImpl::reset() {
 
 torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor in = input_is_parallel_ ? x : scatter_to_tensor_parallel(x, *tp_);
-  torch::Tensor y = reduce_from_tensor_parallel(torch::nn::functional::linear(in, weight), *tp_);
+  torch::Tensor partial = torch::nn::functional::linear(in, weight);
+  torch::Tensor y = sequence_parallel_ ? reduce_scatter_to_sequence_parallel(partial, *tp_)
+                                       : reduce_from_tensor_parallel(partial, *tp_);
   return has_bias_ ? y + bias : y;
 }
 
@@ -202,7 +325,8 @@ torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
   torch::Tensor mine = (local >= 0) & (local < part);
   torch::Tensor rows = torch::nn::functional::embedding(local.clamp(0, part - 1), weight);
   rows = rows * mine.unsqueeze(-1).to(rows.scalar_type());
-  return reduce_from_tensor_parallel(rows, *tp_);
+  return sequence_parallel_ ? reduce_scatter_to_sequence_parallel(rows, *tp_)
+                            : reduce_from_tensor_parallel(rows, *tp_);
 }
 
 ParallelSelfAttentionImpl::ParallelSelfAttentionImpl(int64_t dim, int64_t heads,

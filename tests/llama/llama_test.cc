@@ -88,6 +88,27 @@ TEST(PresetTest, TheMemoryReportNamesAMeshThatFitsEachDeviceSize) {
       << eight.output;
 }
 
+// Sequence parallelism keeps 1/tp of the norm regions: at tp 2 the 8B preset's 32 layers
+// save half of 4 fp32 tensors of 8192 x 4096 each, 8 GiB in all.
+TEST(PresetTest, SequenceParallelismLowersTheActivationEstimateByTheNormRegionsShare) {
+  auto report = [](std::vector<std::string> extra) {
+    std::vector<std::string> argv = {LLAMA_TRAIN, "--preset",       "llama3-8b", "--tp",
+                                     "2",         "--seq-len",      "8192",      "--micro-batch",
+                                     "1",         "--report-memory"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto r = run_command(argv);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    auto gib = activation_estimates_gib(r.output);
+    EXPECT_EQ(gib.size(), 3u) << r.output;
+    return gib.size() == 3 ? gib : std::vector<double>(3, 0.0);
+  };
+  const auto plain = report({}), sp = report({"--sequence-parallel"});
+  EXPECT_NEAR(plain[0] - sp[0], 8.0, 0.011);
+  // With full recomputation only the layer inputs are kept: half of 32 x 8192 x 4096 x 4 bytes,
+  // plus one layer's share of the recomputed set.
+  EXPECT_NEAR(plain[2] - sp[2], 2.0 + 8.0 / 32, 0.011);
+}
+
 TEST(StageLayersTest, LayersSplitEvenlyWithTheFirstStagesTakingTheRemainder) {
   auto c = llama::preset("tiny");  // 4 layers
   c.layers = 5;
@@ -594,6 +615,14 @@ TEST(StepTest, Dp2Tp2WithFullRecomputationStepEqualsTheOneProcessStep) {
 }
 TEST(StepTest, Tp2Pp2WithSelectiveRecomputationStepEqualsTheOneProcessStep) {
   expect_matches_one_process(4, {"1", "2", "2", "1f1b", "selective"});
+}
+// Sequence parallelism: norms on 1/tp of the positions, all-gathers and reduce-scatters
+// in place of the all-reduces; through pipeline stages and full recomputation too.
+TEST(StepTest, Dp2Tp2WithSequenceParallelismStepEqualsTheOneProcessStep) {
+  expect_matches_one_process(4, {"2", "2", "1", "1f1b", "none", "sp"});
+}
+TEST(StepTest, Tp2Pp2WithSequenceParallelismAndFullRecomputationStepEqualsTheOneProcessStep) {
+  expect_matches_one_process(4, {"1", "2", "2", "1f1b", "full", "sp"});
 }
 
 }  // namespace

@@ -1,10 +1,10 @@
 // One rank of a multi-process llama_train test.
-// Usage: llama_worker DATA DP TP PP [SCHEDULE [RECOMPUTE]]
+// Usage: llama_worker DATA DP TP PP [SCHEDULE [RECOMPUTE [sp]]]
 // Runs two optimizer steps of the tiny preset on the dp x tp x pp mesh (recomputing as RECOMPUTE
-// says) and, in the same process, on one rank alone without recomputation (same seed, same
-// global batch); the losses, gradient norms and every weight
-// shard's gradient must agree to 1e-5, and the weights to 1e-5 plus AdamW's rounding
-// amplification (see below). Prints "PASS llama" and exits 0 when every check holds.
+// says, with sequence parallelism given "sp") and, in the same process, on one rank alone without
+// recomputation (same seed, same global batch); the losses, gradient norms and every weight shard's
+// gradient must agree to 1e-5, and the weights to 1e-5 plus AdamW's rounding amplification (see
+// below). Prints "PASS llama" and exits 0 when every check holds.
 
 #include <torch/torch.h>
 
@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
     llama::TrainOptions solo_options = o;
     solo_options.dp = solo_options.tp = solo_options.pp = 1;
     if (argc > 6) o.recompute = tenax::parse_recompute(argv[6], "RECOMPUTE");
+    if (argc > 7) o.sequence_parallel = std::string(argv[7]) == "sp";
 
     Trainer parallel(llama::resolve_options(o, w.size), w.comm);
     tenax::CommOptions solo_comm;

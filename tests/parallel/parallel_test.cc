@@ -58,6 +58,10 @@ TEST_P(TensorParallelTest, AttentionWithHeadsSplitAcrossRanksMatchesTheSinglePro
   expect_all_pass(GetParam(), "attention");
 }
 
+TEST_P(TensorParallelTest, SequenceParallelLayersMatchTheSingleProcessModelInFp32AndBf16) {
+  expect_all_pass(GetParam(), "sequence_parallel");
+}
+
 INSTANTIATE_TEST_SUITE_P(TpSizes, TensorParallelTest, ::testing::Values(2, 4),
                          [](const auto& info) { return "tp" + std::to_string(info.param); });
 

@@ -11,6 +11,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <memory>
+#include <vector>
 
 #include "tenax/comm/communicator.h"
 #include "tenax/core/export.h"
@@ -24,6 +25,31 @@ TENAX_API torch::Tensor reduce_from_tensor_parallel(const torch::Tensor& x, Comm
 TENAX_API torch::Tensor scatter_to_tensor_parallel(const torch::Tensor& x, Communicator& tp);
 TENAX_API torch::Tensor gather_from_tensor_parallel(const torch::Tensor& x, Communicator& tp);
 
+// Sequence parallelism (Megatron-LM's, with tensor parallelism): outside the tensor-parallel
+// blocks (norms, residual adds, dropout) activations are split along the sequence dimension
+// `dim` over the tp group instead of held whole by every rank, so each rank keeps 1/tp of them.
+// Into a block, the chunks are all-gathered (backward: the input gradient reduce-scattered);
+// out of it, the partial sums are reduce-scattered instead of all-reduced (backward:
+// all-gathered). Same bytes on the wire as the all-reduces they replace. ConfigError, naming
+// the rank, when tp does not divide the dimension.
+TENAX_API torch::Tensor gather_from_sequence_parallel(const torch::Tensor& x, Communicator& tp,
+                                                      int64_t dim = 1);
+TENAX_API torch::Tensor reduce_scatter_to_sequence_parallel(const torch::Tensor& x,
+                                                            Communicator& tp, int64_t dim = 1);
+// This rank's chunk of a tensor every rank holds whole (backward: all-gathered).
+TENAX_API torch::Tensor scatter_to_sequence_parallel(const torch::Tensor& x, Communicator& tp,
+                                                     int64_t dim = 1);
+
+// Column-parallel products of one sequence-parallel input: x is this rank's chunk
+// [batch, seq/tp, in]; returns x_full · W_iᵀ for each weight (this rank's rows of each layer),
+// x_full being x all-gathered along `dim` once for all of them. Only the chunk is kept for
+// backward, which gathers it again (so the whole input is never held between the passes) and
+// reduce-scatters the summed input gradient. Under autocast the products compute in its dtype,
+// as a plain linear would; the weights' gradients come back in their own dtype.
+TENAX_API std::vector<torch::Tensor> sequence_parallel_linears(
+    const torch::Tensor& x, const std::vector<torch::Tensor>& weights, Communicator& tp,
+    int64_t dim = 1);
+
 // Y = X Wᵀ + b with W split by output rows: rank k holds rows [k·out/tp, (k+1)·out/tp).
 // Output is this rank's slice of the last dim, or the whole of it with gather_output.
 class TENAX_API ColumnParallelLinearImpl : public torch::nn::Cloneable<ColumnParallelLinearImpl> {
@@ -33,6 +59,9 @@ class TENAX_API ColumnParallelLinearImpl : public torch::nn::Cloneable<ColumnPar
                            bool gather_output = false, bool bias = true);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
+  // On: the input is this rank's sequence chunk [batch, seq/tp, in], all-gathered along dim 1
+  // before the product (gather_from_sequence_parallel).
+  void set_sequence_parallel(bool on) { sequence_parallel_ = on; }
   torch::Tensor weight, bias;
   // The tp group: weight and bias are this rank's rows (dim 0) of the whole layer's.
   const std::shared_ptr<Communicator>& group() const { return tp_; }
@@ -41,6 +70,7 @@ class TENAX_API ColumnParallelLinearImpl : public torch::nn::Cloneable<ColumnPar
   int64_t in_, out_;
   std::shared_ptr<Communicator> tp_;
   bool gather_output_, has_bias_;
+  bool sequence_parallel_ = false;
 };
 TORCH_MODULE(ColumnParallelLinear);
 
@@ -55,6 +85,9 @@ class TENAX_API RowParallelLinearImpl : public torch::nn::Cloneable<RowParallelL
                         bool input_is_parallel = true, bool bias = true);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
+  // On: the partial products are reduce-scattered along dim 1 (the sequence) instead of
+  // all-reduced: the output is this rank's sequence chunk of the sum.
+  void set_sequence_parallel(bool on) { sequence_parallel_ = on; }
   torch::Tensor weight, bias;
   // The tp group: weight is this rank's columns (dim 1) of the whole layer's; bias is whole.
   const std::shared_ptr<Communicator>& group() const { return tp_; }
@@ -63,6 +96,7 @@ class TENAX_API RowParallelLinearImpl : public torch::nn::Cloneable<RowParallelL
   int64_t in_, out_;
   std::shared_ptr<Communicator> tp_;
   bool input_is_parallel_, has_bias_;
+  bool sequence_parallel_ = false;
 };
 TORCH_MODULE(RowParallelLinear);
 
@@ -75,6 +109,9 @@ class TENAX_API VocabParallelEmbeddingImpl
   VocabParallelEmbeddingImpl(int64_t vocab, int64_t dim, std::shared_ptr<Communicator> tp);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& ids);
+  // On: the partial lookups are reduce-scattered along dim 1 (ids [batch, seq]): the output is
+  // this rank's sequence chunk [batch, seq/tp, dim].
+  void set_sequence_parallel(bool on) { sequence_parallel_ = on; }
   torch::Tensor weight;
   // The tp group: weight is this rank's vocabulary rows (dim 0) of the whole table.
   const std::shared_ptr<Communicator>& group() const { return tp_; }
@@ -82,6 +119,7 @@ class TENAX_API VocabParallelEmbeddingImpl
  private:
   int64_t vocab_, dim_;
   std::shared_ptr<Communicator> tp_;
+  bool sequence_parallel_ = false;
 };
 TORCH_MODULE(VocabParallelEmbedding);
 
