@@ -159,25 +159,40 @@ void DecoderLayerImpl::set_recompute(tenax::Recompute mode) {
 }
 
 LlamaImpl::LlamaImpl(const LlamaConfig& c, int64_t max_seq, std::shared_ptr<tenax::Communicator> tp,
-                     int pp_rank, int pp_size)
-    : c_(c), tp_(tp), pp_rank_(pp_rank), pp_size_(pp_size),
+                     int pp_rank, int pp_size, int chunks)
+    : c_(c),
+      tp_(tp),
+      pp_rank_(pp_rank),
+      pp_size_(pp_size),
       rope_(c.head_dim(), max_seq, c.rope_theta) {
   validate(c);
   require_divides("vocab", c.vocab, *tp);
-  if (pp_size > c.layers) {
-    throw tenax::ConfigError("--pp " + std::to_string(pp_size) + " exceeds the " +
-                             std::to_string(c.layers) + " layers of preset " + c.name);
+  if (pp_size * chunks > c.layers) {
+    throw tenax::ConfigError("--pp " + std::to_string(pp_size) +
+                             (chunks > 1 ? " x --virtual-stages " + std::to_string(chunks) : "") +
+                             " exceeds the " + std::to_string(c.layers) + " layers of preset " +
+                             c.name);
   }
   if (c.tie_embeddings && pp_size > 1) {
     throw tenax::ConfigError("preset " + c.name + " ties its embeddings: use --pp 1");
   }
-  // Draw every weight in model order; keep this stage's.
-  const LayerRange mine = stage_layers(c, pp_rank, pp_size);
+  // Draw every weight in model order; keep this rank's chunks' (virtual stages j·pp + rank).
+  std::vector<LayerRange> mine;
+  for (int j = 0; j < chunks; ++j) {
+    mine.push_back(stage_layers(c, j * pp_size + pp_rank, pp_size * chunks));
+  }
   auto embedding = tenax::VocabParallelEmbedding(c.vocab, c.dim, tp);
   if (first_stage()) embedding_ = register_module("embedding", embedding);
+  chunk_layers_.resize(chunks);
   for (int64_t l = 0; l < c.layers; ++l) {
     DecoderLayer layer(c, tp);
-    if (l >= mine.first && l < mine.first + mine.count) layers_->push_back(layer);
+    for (int j = 0; j < chunks; ++j) {
+      if (l < mine[j].first || l >= mine[j].first + mine[j].count) continue;
+      if (chunk_layers_[j].count == 0) chunk_layers_[j].first = layers_->size();
+      ++chunk_layers_[j].count;
+      layer_ids_.push_back(l);
+      layers_->push_back(layer);
+    }
   }
   register_module("layers", layers_);
   if (last_stage()) {
@@ -207,9 +222,27 @@ void LlamaImpl::set_sequence_parallel(bool on) {
 }
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& x) {
-  torch::Tensor h = first_stage() ? embedding_(x) : x;
-  for (const auto& layer : *layers_) h = layer->as<DecoderLayerImpl>()->forward(h, rope_);
-  if (!last_stage()) return h;
+  if (chunks() != 1) {
+    throw tenax::ConfigError("Llama: " + std::to_string(chunks()) +
+                             " chunks on this rank: run each with forward_chunk");
+  }
+  return forward_chunk(0, x);
+}
+
+std::string LlamaImpl::whole_name(const std::string& name) const {
+  if (name.rfind("layers.", 0) != 0) return name;
+  const size_t dot = name.find('.', 7);
+  return "layers." + std::to_string(layer_ids_.at(std::stoull(name.substr(7, dot - 7)))) +
+         name.substr(dot);
+}
+
+torch::Tensor LlamaImpl::forward_chunk(int chunk, const torch::Tensor& x) {
+  const LayerRange& range = chunk_layers_.at(chunk);
+  torch::Tensor h = chunk == 0 && first_stage() ? embedding_(x) : x;
+  for (int64_t k = range.first; k < range.first + range.count; ++k) {
+    h = layers_[k]->as<DecoderLayerImpl>()->forward(h, rope_);
+  }
+  if (chunk != chunks() - 1 || !last_stage()) return h;
   h = norm_(h);
   if (output_) return output_(h);
   // Tied: this rank's vocabulary rows of the embedding table are its slice of the output.

@@ -21,7 +21,9 @@
 #include <torch/nn/pimpl.h>
 
 #include <memory>
+#include <string>
 #include <unordered_set>
+#include <vector>
 
 #include "config.h"
 
@@ -104,13 +106,22 @@ class LlamaImpl : public torch::nn::Module {
   // Stage `pp_rank` of `pp_size` of the model, sharded over `tp`. Throws tenax::ConfigError
   // when tp does not divide heads, kv_heads, ffn or vocab, when there are more stages than
   // layers, or for tied embeddings with pp > 1.
+  // With `chunks` = v > 1 (interleaved pipeline), the rank holds v model chunks: chunk j is
+  // virtual stage j·pp_size + pp_rank of v·pp_size, each an even share of the layers.
   LlamaImpl(const LlamaConfig& c, int64_t max_seq, std::shared_ptr<tenax::Communicator> tp,
-            int pp_rank = 0, int pp_size = 1);
+            int pp_rank = 0, int pp_size = 1, int chunks = 1);
 
   // First stage: token ids [batch, seq] (int64); other stages: hidden states [batch, seq, dim].
   // Last stage: this rank's vocabulary slice of the logits [batch, seq, vocab/tp]; other
-  // stages: hidden states.
+  // stages: hidden states. One chunk only.
   torch::Tensor forward(const torch::Tensor& x);
+  // Chunk `chunk` of this rank: the embedding first on virtual stage 0, the final norm and
+  // output after on the last.
+  torch::Tensor forward_chunk(int chunk, const torch::Tensor& x);
+  int chunks() const { return static_cast<int>(chunk_layers_.size()); }
+  // A parameter's name in the whole model: "layers.k.rest" (k counting this rank's layers)
+  // becomes "layers.<the layer's index in the model>.rest"; other names are the same.
+  std::string whole_name(const std::string& name) const;
   // Mean next-token cross-entropy of the last stage's logits against targets [batch, seq].
   torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets);
 
@@ -141,6 +152,8 @@ class LlamaImpl : public torch::nn::Module {
   RMSNorm norm_{nullptr};
   tenax::ColumnParallelLinear output_{nullptr};
   std::unordered_set<const void*> replicated_;
+  std::vector<LayerRange> chunk_layers_;  // per chunk: its layers' local indices
+  std::vector<int64_t> layer_ids_;        // per local layer: its index in the whole model
 };
 TORCH_MODULE(Llama);
 

@@ -36,6 +36,9 @@ ABSL_FLAG(int, dp, 0, "data-parallel size (0: world / (tp * pp))");
 ABSL_FLAG(int, tp, 1, "tensor-parallel size");
 ABSL_FLAG(int, pp, 1, "pipeline-parallel size");
 ABSL_FLAG(std::string, pp_schedule, "1f1b", "pipeline schedule: 1f1b or gpipe");
+ABSL_FLAG(int, virtual_stages, 1,
+          "model chunks per pipeline rank; above 1 the 1f1b schedule is interleaved (a "
+          "(p-1)/(v*m) bubble)");
 ABSL_FLAG(std::string, dtype, "fp32",
           "compute dtype of forward passes: fp32, bf16 or fp16 (mixed precision: weights, "
           "gradients and AdamW stay fp32; fp16 on CUDA only, with a loss scale)");
@@ -186,6 +189,7 @@ llama::TrainOptions options_from_flags() {
   o.tp = absl::GetFlag(FLAGS_tp);
   o.pp = absl::GetFlag(FLAGS_pp);
   o.pp_schedule = absl::GetFlag(FLAGS_pp_schedule);
+  o.virtual_stages = absl::GetFlag(FLAGS_virtual_stages);
   o.recompute = tenax::parse_recompute(absl::GetFlag(FLAGS_recompute), "--recompute");
   o.sequence_parallel = absl::GetFlag(FLAGS_sequence_parallel);
   o.dtype = tenax::parse_dtype(absl::GetFlag(FLAGS_dtype), "--dtype");
@@ -228,8 +232,13 @@ std::string gib_text(int64_t bytes) {
 // Bytes of a projection's output: 2 when forward passes compute in bf16 or fp16.
 int compute_bytes(const llama::TrainOptions& o) { return o.dtype == c10::kFloat ? 4 : 2; }
 
-int64_t in_flight(int pp, const std::string& schedule, int64_t accumulation) {
+// Micro-batches (of one model chunk, with --virtual-stages) whose activations the first stage
+// holds at once.
+int64_t in_flight(int pp, const std::string& schedule, int64_t accumulation, int chunks) {
   if (pp == 1) return 1;  // each micro-batch's backward follows its forward
+  if (chunks > 1) {       // the interleaved warm-up, plus the forward before the first backward
+    return std::min<int64_t>(accumulation * chunks, 2 * (pp - 1) + (chunks - 1) * pp + 1);
+  }
   return schedule == "gpipe" ? accumulation : std::min<int64_t>(pp, accumulation);
 }
 
@@ -284,12 +293,13 @@ int report_memory(const llama::TrainOptions& o) {
       gib_text(plain.optimizer_bytes).c_str(), gib_text(plain.total_bytes()).c_str(),
       gib_text(sharded.total_bytes()).c_str());
   const int64_t accumulation = std::max<int64_t>(1, o.global_batch / (o.micro_batch * dp));
-  const int64_t flight = in_flight(o.pp, o.pp_schedule, accumulation);
+  const int64_t flight = in_flight(o.pp, o.pp_schedule, accumulation, o.virtual_stages);
   for (auto mode :
        {tenax::Recompute::kNone, tenax::Recompute::kSelective, tenax::Recompute::kFull}) {
-    const auto act =
-        llama::estimate_activations(o.model, o.tp, o.pp, o.micro_batch, o.seq_len, flight, mode,
-                                    o.sequence_parallel && o.tp > 1, compute_bytes(o));
+    // A chunk holds the layers of one of pp·v virtual stages.
+    const auto act = llama::estimate_activations(o.model, o.tp, o.pp * o.virtual_stages,
+                                                 o.micro_batch, o.seq_len, flight, mode,
+                                                 o.sequence_parallel && o.tp > 1, compute_bytes(o));
     std::printf(
         "activations, micro-batch %lld x seq %lld, %lld in flight, %s%s, recompute %-9s %s%s\n",
         (long long)o.micro_batch, (long long)o.seq_len, (long long)flight,

@@ -37,9 +37,11 @@ TrainOptions resolve_options(TrainOptions o, int world_size) {
                         ") of preset " + c.name);
     }
   }
-  if (o.pp > c.layers) {
-    throw ConfigError("--pp " + str(o.pp) + " exceeds the " + str(c.layers) +
-                      " layers of preset " + c.name);
+  if (o.virtual_stages < 1) throw ConfigError("--virtual-stages must be positive");
+  if (o.pp * o.virtual_stages > c.layers) {
+    throw ConfigError("--pp " + str(o.pp) +
+                      (o.virtual_stages > 1 ? " x --virtual-stages " + str(o.virtual_stages) : "") +
+                      " exceeds the " + str(c.layers) + " layers of preset " + c.name);
   }
   if (c.tie_embeddings && o.pp > 1) {
     throw ConfigError("--pp " + str(o.pp) + ": preset " + c.name +
@@ -88,6 +90,20 @@ TrainOptions resolve_options(TrainOptions o, int world_size) {
                       "--micro-batch " + str(o.micro_batch) + " x dp " + str(o.dp) + " = " +
                       str(o.micro_batch * o.dp));
   }
+  if (o.virtual_stages > 1) {
+    const int64_t micro_batches = o.global_batch / (o.micro_batch * o.dp);
+    if (o.pp < 2 || o.pp_schedule != "1f1b") {
+      throw ConfigError("--virtual-stages " + str(o.virtual_stages) +
+                        " interleaves the 1f1b schedule: it needs --pp 2 or more and "
+                        "--pp-schedule 1f1b");
+    }
+    if (micro_batches % o.pp != 0) {
+      throw ConfigError("--virtual-stages needs the micro-batches of a batch (--global-batch " +
+                        str(o.global_batch) + " / (--micro-batch " + str(o.micro_batch) + " x dp " +
+                        str(o.dp) + ") = " + str(micro_batches) + ") divisible by --pp " +
+                        str(o.pp));
+    }
+  }
   if (o.warmup < 0 || o.lr <= 0 || o.min_lr < 0 || o.clip < 0) {
     throw ConfigError("--lr must be positive and --min-lr, --warmup, --clip not negative");
   }
@@ -121,7 +137,7 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
   tenax::observe::set_label("tp", std::to_string(mesh->tp_rank()));
   tenax::observe::set_label("pp", std::to_string(mesh->pp_rank()));
   torch::manual_seed(o.seed);
-  model = Llama(o.model, o.seq_len, mesh->tp(), mesh->pp_rank(), o.pp);
+  model = Llama(o.model, o.seq_len, mesh->tp(), mesh->pp_rank(), o.pp, o.virtual_stages);
   model->set_recompute(o.recompute);
   model->set_sequence_parallel(o.sequence_parallel);
   model->to(device);
@@ -133,9 +149,10 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
   if (o.pp > 1) {
     schedule = std::make_unique<tenax::PipelineSchedule>(
         mesh->pp(),
-        o.pp_schedule == "gpipe" ? tenax::PipelineScheduleKind::kGPipe
-                                 : tenax::PipelineScheduleKind::k1F1B,
-        static_cast<int>(accumulation));
+        o.virtual_stages > 1       ? tenax::PipelineScheduleKind::kInterleaved1F1B
+        : o.pp_schedule == "gpipe" ? tenax::PipelineScheduleKind::kGPipe
+                                   : tenax::PipelineScheduleKind::k1F1B,
+        static_cast<int>(accumulation), o.virtual_stages);
   }
   // Weight decay on matrices only, not on norm gains (as Megatron and nanoGPT do).
   std::vector<torch::Tensor> decay, no_decay;
@@ -177,9 +194,9 @@ double Trainer::Impl::accumulate_gradients(const torch::Tensor& tokens) {
       std::optional<tenax::DataParallel::NoSync> hold;
       if (ddp) hold.emplace(*ddp);
       loss = schedule->run(
-          [&](const torch::Tensor& x) {
+          [&](int chunk, const torch::Tensor& x) {
             tenax::Autocast compute(device.type(), o.dtype);
-            return model->forward(x);
+            return model->forward_chunk(chunk, x);
           },
           inputs, targets,
           [&](const torch::Tensor& y, const torch::Tensor& target) {
@@ -354,19 +371,27 @@ double Trainer::Impl::evaluate(int batches) {
                                                         mesh->dp_rank(), o.dp));
     auto x = tokens.narrow(1, 0, t).to(device), y = tokens.narrow(1, 1, t).to(device);
     auto& pp = *mesh->pp();
-    torch::Tensor h;
-    if (model->first_stage()) {
-      h = model->forward(x);
-    } else {
-      auto in = torch::empty({b, t, o.model.dim}, torch::dtype(torch::kFloat32).device(device));
-      pp.recv(in, pp.rank() - 1, kEvalTag);
-      h = model->forward(in);
-    }
+    const int p = pp.size(), last = o.virtual_stages * p - 1;
+    // Between stages: [b, t, dim] fp32, or this rank's positions under sequence parallelism.
+    const int64_t positions = model->sequence_parallel() ? t / o.tp : t;
     auto loss = torch::zeros({1}, torch::dtype(torch::kFloat64).device(device));
-    if (model->last_stage()) {
-      loss += model->loss(h, y).item<double>();
-    } else {
-      pp.send(h.to(torch::kFloat32).contiguous(), pp.rank() + 1, kEvalTag);
+    // Through the virtual stages in order: chunk c of rank s is stage c·p + s.
+    for (int c = 0; c < o.virtual_stages; ++c) {
+      const int vs = c * p + pp.rank();
+      torch::Tensor h;
+      if (vs == 0) {
+        h = model->forward_chunk(c, x);
+      } else {
+        auto in =
+            torch::empty({b, positions, o.model.dim}, torch::dtype(torch::kFloat32).device(device));
+        pp.recv(in, (vs - 1) % p, kEvalTag);
+        h = model->forward_chunk(c, in);
+      }
+      if (vs == last) {
+        loss += model->loss(h, y).item<double>();
+      } else {
+        pp.send(h.to(torch::kFloat32).contiguous(), (vs + 1) % p, kEvalTag);
+      }
     }
     pp.broadcast(loss, pp.size() - 1);
     total += loss.item<double>();
@@ -395,10 +420,9 @@ tenax::StateDict& Trainer::state() {
   auto& i = *impl_;
   if (!i.checkpoint_state) {
     i.checkpoint_state = std::make_unique<tenax::StateDict>();
-    // A pipeline stage's layer k is layer first + k of the whole model.
-    const int64_t first = stage_layers(i.o.model, i.mesh->pp_rank(), i.o.pp).first;
-    tenax::NameMap rename = [first](const std::string& name) {
-      return whole_model_name(name, first);
+    // A pipeline rank's layer k is some layer of the whole model (its chunks' layers).
+    tenax::NameMap rename = [model = i.model](const std::string& name) {
+      return model->whole_name(name);
     };
     tenax::add_module_state(*i.checkpoint_state, *i.model, "model.", rename);
     tenax::add_adamw_state(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", rename);

@@ -28,6 +28,9 @@ struct TrainOptions {
   int tp = 1;
   int pp = 1;
   std::string pp_schedule = "1f1b";  // or "gpipe"
+  // Model chunks per pipeline rank: above 1, the interleaved 1F1B schedule (Megatron-LM's
+  // virtual pipeline stages).
+  int virtual_stages = 1;
   // What each decoder layer recomputes in backward instead of keeping (tenax/parallel/recompute.h).
   tenax::Recompute recompute = tenax::Recompute::kNone;
   // Sequence parallelism with tp (Llama::set_sequence_parallel); nothing changes at tp = 1.

@@ -4,7 +4,8 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <chrono>
-#include <deque>
+#include <map>
+#include <utility>
 
 #include "tenax/core/error.h"
 
@@ -16,8 +17,12 @@ using Clock = std::chrono::steady_clock;
 // Point-to-point channels between neighbouring stages. A tensor travels as a fixed 9-element
 // header (dtype, ndim, up to 7 sizes) then its data, each with its own tag, so the receiver
 // needs no shape in advance. Sends are posted and waited for at the end of the run, which keeps
-// two stages that both send first from waiting on each other.
-constexpr uint32_t kActivationTag = 1, kGradientTag = 2, kHeaderOffset = 100;
+// two stages that both send first from waiting on each other. Messages into chunk c carry tag
+// 1 + 2c (activations) or 2 + 2c (gradients); between two ranks those of one tag travel in
+// micro-batch order on both sides.
+constexpr uint32_t kHeaderOffset = 1u << 16;
+uint32_t activation_tag(int chunk) { return 1 + 2 * static_cast<uint32_t>(chunk); }
+uint32_t gradient_tag(int chunk) { return 2 + 2 * static_cast<uint32_t>(chunk); }
 constexpr int kMaxDims = 7;
 
 class Channels {
@@ -65,22 +70,80 @@ class Channels {
 }  // namespace
 
 PipelineSchedule::PipelineSchedule(std::shared_ptr<Communicator> pp, PipelineScheduleKind kind,
-                                   int micro_batches)
-    : pp_(std::move(pp)), kind_(kind), micro_batches_(micro_batches) {
+                                   int micro_batches, int chunks)
+    : pp_(std::move(pp)), kind_(kind), micro_batches_(micro_batches), chunks_(chunks) {
+  const std::string where = "pipeline (stage " + std::to_string(pp_->rank()) + " of " +
+                            std::to_string(pp_->size()) + "): ";
   if (micro_batches < 1) {
-    throw ConfigError("pipeline: micro_batches must be >= 1 (got " + std::to_string(micro_batches) +
+    throw ConfigError(where + "micro_batches must be >= 1 (got " + std::to_string(micro_batches) +
                       ")");
+  }
+  if (chunks < 1)
+    throw ConfigError(where + "chunks must be >= 1 (got " + std::to_string(chunks) + ")");
+  if (chunks > 1 && kind != PipelineScheduleKind::kInterleaved1F1B) {
+    throw ConfigError(where + std::to_string(chunks) +
+                      " model chunks per rank need the interleaved 1F1B schedule");
+  }
+  if (kind == PipelineScheduleKind::kInterleaved1F1B && chunks > 1) {
+    if (pp_->size() < 2) throw ConfigError(where + "interleaving needs at least 2 stages");
+    if (micro_batches % pp_->size() != 0) {
+      throw ConfigError(where + "interleaved 1F1B needs the micro-batches (" +
+                        std::to_string(micro_batches) + ") divisible by the pipeline size (" +
+                        std::to_string(pp_->size()) + ")");
+    }
   }
 }
 
 double PipelineSchedule::theoretical_bubble() const {
-  const double p = pp_->size(), m = micro_batches_;
-  return (p - 1) / (m + p - 1);
+  const double p = pp_->size(), m = micro_batches_, v = chunks_;
+  return (p - 1) / (v * m + p - 1);
+}
+
+std::vector<PipelinePass> pipeline_order(PipelineScheduleKind kind, int p, int s, int m, int v) {
+  std::vector<PipelinePass> passes;
+  if (kind == PipelineScheduleKind::kGPipe) {
+    for (int i = 0; i < m; ++i) passes.push_back({true, 0, i});
+    for (int i = 0; i < m; ++i) passes.push_back({false, 0, i});
+    return passes;
+  }
+  // Pass k's chunk and micro-batch: micro-batches go through the chunks in groups of p (for
+  // v = 1: chunk 0, micro-batch k). Backward visits the chunks in reverse.
+  const int group = p * v;
+  auto pass = [&](bool forward, int k) {
+    if (v == 1) return PipelinePass{forward, 0, k};
+    const int c = (k % group) / p;
+    return PipelinePass{forward, forward ? c : v - 1 - c, (k / group) * p + k % p};
+  };
+  const int total = m * v;
+  // Forwards before the first backward: the stages after this one fill (1F1B), and with chunks
+  // each of this rank's later chunks needs a whole group first (Megatron-LM's count).
+  const int warmup = std::min(total, v == 1 ? p - s - 1 : (p - s - 1) * 2 + (v - 1) * p);
+  for (int k = 0; k < warmup; ++k) passes.push_back(pass(true, k));
+  for (int k = warmup; k < total; ++k) {
+    passes.push_back(pass(true, k));
+    passes.push_back(pass(false, k - warmup));
+  }
+  for (int k = total - warmup; k < total; ++k) passes.push_back(pass(false, k));
+  return passes;
+}
+
+std::vector<PipelinePass> PipelineSchedule::order() const {
+  return pipeline_order(kind_, pp_->size(), pp_->rank(), micro_batches_, chunks_);
 }
 
 double PipelineSchedule::run(const StageFn& stage, const at::Tensor& inputs,
                              const at::Tensor& targets, const LossFn& loss_fn) {
-  const int p = pp_->size(), s = pp_->rank(), m = micro_batches_;
+  if (chunks_ != 1) {
+    throw ConfigError("pipeline: " + std::to_string(chunks_) +
+                      " chunks per rank: run() needs the stage function that takes a chunk");
+  }
+  return run([&](int, const at::Tensor& x) { return stage(x); }, inputs, targets, loss_fn);
+}
+
+double PipelineSchedule::run(const ChunkFn& stage, const at::Tensor& inputs,
+                             const at::Tensor& targets, const LossFn& loss_fn) {
+  const int p = pp_->size(), s = pp_->rank(), m = micro_batches_, v = chunks_;
+  const int last_stage = v * p - 1;  // virtual stages: chunk c of rank s is c·p + s
   const bool first = s == 0, last = s == p - 1;
   // Only the ends see the batch: share its row counts so every stage rejects a bad one alike.
   at::Tensor rows = at::zeros({2}, at::kLong);
@@ -102,45 +165,44 @@ double PipelineSchedule::run(const StageFn& stage, const at::Tensor& inputs,
   Channels ch(*pp_);
   double waited = 0, total_loss = 0;
   auto t_start = Clock::now();
-  // Per micro-batch: the stage's input (a leaf that collects its gradient, except on the first
-  // stage) and its output (or, on the last stage, the micro-batch loss).
-  std::deque<std::pair<at::Tensor, at::Tensor>> live;
+  // Per (chunk, micro-batch) between its forward and backward: the chunk's input (a leaf that
+  // collects its gradient, except on virtual stage 0) and its output (or, on the last virtual
+  // stage, the micro-batch loss).
+  std::map<std::pair<int, int>, std::pair<at::Tensor, at::Tensor>> live;
 
-  auto forward = [&](int i) {
-    at::Tensor x = first ? in_chunks[i] : ch.recv(s - 1, kActivationTag, &waited).requires_grad_(true);
-    at::Tensor y = stage(x);
-    if (last) {
+  auto forward = [&](int c, int i) {
+    const int vs = c * p + s;
+    at::Tensor x = vs == 0 ? in_chunks[i]
+                           : ch.recv((vs - 1) % p, activation_tag(c), &waited).requires_grad_(true);
+    at::Tensor y = stage(c, x);
+    if (vs == last_stage) {
       y = loss_fn(y, target_chunks[i]) / m;
       total_loss += y.item<double>();
     } else {
-      ch.send(y, s + 1, kActivationTag);
+      ch.send(y, (vs + 1) % p, activation_tag((vs + 1) / p));
     }
-    live.emplace_back(x, y);
+    live.emplace(std::make_pair(c, i), std::make_pair(x, y));
   };
-  auto backward = [&]() {
-    auto [x, y] = live.front();
-    live.pop_front();
-    if (last) {
+  auto backward = [&](int c, int i) {
+    const int vs = c * p + s;
+    auto it = live.find({c, i});
+    auto [x, y] = it->second;
+    live.erase(it);
+    if (vs == last_stage) {
       y.backward();
     } else {
-      at::Tensor g = ch.recv(s + 1, kGradientTag, &waited);
+      at::Tensor g = ch.recv((vs + 1) % p, gradient_tag(c), &waited);
       torch::autograd::backward({y}, {g});
     }
-    if (!first) ch.send(x.grad(), s - 1, kGradientTag);
+    if (vs > 0) ch.send(x.grad(), (vs - 1) % p, gradient_tag((vs - 1) / p));
   };
 
-  if (kind_ == PipelineScheduleKind::kGPipe) {
-    for (int i = 0; i < m; ++i) forward(i);
-    for (int i = 0; i < m; ++i) backward();
-  } else {
-    const int warmup = std::min(p - s - 1, m);
-    int next = 0;
-    for (; next < warmup; ++next) forward(next);
-    for (; next < m; ++next) {
-      forward(next);
-      backward();
+  for (const PipelinePass& pass : order()) {
+    if (pass.forward) {
+      forward(pass.chunk, pass.micro_batch);
+    } else {
+      backward(pass.chunk, pass.micro_batch);
     }
-    while (!live.empty()) backward();
   }
   ch.finish();
   const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();

@@ -236,6 +236,20 @@ TEST(FlagTest, MissingDataFileIsOneClearMessage) {
                     "--data: token file /nonexistent/tokens.bin does not exist");
 }
 
+TEST(FlagTest, VirtualStagesWithoutAPipelineOrWithMicroBatchesPDoesNotDivideAreClearMessages) {
+  expect_flag_error({"--virtual-stages", "2"},
+                    "--virtual-stages 2 interleaves the 1f1b schedule: it needs --pp 2 or more");
+  expect_flag_error(
+      {"--pp", "2", "--virtual-stages", "2", "--global-batch", "12", "--micro-batch", "4"},
+      "--virtual-stages needs the micro-batches of a batch (--global-batch 12 / "
+      "(--micro-batch 4 x dp 1) = 3) divisible by --pp 2");
+  expect_flag_error({"--pp", "2", "--virtual-stages", "3"},
+                    "--pp 2 x --virtual-stages 3 exceeds the 4 layers of preset tiny");
+  expect_flag_error({"--tp", "2", "--sequence-parallel", "--seq-len", "101"},
+                    "--sequence-parallel splits the sequence over tp: --seq-len 101 is not "
+                    "divisible by --tp 2");
+}
+
 TEST(FlagTest, MeshThatDoesNotFitTheRanksIsOneClearMessage) {
   expect_flag_error({"--dp", "2", "--tp", "2"}, "--dp 2 x --tp 2 x --pp 1 = 4 but there are 2 ranks");
 }
@@ -616,6 +630,15 @@ TEST(StepTest, Dp2Tp2WithFullRecomputationStepEqualsTheOneProcessStep) {
 TEST(StepTest, Tp2Pp2WithSelectiveRecomputationStepEqualsTheOneProcessStep) {
   expect_matches_one_process(4, {"1", "2", "2", "1f1b", "selective"});
 }
+// Interleaved 1F1B: two model chunks a rank (virtual stages 0..3 of the 4 layers), the
+// micro-batches through them in groups of pp.
+TEST(StepTest, Dp2Pp2InterleavedStepEqualsTheOneProcessStep) {
+  expect_matches_one_process(4, {"2", "1", "2", "interleaved2"});
+}
+TEST(StepTest, Tp2Pp2InterleavedWithSequenceParallelismStepEqualsTheOneProcessStep) {
+  expect_matches_one_process(4, {"1", "2", "2", "interleaved2", "none", "sp"});
+}
+
 // Sequence parallelism: norms on 1/tp of the positions, all-gathers and reduce-scatters
 // in place of the all-reduces; through pipeline stages and full recomputation too.
 TEST(StepTest, Dp2Tp2WithSequenceParallelismStepEqualsTheOneProcessStep) {

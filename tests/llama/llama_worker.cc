@@ -1,5 +1,6 @@
 // One rank of a multi-process llama_train test.
-// Usage: llama_worker DATA DP TP PP [SCHEDULE [RECOMPUTE [sp]]]
+// Usage: llama_worker DATA DP TP PP [SCHEDULE [RECOMPUTE [sp]]]; SCHEDULE 1f1b, gpipe or
+// interleavedV (1f1b with V model chunks a rank).
 // Runs two optimizer steps of the tiny preset on the dp x tp x pp mesh (recomputing as RECOMPUTE
 // says, with sequence parallelism given "sp") and, in the same process, on one rank alone without
 // recomputation (same seed, same global batch); the losses, gradient norms and every weight shard's
@@ -39,10 +40,14 @@ int main(int argc, char** argv) {
     o.data = argv[1];
     o.dp = std::stoi(argv[2]), o.tp = std::stoi(argv[3]), o.pp = std::stoi(argv[4]);
     if (argc > 5) o.pp_schedule = argv[5];
+    if (o.pp_schedule.rfind("interleaved", 0) == 0) {  // "interleavedV": V chunks a rank
+      o.virtual_stages = std::stoi(o.pp_schedule.substr(11));
+      o.pp_schedule = "1f1b";
+    }
     o.micro_batch = 2, o.global_batch = 8, o.seq_len = 32, o.steps = 2, o.warmup = 1;
     o.lr = 1e-3;
     llama::TrainOptions solo_options = o;
-    solo_options.dp = solo_options.tp = solo_options.pp = 1;
+    solo_options.dp = solo_options.tp = solo_options.pp = solo_options.virtual_stages = 1;
     if (argc > 6) o.recompute = tenax::parse_recompute(argv[6], "RECOMPUTE");
     if (argc > 7) o.sequence_parallel = std::string(argv[7]) == "sp";
 
@@ -53,7 +58,6 @@ int main(int argc, char** argv) {
                  tenax::create_communicator(tenax::Backend::kGloo, w.store, 0, 1, solo_comm));
 
     auto& p = parallel.impl();
-    const int64_t first = llama::stage_layers(o.model, p.mesh->pp_rank(), o.pp).first;
     int compared = 0;
     for (int step = 0; step < 2; ++step) {
       auto a = parallel.train_step();
@@ -64,7 +68,7 @@ int main(int argc, char** argv) {
             "step " << step << " grad norm " << a.grad_norm << " vs " << b.grad_norm);
       auto whole = solo.impl().model->named_parameters();
       for (const auto& item : p.model->named_parameters()) {
-        const std::string name = llama::whole_model_name(item.key(), first);
+        const std::string name = p.model->whole_name(item.key());
         const torch::Tensor* ref = whole.find(name);
         CHECK(ref != nullptr, "no parameter " << name << " in the one-process model");
         if (!ref) continue;

@@ -79,6 +79,12 @@ TEST(PipelineTest, Pp2OneFOneBMatchesTheSingleProcessRun) { expect_pipeline_pass
 TEST(PipelineTest, Pp4OneFOneBWithEightMicroBatchesMatchesTheSingleProcessRun) {
   expect_pipeline_passes(4, "1f1b", 8);
 }
+TEST(PipelineTest, Pp2InterleavedWithTwoChunksARankMatchesTheSingleProcessRun) {
+  expect_pipeline_passes(2, "interleaved", 4);
+}
+TEST(PipelineTest, Pp4InterleavedWithTwoChunksARankMatchesTheSingleProcessRun) {
+  expect_pipeline_passes(4, "interleaved", 8);
+}
 
 TEST(CompositionTest, DataParallelAroundTensorParallelOnADp2Tp2MeshMatchesOneProcess) {
   expect_all_pass(4, "dp_tp");

@@ -313,56 +313,90 @@ void scenario_pp(World& w) {
   const int p = pp->size(), s = pp->rank();
   const std::string kind = std::getenv("PP_SCHEDULE");
   const int m = std::atoi(std::getenv("PP_MICRO"));
+  constexpr int kLayers = 8;
   auto build = [] {
     torch::manual_seed(42);
-    std::vector<torch::nn::Linear> layers = {torch::nn::Linear(16, 32), torch::nn::Linear(32, 32),
-                                             torch::nn::Linear(32, 32), torch::nn::Linear(32, 4)};
+    std::vector<torch::nn::Linear> layers = {torch::nn::Linear(16, 32)};
+    for (int l = 1; l + 1 < kLayers; ++l) layers.push_back(torch::nn::Linear(32, 32));
+    layers.push_back(torch::nn::Linear(32, 4));
     return layers;
   };
   auto ref = build(), mine = build();
-  const int per = 4 / p, lo = s * per, hi = lo + per;
+  // "interleaved": two chunks a rank, chunk c of rank s being virtual stage c·p + s.
+  const int chunks = kind == "interleaved" ? 2 : 1;
+  const int per = kLayers / (p * chunks);
+  auto first_layer = [&](int chunk) { return (chunk * p + s) * per; };
   auto run_layers = [](std::vector<torch::nn::Linear>& ls, int a, int b, torch::Tensor x) {
     for (int l = a; l < b; ++l) {
       x = ls[l]->forward(x);
-      if (l < 3) x = torch::tanh(x);
+      if (l + 1 < kLayers) x = torch::tanh(x);
     }
     return x;
   };
   std::vector<torch::Tensor> ref_params, stage_params;
   for (auto& l : ref) for (auto& q : l->parameters()) ref_params.push_back(q);
-  for (int l = lo; l < hi; ++l) for (auto& q : mine[l]->parameters()) stage_params.push_back(q);
+  for (int c = 0; c < chunks; ++c) {
+    for (int l = first_layer(c); l < first_layer(c) + per; ++l) {
+      for (auto& q : mine[l]->parameters()) stage_params.push_back(q);
+    }
+  }
   torch::optim::SGD ref_opt(ref_params, torch::optim::SGDOptions(0.1).momentum(0.9));
   torch::optim::SGD opt(stage_params, torch::optim::SGDOptions(0.1).momentum(0.9));
-  PipelineSchedule schedule(pp, kind == "gpipe" ? PipelineScheduleKind::kGPipe
-                                                : PipelineScheduleKind::k1F1B, m);
+  PipelineSchedule schedule(pp,
+                            kind == "gpipe"         ? PipelineScheduleKind::kGPipe
+                            : kind == "interleaved" ? PipelineScheduleKind::kInterleaved1F1B
+                                                    : PipelineScheduleKind::k1F1B,
+                            m, chunks);
   for (int step = 0; step < kSteps; ++step) {
     auto [x, y] = batch(step);
     ref_opt.zero_grad();
-    auto ref_loss = torch::mse_loss(run_layers(ref, 0, 4, x), y);
+    auto ref_loss = torch::mse_loss(run_layers(ref, 0, kLayers, x), y);
     ref_loss.backward();
     ref_opt.step();
     opt.zero_grad();
-    double loss = schedule.run([&](const torch::Tensor& in) { return run_layers(mine, lo, hi, in); },
-                               x, y,
-                               [](const torch::Tensor& out, const torch::Tensor& t) {
-                                 return torch::mse_loss(out, t);
-                               });
+    double loss = schedule.run(
+        [&](int chunk, const torch::Tensor& in) {
+          return run_layers(mine, first_layer(chunk), first_layer(chunk) + per, in);
+        },
+        x, y,
+        [](const torch::Tensor& out, const torch::Tensor& t) { return torch::mse_loss(out, t); });
     opt.step();
     double d = std::abs(loss - ref_loss.item<double>()) / ref_loss.item<double>();
     CHECK(d < 1e-5, "step " << step << " pipeline loss " << loss << " vs " << ref_loss.item<double>());
   }
-  for (int l = lo; l < hi; ++l) {
-    CHECK(rel_diff(mine[l]->weight, ref[l]->weight) < 1e-5, "stage " << s << " layer " << l);
-    CHECK(rel_diff(mine[l]->bias, ref[l]->bias) < 1e-5, "stage " << s << " layer " << l << " bias");
+  for (int c = 0; c < chunks; ++c) {
+    for (int l = first_layer(c); l < first_layer(c) + per; ++l) {
+      CHECK(rel_diff(mine[l]->weight, ref[l]->weight) < 1e-5, "stage " << s << " layer " << l);
+      CHECK(rel_diff(mine[l]->bias, ref[l]->bias) < 1e-5,
+            "stage " << s << " layer " << l << " bias");
+    }
   }
-  CHECK(std::abs(schedule.theoretical_bubble() - double(p - 1) / (m + p - 1)) < 1e-12, "bubble");
+  CHECK(std::abs(schedule.theoretical_bubble() - double(p - 1) / (chunks * m + p - 1)) < 1e-12,
+        "bubble");
+  if (chunks > 1) {
+    // Megatron-LM's warm-up, 2(p - s - 1) + (v - 1)p forwards, and the steady state's first
+    // forward come before the first backward.
+    const auto order = schedule.order();
+    size_t warmup = 0;
+    while (warmup < order.size() && order[warmup].forward) ++warmup;
+    const size_t want = std::min<size_t>(2 * (p - s - 1) + (chunks - 1) * p + 1, chunks * m);
+    CHECK(warmup == want, "stage " << s << ": " << warmup << " forwards before the first backward");
+    try {
+      PipelineSchedule odd(pp, PipelineScheduleKind::kInterleaved1F1B, p + 1, 2);
+      CHECK(false, "interleaving accepted " << p + 1 << " micro-batches on " << p << " stages");
+    } catch (const ConfigError& e) {
+      CHECK(std::string(e.what()).find("divisible by the pipeline size") != std::string::npos,
+            e.what());
+    }
+  }
   CHECK(schedule.measured_bubble() >= 0 && schedule.measured_bubble() < 1, "measured bubble");
   std::cout << kind << " pp=" << p << " m=" << m << " stage " << s << " bubble measured "
             << schedule.measured_bubble() << " theoretical " << schedule.theoretical_bubble()
             << std::endl;
   try {
-    schedule.run([](const torch::Tensor& t) { return t; }, torch::zeros({5, 16}),
-                 torch::zeros({5, 4}), [](const torch::Tensor& a, const torch::Tensor&) { return a.sum(); });
+    schedule.run([](int, const torch::Tensor& t) { return t; }, torch::zeros({5, 16}),
+                 torch::zeros({5, 4}),
+                 [](const torch::Tensor& a, const torch::Tensor&) { return a.sum(); });
     CHECK(false, "a batch that does not divide into micro-batches was accepted");
   } catch (const ConfigError& e) {
     CHECK(std::string(e.what()).find("does not divide") != std::string::npos, e.what());
