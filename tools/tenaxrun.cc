@@ -9,7 +9,9 @@
 // the etcd cluster it names: TENAX_STORE_ADDR=etcd://…, credentials from TENAX_ETCD_*),
 // gives each rank RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
 // TENAX_STORE_ADDR and TENAX_STORE_TOKEN (fresh, unless the environment has one), prefixes each
-// output line with "[rank N] " and forwards SIGINT/SIGTERM/SIGHUP to the ranks.
+// output line with "[rank N] " and forwards SIGINT/SIGTERM/SIGHUP to the ranks. With 2 or more
+// workers and no OMP_NUM_THREADS in its environment, gives them OMP_NUM_THREADS = cores /
+// workers (at least 1), saying so once on stderr.
 //
 // Static (no --nnodes, no --max-restarts): exits with the first non-zero status (128+signal for
 // a rank killed by a signal), stopping the others.
@@ -44,6 +46,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -54,6 +57,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tenax/comm/etcd_store.h"
@@ -170,8 +174,20 @@ struct Plan {
   int workers() const { return nproc + spares; }  // processes this agent runs
   bool elastic = false, host_store = false;
   std::string timeout, endpoint;
+  // OMP_NUM_THREADS for the workers when the environment has none; empty: leave it unset.
+  std::string omp_threads;
   char** program = nullptr;  // null-terminated, as execvp wants it
 };
+
+// Intra-op threads a worker gets: the host's cores shared out among this host's workers, as
+// torchrun does (it sets 1), when the environment does not say. Without it every worker runs
+// as many OpenMP (and OpenBLAS) threads as there are cores, and N workers oversubscribe the
+// host N-fold; their threads then wait on each other.
+std::string omp_threads_for(int workers) {
+  if (workers < 2 || std::getenv("OMP_NUM_THREADS") != nullptr) return "";
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  return std::to_string(std::max(1u, cores / static_cast<unsigned>(workers)));
+}
 
 Plan read_plan(int argc, char** argv) {
   std::set<std::string> given;
@@ -218,6 +234,7 @@ Plan read_plan(int argc, char** argv) {
   if (first >= argc) usage("no program given");
   if (p.host_store && p.endpoint.empty()) usage("--host-store needs --rdzv-endpoint");
   p.program = argv + first;
+  p.omp_threads = omp_threads_for(p.workers());
   return p;
 }
 
@@ -364,6 +381,7 @@ void Agent::exec_rank(int local, int restart_count) {
     setenv("TENAX_RESTART_COUNT", std::to_string(restart_count).c_str(), 1);
   }
   if (!plan_.timeout.empty()) setenv("TENAX_TIMEOUT", plan_.timeout.c_str(), 1);
+  if (!plan_.omp_threads.empty()) setenv("OMP_NUM_THREADS", plan_.omp_threads.c_str(), 0);
   if (plan_.preflight) setenv("TENAX_PREFLIGHT", "1", 1);
   if (metrics_port > 0) setenv("TENAX_METRICS_PORT", std::to_string(metrics_port + 1).c_str(), 1);
   execvp(plan_.program[0], plan_.program);
@@ -588,6 +606,12 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGHUP, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  if (!plan.omp_threads.empty()) {
+    std::fprintf(stderr,
+                 "tenaxrun: OMP_NUM_THREADS=%s for each of the %d workers on %u cores (set "
+                 "OMP_NUM_THREADS to choose)\n",
+                 plan.omp_threads.c_str(), plan.workers(), std::thread::hardware_concurrency());
+  }
   Agent agent(plan, store);
   std::unique_ptr<tenax::observe::MetricsServer> metrics;
   try {

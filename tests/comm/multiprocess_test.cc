@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <regex>
 #include <thread>
@@ -156,6 +157,34 @@ TEST(LauncherTest, TenaxrunStartsRanksAndPrefixesTheirOutput) {
               std::string::npos)
         << r.output;
   }
+}
+
+// As torchrun does, N workers share the host's cores (OpenMP and OpenBLAS threads) instead of
+// each taking them all; an OMP_NUM_THREADS the user set is left alone, as is a lone worker.
+TEST(LauncherTest, TenaxrunSharesTheCoresAmongItsWorkersUnlessOmpNumThreadsIsSet) {
+  const std::vector<std::string> echo = {"sh", "-c", "echo threads=${OMP_NUM_THREADS:-unset}"};
+  auto launch = [&](int workers, const std::map<std::string, std::string>& env) {
+    std::vector<std::string> argv = {TENAXRUN, "--nproc-per-node", std::to_string(workers)};
+    argv.insert(argv.end(), echo.begin(), echo.end());
+    auto r = run_command(argv, env);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return r.output;
+  };
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const std::string shared = std::to_string(std::max(1u, cores / 3));
+  std::string out = launch(3, {});
+  for (int k = 0; k < 3; ++k) {
+    EXPECT_NE(out.find("[rank " + std::to_string(k) + "] threads=" + shared), std::string::npos)
+        << out;
+  }
+  EXPECT_NE(out.find("tenaxrun: OMP_NUM_THREADS=" + shared + " for each of the 3 workers"),
+            std::string::npos)
+      << out;
+  out = launch(3, {{"OMP_NUM_THREADS", "5"}});
+  EXPECT_NE(out.find("[rank 2] threads=5"), std::string::npos) << out;
+  EXPECT_EQ(out.find("tenaxrun: OMP_NUM_THREADS"), std::string::npos) << out;
+  out = launch(1, {});
+  EXPECT_NE(out.find("[rank 0] threads=unset"), std::string::npos) << out;
 }
 
 TEST(LauncherTest, TenaxrunExitsWithTheFirstFailureAndStopsTheOthers) {
