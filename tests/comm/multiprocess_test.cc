@@ -164,9 +164,12 @@ TEST(LauncherTest, TenaxrunStartsRanksAndPrefixesTheirOutput) {
 TEST(LauncherTest, TenaxrunSharesTheCoresAmongItsWorkersUnlessOmpNumThreadsIsSet) {
   const std::vector<std::string> echo = {"sh", "-c", "echo threads=${OMP_NUM_THREADS:-unset}"};
   auto launch = [&](int workers, const std::map<std::string, std::string>& env) {
-    std::vector<std::string> argv = {TENAXRUN, "--nproc-per-node", std::to_string(workers)};
+    // Whatever the test's own environment says (the sanitizer runs set OMP_NUM_THREADS).
+    std::vector<std::string> argv = {"env", "-u", "OMP_NUM_THREADS"};
+    for (const auto& [k, v] : env) argv.push_back(k + "=" + v);
+    argv.insert(argv.end(), {TENAXRUN, "--nproc-per-node", std::to_string(workers)});
     argv.insert(argv.end(), echo.begin(), echo.end());
-    auto r = run_command(argv, env);
+    auto r = run_command(argv);
     EXPECT_EQ(r.exit_code, 0) << r.output;
     return r.output;
   };
