@@ -240,13 +240,24 @@ torch::Tensor LlamaImpl::forward_chunk(int chunk, const torch::Tensor& x) {
   const LayerRange& range = chunk_layers_.at(chunk);
   torch::Tensor h = chunk == 0 && first_stage() ? embedding_(x) : x;
   for (int64_t k = range.first; k < range.first + range.count; ++k) {
-    h = layers_[k]->as<DecoderLayerImpl>()->forward(h, rope_);
+    auto* layer = layers_[k]->as<DecoderLayerImpl>();
+    if (runner_) {
+      h = runner_(static_cast<size_t>(k), [&] { return layer->forward(h, rope_); });
+    } else {
+      h = layer->forward(h, rope_);
+    }
   }
   if (chunk != chunks() - 1 || !last_stage()) return h;
   h = norm_(h);
   if (output_) return output_(h);
   // Tied: this rank's vocabulary rows of the embedding table are its slice of the output.
   return column_products(h, {embedding_->weight}, *tp_, sequence_parallel_)[0];
+}
+
+std::vector<std::shared_ptr<torch::nn::Module>> LlamaImpl::layer_modules() const {
+  std::vector<std::shared_ptr<torch::nn::Module>> out;
+  for (const auto& layer : *layers_) out.push_back(layer);
+  return out;
 }
 
 torch::Tensor LlamaImpl::loss(const torch::Tensor& logits, const torch::Tensor& targets) {

@@ -20,6 +20,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_set>
@@ -140,9 +141,17 @@ class LlamaImpl : public torch::nn::Module {
   // divisible by tp. The gradients are those of the plain model.
   void set_sequence_parallel(bool on);
   bool sequence_parallel() const { return sequence_parallel_; }
+  // Runs each decoder layer's forward as runner(k, forward), k the layer's index on this rank
+  // (tenax::FullyShardedDataParallel::run_unit gathers the layer's weights around it); empty:
+  // forward() directly.
+  using LayerRunner = std::function<torch::Tensor(size_t, const std::function<torch::Tensor()>&)>;
+  void set_layer_runner(LayerRunner runner) { runner_ = std::move(runner); }
+  // This rank's decoder layers, in forward order.
+  std::vector<std::shared_ptr<torch::nn::Module>> layer_modules() const;
 
  private:
   bool sequence_parallel_ = false;
+  LayerRunner runner_;
   LlamaConfig c_;
   std::shared_ptr<tenax::Communicator> tp_;
   int pp_rank_, pp_size_;

@@ -57,6 +57,12 @@ ABSL_FLAG(std::string, recompute, "none",
 ABSL_FLAG(bool, sequence_parallel, false,
           "with --tp: split the activations between the tensor-parallel blocks along the "
           "sequence (all-gather / reduce-scatter instead of all-reduce)");
+ABSL_FLAG(bool, fsdp, false,
+          "fully sharded data parallelism (ZeRO-3): each dp rank keeps 1/dp of the weights, "
+          "gradients and AdamW state; a decoder layer's weights are all-gathered around its "
+          "forward and backward, its gradients reduce-scattered");
+ABSL_FLAG(bool, fsdp_prefetch, true,
+          "with --fsdp: start the next layer's all-gather while the current one computes");
 ABSL_FLAG(int64_t, micro_batch, 4, "samples per forward/backward on one rank");
 ABSL_FLAG(int64_t, global_batch, 16, "samples per optimizer step over all dp ranks");
 ABSL_FLAG(int64_t, seq_len, 128, "tokens per sample");
@@ -192,6 +198,8 @@ llama::TrainOptions options_from_flags() {
   o.virtual_stages = absl::GetFlag(FLAGS_virtual_stages);
   o.recompute = tenax::parse_recompute(absl::GetFlag(FLAGS_recompute), "--recompute");
   o.sequence_parallel = absl::GetFlag(FLAGS_sequence_parallel);
+  o.fsdp = absl::GetFlag(FLAGS_fsdp);
+  o.fsdp_prefetch = absl::GetFlag(FLAGS_fsdp_prefetch);
   o.dtype = tenax::parse_dtype(absl::GetFlag(FLAGS_dtype), "--dtype");
   o.reduce_dtype = tenax::parse_dtype(absl::GetFlag(FLAGS_reduce_dtype), "--reduce-dtype");
   o.loss_scale = loss_scale_options(o.dtype);

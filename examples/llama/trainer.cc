@@ -141,7 +141,14 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
   model->set_recompute(o.recompute);
   model->set_sequence_parallel(o.sequence_parallel);
   model->to(device);
-  if (o.dp > 1) {
+  if (o.fsdp) {
+    fsdp = std::make_unique<tenax::FullyShardedDataParallel>(
+        model.ptr(), model->layer_modules(), mesh->dp(),
+        tenax::FullyShardedOptions().prefetch_next(o.fsdp_prefetch).reduce_in(o.reduce_dtype));
+    auto* f = fsdp.get();
+    model->set_layer_runner(
+        [f](size_t k, const std::function<torch::Tensor()>& fn) { return f->run_unit(k, fn); });
+  } else if (o.dp > 1) {
     ddp = std::make_unique<tenax::DataParallel>(
         model.ptr(), mesh->dp(), tenax::DataParallelOptions().reduce_in(o.reduce_dtype));
   }
@@ -156,7 +163,7 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
   }
   // Weight decay on matrices only, not on norm gains (as Megatron and nanoGPT do).
   std::vector<torch::Tensor> decay, no_decay;
-  for (auto& p : model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  for (auto& p : trained_parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
   auto adamw = [&](double wd) {
     return std::make_unique<torch::optim::AdamWOptions>(
         torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).weight_decay(wd));
@@ -172,6 +179,14 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
     val = std::make_unique<SampleLoader>(std::make_shared<TokenFile>(o.val_data, o.token_bytes),
                                          o.seq_len, o.seed);
   }
+}
+
+std::vector<torch::Tensor> Trainer::Impl::trained_parameters() const {
+  return fsdp ? fsdp->parameters() : model->parameters();
+}
+
+torch::Tensor Trainer::Impl::run_forward(const std::function<torch::Tensor()>& fn) {
+  return fsdp ? fsdp->forward(fn) : fn();
 }
 
 torch::Tensor Trainer::Impl::load(const SampleLoader& loader,
@@ -196,7 +211,7 @@ double Trainer::Impl::accumulate_gradients(const torch::Tensor& tokens) {
       loss = schedule->run(
           [&](int chunk, const torch::Tensor& x) {
             tenax::Autocast compute(device.type(), o.dtype);
-            return model->forward_chunk(chunk, x);
+            return run_forward([&] { return model->forward_chunk(chunk, x); });
           },
           inputs, targets,
           [&](const torch::Tensor& y, const torch::Tensor& target) {
@@ -206,6 +221,7 @@ double Trainer::Impl::accumulate_gradients(const torch::Tensor& tokens) {
           });
     }
     if (ddp) ddp->sync();
+    if (fsdp) fsdp->sync();
     return scaler ? loss / scaler->scale_value() : loss;
   }
   double total = 0;
@@ -217,7 +233,7 @@ double Trainer::Impl::accumulate_gradients(const torch::Tensor& tokens) {
     torch::Tensor loss;
     {
       tenax::Autocast compute(device.type(), o.dtype);  // forward only, as autocast wants
-      loss = model->loss(model->forward(x), y) / double(accumulation);
+      loss = model->loss(run_forward([&] { return model->forward(x); }), y) / double(accumulation);
     }
     // Fault specs count steps from 1; a nan fault belongs to a batch (a skipped one is gone).
     const int64_t fault_step = step + skipped + 1;
@@ -235,6 +251,7 @@ double Trainer::Impl::accumulate_gradients(const torch::Tensor& tokens) {
     (scaler ? scaler->scale(loss) : loss).backward();
     total += loss.item<double>();
   }
+  if (fsdp) fsdp->sync();
   return total;
 }
 
@@ -272,19 +289,24 @@ bool Trainer::Impl::discard(StepStats& s) {
 double Trainer::Impl::clip_gradients() {
   // Squared norm of this rank's gradients; tp-replicated ones are counted on tp rank 0 only,
   // then the sum over tp and pp covers every parameter of the model once.
+  // Under fsdp each dp rank holds a disjoint part of every gradient: sum over dp as well.
   auto sq = torch::zeros({1}, torch::dtype(torch::kFloat64).device(device));
-  for (auto& p : model->parameters()) {
+  const auto params = trained_parameters();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& p = params[i];
     if (!p.grad().defined()) continue;
-    if (mesh->tp_rank() != 0 && model->replicated_across_tp(p)) continue;
+    const auto& whole = fsdp ? fsdp->sharded_parameters()[i].param : p;
+    if (mesh->tp_rank() != 0 && model->replicated_across_tp(whole)) continue;
     sq += p.grad().to(torch::kFloat64).pow(2).sum();
   }
+  if (fsdp) mesh->dp()->all_reduce(sq);
   mesh->tp()->all_reduce(sq);
   mesh->pp()->all_reduce(sq);
   const double norm = std::sqrt(sq.item<double>());
   if (o.clip > 0 && norm > o.clip) {
     const double scale = o.clip / (norm + 1e-6);
     torch::NoGradGuard no_grad;
-    for (auto& p : model->parameters()) {
+    for (auto& p : params) {
       if (p.grad().defined()) p.grad().mul_(scale);
     }
   }
@@ -295,7 +317,7 @@ bool Trainer::Impl::unscale_gradients(StepStats& s) {
   s.loss_scale = scaler->scale_value();
   // dp too: gradients are averaged over it already, but a sharded optimizer's are not.
   const bool finite =
-      scaler->unscale(model->parameters(), {mesh->dp().get(), mesh->tp().get(), mesh->pp().get()});
+      scaler->unscale(trained_parameters(), {mesh->dp().get(), mesh->tp().get(), mesh->pp().get()});
   scaler->update(finite);
   auto& reg = tenax::metrics::registry();
   reg.gauge("tenax_train_loss_scale", "The loss scale of the next step's backward")
@@ -343,7 +365,7 @@ StepStats Trainer::Impl::train_step() {
     if (o.faults && o.faults->corrupt_at(step + 1)) {
       // sdc@S: one parameter of this replica silently changes.
       torch::NoGradGuard no_grad;
-      auto p = model->parameters().front();
+      auto p = trained_parameters().front();
       p.view(-1)[0].add_(1e-3);
       std::fprintf(stderr,
                    "llama_train: fault injection: sdc: a parameter of this replica "
@@ -380,12 +402,12 @@ double Trainer::Impl::evaluate(int batches) {
       const int vs = c * p + pp.rank();
       torch::Tensor h;
       if (vs == 0) {
-        h = model->forward_chunk(c, x);
+        h = run_forward([&] { return model->forward_chunk(c, x); });
       } else {
         auto in =
             torch::empty({b, positions, o.model.dim}, torch::dtype(torch::kFloat32).device(device));
         pp.recv(in, (vs - 1) % p, kEvalTag);
-        h = model->forward_chunk(c, in);
+        h = run_forward([&] { return model->forward_chunk(c, in); });
       }
       if (vs == last) {
         loss += model->loss(h, y).item<double>();
@@ -424,11 +446,20 @@ tenax::StateDict& Trainer::state() {
     tenax::NameMap rename = [model = i.model](const std::string& name) {
       return model->whole_name(name);
     };
-    tenax::add_module_state(*i.checkpoint_state, *i.model, "model.", rename);
-    tenax::add_adamw_state(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", rename);
+    if (i.fsdp) {  // this rank's rows of each parameter and moment
+      tenax::add_module_state(*i.checkpoint_state, *i.fsdp, "model.", rename);
+      tenax::add_adamw_state(*i.checkpoint_state, *i.optimizer, *i.fsdp, "optim.", rename);
+    } else {
+      tenax::add_module_state(*i.checkpoint_state, *i.model, "model.", rename);
+      tenax::add_adamw_state(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", rename);
+    }
     i.rename = rename;
   }
-  tenax::record_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", i.rename);
+  if (i.fsdp) {
+    tenax::record_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.fsdp, "optim.", i.rename);
+  } else {
+    tenax::record_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", i.rename);
+  }
   i.checkpoint_state->set_int("step", i.step);
   i.checkpoint_state->set_int("cursor", (i.step + i.skipped) * i.o.global_batch);
   i.checkpoint_state->set_int("skipped", i.skipped);
@@ -438,7 +469,12 @@ tenax::StateDict& Trainer::state() {
 
 void Trainer::resume_from_state() {
   auto& i = *impl_;
-  tenax::apply_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", i.rename);
+  if (i.fsdp) {
+    i.fsdp->reshard();  // the next forward gathers the restored shards
+    tenax::apply_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.fsdp, "optim.", i.rename);
+  } else {
+    tenax::apply_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", i.rename);
+  }
   i.step = i.checkpoint_state->get_int("step");
   const auto& ints = i.checkpoint_state->ints();
   i.skipped = ints.count("skipped") ? ints.at("skipped") : 0;

@@ -35,6 +35,11 @@ struct TrainOptions {
   tenax::Recompute recompute = tenax::Recompute::kNone;
   // Sequence parallelism with tp (Llama::set_sequence_parallel); nothing changes at tp = 1.
   bool sequence_parallel = false;
+  // Fully sharded data parallelism over dp (tenax/parallel/fully_sharded.h; a unit per decoder
+  // layer) instead of DataParallel: weights, gradients and AdamW state are 1/dp per rank. With
+  // fsdp_prefetch the next layer's all-gather overlaps the current layer's compute.
+  bool fsdp = false;
+  bool fsdp_prefetch = true;
   // The dtype forward passes compute in (weights, gradients and AdamW stay fp32), and the one
   // data-parallel gradient averages travel in.
   c10::ScalarType dtype = c10::kFloat;

@@ -2,15 +2,15 @@
 
 // The trainer's state, for code that needs to look inside (tests comparing weights).
 
+#include <tenax/parallel/data_parallel.h>
+#include <tenax/parallel/fully_sharded.h>
+#include <tenax/parallel/mesh.h>
+#include <tenax/parallel/pipeline.h>
 #include <torch/optim/adamw.h>
 
 #include <functional>
 #include <memory>
 #include <optional>
-
-#include <tenax/parallel/data_parallel.h>
-#include <tenax/parallel/mesh.h>
-#include <tenax/parallel/pipeline.h>
 
 #include "data.h"
 #include "model.h"
@@ -29,6 +29,10 @@ class Trainer::Impl {
   torch::Tensor load(const SampleLoader& loader, const std::vector<int64_t>& samples) const;
   // Runs forward and backward over this rank's share of the global batch; returns its mean loss.
   double accumulate_gradients(const torch::Tensor& tokens);
+  // The tensors the optimizer steps on: the model's parameters, or their shards under fsdp.
+  std::vector<torch::Tensor> trained_parameters() const;
+  // A forward pass of the model (under fsdp: with the root unit's weights gathered).
+  torch::Tensor run_forward(const std::function<torch::Tensor()>& fn);
   double clip_gradients();
   // With a loss scaler: unscales the gradients; false (and the scale backed off) on an overflow.
   bool unscale_gradients(StepStats& s);
@@ -40,6 +44,7 @@ class Trainer::Impl {
   std::unique_ptr<tenax::ProcessMesh> mesh;
   Llama model{nullptr};
   std::unique_ptr<tenax::DataParallel> ddp;
+  std::unique_ptr<tenax::FullyShardedDataParallel> fsdp;  // instead of ddp, with o.fsdp
   std::unique_ptr<tenax::PipelineSchedule> schedule;
   std::unique_ptr<torch::optim::AdamW> optimizer;
   std::unique_ptr<tenax::LossScaler> scaler;  // null: no loss scaling

@@ -33,17 +33,51 @@ std::map<const void*, Split> tensor_parallel_splits(const torch::nn::Module& mod
   return splits;
 }
 
+// A tensor the state refers to: `tensor` (live: saved from, restored into) is rows
+// [row_offset, row_offset + tensor.size(0)) of the module parameter `key`, whose shape is
+// `whole` (the part a fully sharded rank holds; all of it otherwise).
+struct Held {
+  std::string name;
+  torch::Tensor tensor;
+  const void* key;
+  std::vector<int64_t> whole;
+  int64_t row_offset = 0;
+};
+
+std::vector<Held> held_parameters(const torch::nn::Module& module) {
+  std::vector<Held> out;
+  for (const auto& p : module.named_parameters()) {
+    out.push_back({p.key(), p.value(), p.value().unsafeGetTensorImpl(), p.value().sizes().vec()});
+  }
+  return out;
+}
+
+std::vector<Held> held_parameters(const FullyShardedDataParallel& fsdp) {
+  std::vector<Held> out;
+  for (const auto& s : fsdp.sharded_parameters()) {
+    out.push_back(
+        {s.name, s.shard, s.param.unsafeGetTensorImpl(), s.param.sizes().vec(), s.row_offset});
+  }
+  return out;
+}
+
+// Adds `t` (h's tensor or a tensor shaped like it) as its part of the global tensor: split over
+// tp as the parameter is, and by rows over dp when fully sharded.
 void add_part(StateDict& state, const std::string& name, const torch::Tensor& t,
-              const std::map<const void*, Split>& splits, const void* key) {
-  auto it = splits.find(key);
-  if (it == splits.end()) {
+              const std::map<const void*, Split>& splits, const Held& h) {
+  auto it = splits.find(h.key);
+  const bool rows = h.row_offset != 0 || h.whole != t.sizes().vec();
+  if (it == splits.end() && !rows) {
     state.add(name, t);
     return;
   }
-  const Split& s = it->second;
-  std::vector<int64_t> global = t.sizes().vec(), offsets(t.dim(), 0);
-  global[s.dim] = t.size(s.dim) * s.size;
-  offsets[s.dim] = t.size(s.dim) * s.rank;
+  std::vector<int64_t> global = h.whole, offsets(h.whole.size(), 0);
+  if (it != splits.end()) {
+    const Split& s = it->second;
+    global[s.dim] = h.whole[s.dim] * s.size;
+    offsets[s.dim] = h.whole[s.dim] * s.rank;
+  }
+  if (!offsets.empty()) offsets[0] += h.row_offset;
   state.add_shard(name, t, global, offsets);
 }
 
@@ -68,53 +102,89 @@ torch::optim::AdamWParamState& adamw_state(torch::optim::AdamW& optimizer,
   return static_cast<torch::optim::AdamWParamState&>(*it->second);
 }
 
-}  // namespace
-
-void add_module_state(StateDict& state, const torch::nn::Module& module, const std::string& prefix,
-                      const NameMap& rename) {
+void add_parameters(StateDict& state, const torch::nn::Module& module,
+                    const std::vector<Held>& held, const std::string& prefix,
+                    const NameMap& rename) {
   auto splits = tensor_parallel_splits(module);
-  for (const auto& p : module.named_parameters()) {
-    add_part(state, prefix + named(rename, p.key()), p.value().detach(), splits,
-             p.value().unsafeGetTensorImpl());
+  for (const auto& h : held) {
+    add_part(state, prefix + named(rename, h.name), h.tensor.detach(), splits, h);
   }
   for (const auto& b : module.named_buffers()) {
     state.add(prefix + named(rename, b.key()), b.value());
   }
 }
 
-void add_adamw_state(StateDict& state, torch::optim::AdamW& optimizer,
-                     const torch::nn::Module& module, const std::string& prefix,
-                     const NameMap& rename) {
+void add_adamw(StateDict& state, torch::optim::AdamW& optimizer, const torch::nn::Module& module,
+               const std::vector<Held>& held, const std::string& prefix, const NameMap& rename) {
   auto splits = tensor_parallel_splits(module);
-  for (const auto& p : module.named_parameters()) {
-    bool held = false;
+  for (const auto& h : held) {
+    bool holds = false;
     for (const auto& g : optimizer.param_groups()) {
-      for (const auto& q : g.params()) held |= q.is_same(p.value());
+      for (const auto& q : g.params()) holds |= q.is_same(h.tensor);
     }
-    if (!held) continue;
-    auto& st = adamw_state(optimizer, p.value());
-    const std::string name = prefix + named(rename, p.key());
-    const void* id = p.value().unsafeGetTensorImpl();
-    add_part(state, name + ".exp_avg", st.exp_avg(), splits, id);
-    add_part(state, name + ".exp_avg_sq", st.exp_avg_sq(), splits, id);
+    if (!holds) continue;
+    auto& st = adamw_state(optimizer, h.tensor);
+    const std::string name = prefix + named(rename, h.name);
+    add_part(state, name + ".exp_avg", st.exp_avg(), splits, h);
+    add_part(state, name + ".exp_avg_sq", st.exp_avg_sq(), splits, h);
     state.set_int(name + ".step", st.step());
   }
 }
 
+}  // namespace
+
+void add_module_state(StateDict& state, const torch::nn::Module& module, const std::string& prefix,
+                      const NameMap& rename) {
+  add_parameters(state, module, held_parameters(module), prefix, rename);
+}
+
+void add_module_state(StateDict& state, const FullyShardedDataParallel& fsdp,
+                      const std::string& prefix, const NameMap& rename) {
+  add_parameters(state, *fsdp.module(), held_parameters(fsdp), prefix, rename);
+}
+
+void add_adamw_state(StateDict& state, torch::optim::AdamW& optimizer,
+                     const torch::nn::Module& module, const std::string& prefix,
+                     const NameMap& rename) {
+  add_adamw(state, optimizer, module, held_parameters(module), prefix, rename);
+}
+
+void add_adamw_state(StateDict& state, torch::optim::AdamW& optimizer,
+                     const FullyShardedDataParallel& fsdp, const std::string& prefix,
+                     const NameMap& rename) {
+  add_adamw(state, optimizer, *fsdp.module(), held_parameters(fsdp), prefix, rename);
+}
+
 namespace {
 
-// Calls fn(step-count name, state) for every parameter of `module` that has AdamW state.
-void for_each_adamw_step(torch::optim::AdamW& optimizer, const torch::nn::Module& module,
-                         const std::string& prefix, const NameMap& rename,
-                         const std::function<void(const std::string&,
-                                                  torch::optim::AdamWParamState&)>& fn) {
+// Calls fn(step-count name, state) for every held tensor that has AdamW state.
+void for_each_adamw_step(
+    torch::optim::AdamW& optimizer, const std::vector<Held>& held, const std::string& prefix,
+    const NameMap& rename,
+    const std::function<void(const std::string&, torch::optim::AdamWParamState&)>& fn) {
   auto& all = optimizer.state();
-  for (const auto& p : module.named_parameters()) {
-    auto it = all.find(c10::guts::to_string(p.value().unsafeGetTensorImpl()));
+  for (const auto& h : held) {
+    auto it = all.find(c10::guts::to_string(h.tensor.unsafeGetTensorImpl()));
     if (it == all.end()) continue;
-    fn(prefix + named(rename, p.key()) + ".step",
+    fn(prefix + named(rename, h.name) + ".step",
        static_cast<torch::optim::AdamWParamState&>(*it->second));
   }
+}
+
+void record_steps(StateDict& state, torch::optim::AdamW& optimizer, const std::vector<Held>& held,
+                  const std::string& prefix, const NameMap& rename) {
+  for_each_adamw_step(optimizer, held, prefix, rename,
+                      [&](const std::string& name, torch::optim::AdamWParamState& st) {
+                        state.set_int(name, st.step());
+                      });
+}
+
+void apply_steps(const StateDict& state, torch::optim::AdamW& optimizer,
+                 const std::vector<Held>& held, const std::string& prefix, const NameMap& rename) {
+  for_each_adamw_step(optimizer, held, prefix, rename,
+                      [&](const std::string& name, torch::optim::AdamWParamState& st) {
+                        if (state.ints().count(name)) st.step(state.get_int(name));
+                      });
 }
 
 }  // namespace
@@ -122,19 +192,25 @@ void for_each_adamw_step(torch::optim::AdamW& optimizer, const torch::nn::Module
 void record_adamw_steps(StateDict& state, torch::optim::AdamW& optimizer,
                         const torch::nn::Module& module, const std::string& prefix,
                         const NameMap& rename) {
-  for_each_adamw_step(optimizer, module, prefix, rename,
-                      [&](const std::string& name, torch::optim::AdamWParamState& st) {
-                        state.set_int(name, st.step());
-                      });
+  record_steps(state, optimizer, held_parameters(module), prefix, rename);
+}
+
+void record_adamw_steps(StateDict& state, torch::optim::AdamW& optimizer,
+                        const FullyShardedDataParallel& fsdp, const std::string& prefix,
+                        const NameMap& rename) {
+  record_steps(state, optimizer, held_parameters(fsdp), prefix, rename);
 }
 
 void apply_adamw_steps(const StateDict& state, torch::optim::AdamW& optimizer,
                        const torch::nn::Module& module, const std::string& prefix,
                        const NameMap& rename) {
-  for_each_adamw_step(optimizer, module, prefix, rename,
-                      [&](const std::string& name, torch::optim::AdamWParamState& st) {
-                        if (state.ints().count(name)) st.step(state.get_int(name));
-                      });
+  apply_steps(state, optimizer, held_parameters(module), prefix, rename);
+}
+
+void apply_adamw_steps(const StateDict& state, torch::optim::AdamW& optimizer,
+                       const FullyShardedDataParallel& fsdp, const std::string& prefix,
+                       const NameMap& rename) {
+  apply_steps(state, optimizer, held_parameters(fsdp), prefix, rename);
 }
 
 namespace {

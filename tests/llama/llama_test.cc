@@ -604,6 +604,42 @@ TEST(CheckpointResumeTest, APreemptedRunResumedFromMemoryOrReshardedFromDiskEnds
   std::filesystem::remove_all(durable);
 }
 
+// A fully sharded run saves each rank's rows of every weight and moment; the checkpoint restores
+// on another mesh, sharded (dp 2 x tp 2) or not (one process), and the run ends where the
+// uninterrupted unsharded run does.
+TEST(CheckpointResumeTest, AFullyShardedCheckpointReshardsOntoOtherMeshesWithAndWithoutFsdp) {
+  const std::string run = "fsdpresume" + std::to_string(getpid());
+  const std::string durable = std::filesystem::temp_directory_path() / ("tenax-llama-" + run);
+  auto train = [&](int n, std::vector<std::string> extra) {
+    std::vector<std::string> argv = {"mpirun",    "--oversubscribe", "-np",  std::to_string(n),
+                                     LLAMA_TRAIN, "--data",          kTrain, "--steps",
+                                     "20",        "--log-interval",  "10",   "--eval-interval",
+                                     "0"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return run_command(argv, kMpiEnv, std::chrono::seconds(300));
+  };
+  auto plain = train(2, {});
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  const std::string expected = final_loss(plain.output);
+  auto first = train(2, {"--fsdp", "--ckpt-every", "5", "--ckpt-run", run, "--ckpt-durable",
+                         durable, "--ckpt-persist-every", "2", "--exit-after", "10"});
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  remove_regions(run);
+  for (auto [n, mesh] :
+       {std::pair<int, std::vector<std::string>>{4, {"--tp", "2", "--fsdp"}}, {1, {}}}) {
+    std::vector<std::string> extra = {"--ckpt-every",   "5",     "--ckpt-run",           run,
+                                      "--ckpt-durable", durable, "--ckpt-persist-every", "100"};
+    extra.insert(extra.end(), mesh.begin(), mesh.end());
+    auto moved = train(n, extra);
+    remove_regions(run);
+    ASSERT_EQ(moved.exit_code, 0) << moved.output;
+    EXPECT_NE(moved.output.find("resumed at step 10 from the durable tier"), std::string::npos)
+        << moved.output;
+    EXPECT_EQ(final_loss(moved.output), expected) << moved.output;
+  }
+  std::filesystem::remove_all(durable);
+}
+
 // One optimizer step (two, in fact) on a mesh equals the one-process step, weights and loss.
 void expect_matches_one_process(int n, const std::vector<std::string>& mesh) {
   std::vector<std::string> argv = {LLAMA_WORKER, kTrain};
@@ -646,6 +682,26 @@ TEST(StepTest, Dp2Tp2WithSequenceParallelismStepEqualsTheOneProcessStep) {
 }
 TEST(StepTest, Tp2Pp2WithSequenceParallelismAndFullRecomputationStepEqualsTheOneProcessStep) {
   expect_matches_one_process(4, {"1", "2", "2", "1f1b", "full", "sp"});
+}
+
+// Fully sharded data parallelism: each rank holds 1/dp of every weight, gradient and moment,
+// gathers a layer around its forward and backward and reduce-scatters its gradients; twenty
+// steps equal the one-process run's, shard by shard, and the state held is 1/dp of the
+// unsharded share (uneven rows at dp 3).
+TEST(StepTest, FullyShardedDp2TwentyStepsEqualTheOneProcessRunAtAHalfOfTheState) {
+  expect_matches_one_process(2, {"2", "1", "1", "1f1b", "none", "nosp", "fsdp"});
+}
+TEST(StepTest, FullyShardedDp3TwentyStepsEqualTheOneProcessRunAtAThirdOfTheState) {
+  expect_matches_one_process(3, {"3", "1", "1", "1f1b", "none", "nosp", "fsdp"});
+}
+TEST(StepTest, FullyShardedDp4TwentyStepsEqualTheOneProcessRunAtAQuarterOfTheState) {
+  expect_matches_one_process(4, {"4", "1", "1", "1f1b", "none", "nosp", "fsdp"});
+}
+TEST(StepTest, FullyShardedDp2Tp2TwentyStepsEqualTheOneProcessRun) {
+  expect_matches_one_process(4, {"2", "2", "1", "1f1b", "none", "nosp", "fsdp"});
+}
+TEST(StepTest, FullyShardedDp2Pp2WithFullRecomputationTwentyStepsEqualTheOneProcessRun) {
+  expect_matches_one_process(4, {"2", "1", "2", "1f1b", "full", "nosp", "fsdp"});
 }
 
 }  // namespace

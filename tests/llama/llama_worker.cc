@@ -1,17 +1,21 @@
 // One rank of a multi-process llama_train test.
-// Usage: llama_worker DATA DP TP PP [SCHEDULE [RECOMPUTE [sp]]]; SCHEDULE 1f1b, gpipe or
-// interleavedV (1f1b with V model chunks a rank).
+// Usage: llama_worker DATA DP TP PP [SCHEDULE [RECOMPUTE [sp|nosp [fsdp]]]]; SCHEDULE 1f1b, gpipe
+// or interleavedV (1f1b with V model chunks a rank).
 // Runs two optimizer steps of the tiny preset on the dp x tp x pp mesh (recomputing as RECOMPUTE
 // says, with sequence parallelism given "sp") and, in the same process, on one rank alone without
 // recomputation (same seed, same global batch); the losses, gradient norms and every weight shard's
 // gradient must agree to 1e-5, and the weights to 1e-5 plus AdamW's rounding amplification (see
-// below). Prints "PASS llama" and exits 0 when every check holds.
+// below). With "fsdp" the mesh's dp is fully sharded: 20 steps, each rank's shards against the
+// matching rows of the one-process weights, and the bytes of weights, gradients and AdamW state
+// this rank holds against 1/dp of its unsharded share. Prints "PASS llama" and exits 0 when every
+// check holds.
 
 #include <torch/torch.h>
 
 #include <iostream>
 
 #include "support/worker_check.h"
+#include "tenax/parallel/zero.h"
 #include "tenax/tenax.h"
 #include "trainer_impl.h"
 
@@ -29,6 +33,56 @@ torch::Tensor shard_of(const torch::Tensor& whole, const torch::Tensor& shard, i
   return whole;
 }
 
+// Each fully sharded rank's shards against the same rows of the one-process tensors (gradients
+// after the first step; weights after every step, with AdamW's rounding amplification allowed
+// for each step taken). Returns the number of tensors compared.
+int compare_shards(llama::Trainer::Impl& p,
+                   const torch::OrderedDict<std::string, torch::Tensor>& whole, int step, int steps,
+                   double lr, int rank) {
+  int compared = 0;
+  for (const auto& sp : p.fsdp->sharded_parameters()) {
+    const std::string name = p.model->whole_name(sp.name);
+    const torch::Tensor* ref = whole.find(name);
+    CHECK(ref != nullptr, "no parameter " << name << " in the one-process model");
+    if (!ref) continue;
+    const int64_t rows = sp.shard.size(0);
+    auto expected = shard_of(*ref, sp.param, p.mesh->tp_rank()).narrow(0, sp.row_offset, rows);
+    CHECK(expected.sizes() == sp.shard.sizes(), name << " shard shape " << sp.shard.sizes());
+    if (expected.sizes() != sp.shard.sizes() || rows == 0) continue;
+    if (step == 0) {
+      auto expected_grad =
+          shard_of(ref->grad(), sp.param, p.mesh->tp_rank()).narrow(0, sp.row_offset, rows);
+      const double gdiff = (expected_grad - sp.shard.grad()).abs().max().item<double>();
+      const double gscale = std::max(1e-12, expected_grad.abs().max().item<double>());
+      CHECK(gdiff <= 1e-5 * gscale, name << " gradient shard differs by " << gdiff << " of "
+                                         << gscale << " (rank " << rank << ")");
+    }
+    const double diff = (expected - sp.shard).abs().max().item<double>();
+    const double scale = std::max(1.0, expected.abs().max().item<double>());
+    CHECK(diff <= 1e-5 * scale + 0.02 * lr * (step + 1),
+          "step " << step << " of " << steps << ": " << name << " shard differs by " << diff
+                  << " (rank " << rank << ")");
+    ++compared;
+  }
+  return compared;
+}
+
+// Weights + gradients + AdamW moments this rank holds, measured on the tensors, against 1/dp of
+// the same for its unsharded parameters (4 fp32 copies of each).
+void check_state_bytes(llama::Trainer::Impl& p, int rank) {
+  int64_t unsharded = 0, grads = 0;
+  for (const auto& sp : p.fsdp->sharded_parameters()) {
+    unsharded += 4 * sp.param.numel() * static_cast<int64_t>(sp.param.element_size());
+    if (sp.shard.grad().defined()) grads += static_cast<int64_t>(sp.shard.grad().nbytes());
+  }
+  const int64_t held = p.fsdp->parameter_bytes() + grads + tenax::adamw_state_bytes(*p.optimizer);
+  const double ratio = double(held) / (double(unsharded) / p.o.dp);
+  std::cout << "rank " << rank << " holds " << held << " bytes of state, unsharded " << unsharded
+            << ": " << ratio << " x 1/dp" << std::endl;
+  CHECK(ratio > 0.85 && ratio < 1.15, "rank " << rank << " holds " << held << " bytes, not about 1/"
+                                              << p.o.dp << " of " << unsharded);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -44,10 +98,15 @@ int main(int argc, char** argv) {
       o.virtual_stages = std::stoi(o.pp_schedule.substr(11));
       o.pp_schedule = "1f1b";
     }
-    o.micro_batch = 2, o.global_batch = 8, o.seq_len = 32, o.steps = 2, o.warmup = 1;
+    const bool fsdp = argc > 8 && std::string(argv[8]) == "fsdp";
+    const int steps = fsdp ? 20 : 2;
+    o.micro_batch = 2, o.global_batch = o.dp == 3 ? 12 : 8, o.seq_len = 32, o.steps = steps;
+    o.warmup = 1;
+    o.fsdp = fsdp;
     o.lr = 1e-3;
     llama::TrainOptions solo_options = o;
     solo_options.dp = solo_options.tp = solo_options.pp = solo_options.virtual_stages = 1;
+    solo_options.fsdp = false;
     if (argc > 6) o.recompute = tenax::parse_recompute(argv[6], "RECOMPUTE");
     if (argc > 7) o.sequence_parallel = std::string(argv[7]) == "sp";
 
@@ -59,7 +118,7 @@ int main(int argc, char** argv) {
 
     auto& p = parallel.impl();
     int compared = 0;
-    for (int step = 0; step < 2; ++step) {
+    for (int step = 0; step < steps; ++step) {
       auto a = parallel.train_step();
       auto b = solo.train_step();
       CHECK(std::abs(a.loss - b.loss) <= 1e-5 * std::abs(b.loss),
@@ -67,6 +126,10 @@ int main(int argc, char** argv) {
       CHECK(std::abs(a.grad_norm - b.grad_norm) <= 1e-5 * b.grad_norm,
             "step " << step << " grad norm " << a.grad_norm << " vs " << b.grad_norm);
       auto whole = solo.impl().model->named_parameters();
+      if (fsdp) {
+        compared += compare_shards(p, whole, step, steps, o.lr, w.rank);
+        continue;
+      }
       for (const auto& item : p.model->named_parameters()) {
         const std::string name = p.model->whole_name(item.key());
         const torch::Tensor* ref = whole.find(name);
@@ -95,6 +158,7 @@ int main(int argc, char** argv) {
       }
     }
     CHECK(compared > 0, "no parameters compared");
+    if (fsdp) check_state_bytes(p, w.rank);
     std::cout << "rank " << w.rank << " compared " << compared << " tensors" << std::endl;
     w.comm->barrier();
   } catch (const std::exception& e) {

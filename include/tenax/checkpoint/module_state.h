@@ -14,6 +14,7 @@
 
 #include "tenax/checkpoint/state.h"
 #include "tenax/core/export.h"
+#include "tenax/parallel/fully_sharded.h"
 #include "tenax/parallel/zero.h"
 
 namespace tenax {
@@ -40,6 +41,22 @@ TENAX_API void record_adamw_steps(StateDict& state, torch::optim::AdamW& optimiz
                                   const std::string& prefix = "optim.", const NameMap& rename = {});
 TENAX_API void apply_adamw_steps(const StateDict& state, torch::optim::AdamW& optimizer,
                                  const torch::nn::Module& module,
+                                 const std::string& prefix = "optim.", const NameMap& rename = {});
+
+// Fully sharded data parallelism: the same entries from the shards this rank holds, each the
+// part of the whole parameter's (or moment's) tensor at its rows, within the tp part when the
+// module is tensor-parallel too. A checkpoint saved on one dp or tp size restores on another,
+// or without FullyShardedDataParallel. The optimizer is the one over fsdp.parameters().
+TENAX_API void add_module_state(StateDict& state, const FullyShardedDataParallel& fsdp,
+                                const std::string& prefix = "", const NameMap& rename = {});
+TENAX_API void add_adamw_state(StateDict& state, torch::optim::AdamW& optimizer,
+                               const FullyShardedDataParallel& fsdp,
+                               const std::string& prefix = "optim.", const NameMap& rename = {});
+TENAX_API void record_adamw_steps(StateDict& state, torch::optim::AdamW& optimizer,
+                                  const FullyShardedDataParallel& fsdp,
+                                  const std::string& prefix = "optim.", const NameMap& rename = {});
+TENAX_API void apply_adamw_steps(const StateDict& state, torch::optim::AdamW& optimizer,
+                                 const FullyShardedDataParallel& fsdp,
                                  const std::string& prefix = "optim.", const NameMap& rename = {});
 
 // Adds ZeroAdamW's sharded state: "<prefix>exp_avg" and "<prefix>exp_avg_sq" as this rank's
