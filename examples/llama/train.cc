@@ -63,6 +63,9 @@ ABSL_FLAG(bool, fsdp, false,
           "forward and backward, its gradients reduce-scattered");
 ABSL_FLAG(bool, fsdp_prefetch, true,
           "with --fsdp: start the next layer's all-gather while the current one computes");
+ABSL_FLAG(bool, distributed_optimizer, false,
+          "ZeRO-2: gradients reduce-scattered once per step, AdamW state sharded over dp, the "
+          "updated weights all-gathered (whole weights on every rank)");
 ABSL_FLAG(int64_t, micro_batch, 4, "samples per forward/backward on one rank");
 ABSL_FLAG(int64_t, global_batch, 16, "samples per optimizer step over all dp ranks");
 ABSL_FLAG(int64_t, seq_len, 128, "tokens per sample");
@@ -200,6 +203,7 @@ llama::TrainOptions options_from_flags() {
   o.sequence_parallel = absl::GetFlag(FLAGS_sequence_parallel);
   o.fsdp = absl::GetFlag(FLAGS_fsdp);
   o.fsdp_prefetch = absl::GetFlag(FLAGS_fsdp_prefetch);
+  o.distributed_optimizer = absl::GetFlag(FLAGS_distributed_optimizer);
   o.dtype = tenax::parse_dtype(absl::GetFlag(FLAGS_dtype), "--dtype");
   o.reduce_dtype = tenax::parse_dtype(absl::GetFlag(FLAGS_reduce_dtype), "--reduce-dtype");
   o.loss_scale = loss_scale_options(o.dtype);

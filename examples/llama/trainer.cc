@@ -82,6 +82,9 @@ TrainOptions resolve_options(TrainOptions o, int world_size) {
     throw ConfigError("--reduce-dtype " + tenax::dtype_name(o.reduce_dtype) +
                       ": expected fp32 or bf16");
   }
+  if (o.fsdp && o.distributed_optimizer) {
+    throw ConfigError("--fsdp shards the optimizer state already: drop --distributed-optimizer");
+  }
   if (o.micro_batch < 1 || o.global_batch < 1 || o.seq_len < 1 || o.steps < 1) {
     throw ConfigError("--micro-batch, --global-batch, --seq-len and --steps must be positive");
   }
@@ -148,7 +151,7 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
     auto* f = fsdp.get();
     model->set_layer_runner(
         [f](size_t k, const std::function<torch::Tensor()>& fn) { return f->run_unit(k, fn); });
-  } else if (o.dp > 1) {
+  } else if (o.dp > 1 && !o.distributed_optimizer) {
     ddp = std::make_unique<tenax::DataParallel>(
         model.ptr(), mesh->dp(), tenax::DataParallelOptions().reduce_in(o.reduce_dtype));
   }
@@ -168,10 +171,15 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
     return std::make_unique<torch::optim::AdamWOptions>(
         torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).weight_decay(wd));
   };
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, adamw(o.weight_decay));
-  groups.emplace_back(no_decay, adamw(0.0));
-  optimizer = std::make_unique<torch::optim::AdamW>(groups, *adamw(o.weight_decay));
+  if (o.distributed_optimizer) {  // a flat shard per group: [0] decayed, [1] the norm gains
+    zero.push_back(std::make_unique<tenax::ZeroAdamW>(decay, mesh->dp(), *adamw(o.weight_decay)));
+    zero.push_back(std::make_unique<tenax::ZeroAdamW>(no_decay, mesh->dp(), *adamw(0.0)));
+  } else {
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(decay, adamw(o.weight_decay));
+    groups.emplace_back(no_decay, adamw(0.0));
+    optimizer = std::make_unique<torch::optim::AdamW>(groups, *adamw(o.weight_decay));
+  }
   if (o.loss_scale) scaler = std::make_unique<tenax::LossScaler>(*o.loss_scale);
   train = std::make_unique<SampleLoader>(std::make_shared<TokenFile>(o.data, o.token_bytes),
                                          o.seq_len, o.seed);
@@ -182,7 +190,30 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
 }
 
 std::vector<torch::Tensor> Trainer::Impl::trained_parameters() const {
+  if (!zero.empty()) return {zero[0]->shard(), zero[1]->shard()};
   return fsdp ? fsdp->parameters() : model->parameters();
+}
+
+bool Trainer::Impl::replicated_across_tp(size_t i) const {
+  if (!zero.empty()) return i == 1;  // the norm gains' shard
+  return model->replicated_across_tp(fsdp ? fsdp->sharded_parameters()[i].param
+                                          : trained_parameters()[i]);
+}
+
+void Trainer::Impl::set_lr(double lr) {
+  for (auto& z : zero) z->shard_optimizer().param_groups()[0].options().set_lr(lr);
+  if (!optimizer) return;
+  for (auto& group : optimizer->param_groups()) group.options().set_lr(lr);
+}
+
+void Trainer::Impl::zero_grad() {
+  for (auto& z : zero) z->zero_grad();
+  if (optimizer) optimizer->zero_grad();
+}
+
+void Trainer::Impl::optimizer_step() {
+  for (auto& z : zero) z->step();
+  if (optimizer) optimizer->step();
 }
 
 torch::Tensor Trainer::Impl::run_forward(const std::function<torch::Tensor()>& fn) {
@@ -276,7 +307,7 @@ bool Trainer::Impl::discard(StepStats& s) {
               tenax::metrics::Type::kCounter, {"action"})
       .counter({tenax::to_string(o.nan_policy)})
       .inc();
-  optimizer->zero_grad();
+  zero_grad();
   if (o.nan_policy == tenax::NonFinitePolicy::kRollback) {
     skip_at = step;
     throw tenax::StepRollback(what + ": rolling back to the last snapshot and skipping its batch");
@@ -289,17 +320,17 @@ bool Trainer::Impl::discard(StepStats& s) {
 double Trainer::Impl::clip_gradients() {
   // Squared norm of this rank's gradients; tp-replicated ones are counted on tp rank 0 only,
   // then the sum over tp and pp covers every parameter of the model once.
-  // Under fsdp each dp rank holds a disjoint part of every gradient: sum over dp as well.
+  // Sharded (fsdp or the distributed optimizer), each dp rank holds a disjoint part of the
+  // gradients: sum over dp as well.
   auto sq = torch::zeros({1}, torch::dtype(torch::kFloat64).device(device));
   const auto params = trained_parameters();
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
     if (!p.grad().defined()) continue;
-    const auto& whole = fsdp ? fsdp->sharded_parameters()[i].param : p;
-    if (mesh->tp_rank() != 0 && model->replicated_across_tp(whole)) continue;
+    if (mesh->tp_rank() != 0 && replicated_across_tp(i)) continue;
     sq += p.grad().to(torch::kFloat64).pow(2).sum();
   }
-  if (fsdp) mesh->dp()->all_reduce(sq);
+  if (fsdp || !zero.empty()) mesh->dp()->all_reduce(sq);
   mesh->tp()->all_reduce(sq);
   mesh->pp()->all_reduce(sq);
   const double norm = std::sqrt(sq.item<double>());
@@ -326,7 +357,7 @@ bool Trainer::Impl::unscale_gradients(StepStats& s) {
   reg.counter("tenax_train_overflow_steps_total",
               "Steps skipped because their scaled gradients overflowed")
       .inc();
-  optimizer->zero_grad();
+  zero_grad();
   s.overflow = s.skipped = true;
   char line[160];
   std::snprintf(line, sizeof line,
@@ -344,10 +375,8 @@ StepStats Trainer::Impl::train_step() {
   s.step = step;
   s.tokens = o.global_batch * o.seq_len;
   s.lr = learning_rate(o, step);
-  for (auto& group : optimizer->param_groups()) {
-    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(s.lr);
-  }
-  optimizer->zero_grad();
+  set_lr(s.lr);
+  zero_grad();
   if (skip_at == step) {  // rolled back to before this step: its batch is skipped
     ++skipped;
     skip_at = -1;
@@ -356,12 +385,13 @@ StepStats Trainer::Impl::train_step() {
                                                         o.global_batch, mesh->dp_rank(), o.dp));
   auto loss = torch::full({1}, accumulate_gradients(tokens),
                           torch::dtype(torch::kFloat64).device(device));
+  for (auto& z : zero) z->reduce_gradients();  // each rank's part of the averages
   mesh->dp()->all_reduce(loss, tenax::ReduceOp::kAvg);
   s.loss = loss.item<double>();
   const bool finite = !scaler || unscale_gradients(s);  // an overflow skips the step
   s.grad_norm = finite ? clip_gradients() : std::numeric_limits<double>::infinity();
   if (finite && !discard(s)) {
-    optimizer->step();
+    optimizer_step();
     if (o.faults && o.faults->corrupt_at(step + 1)) {
       // sdc@S: one parameter of this replica silently changes.
       torch::NoGradGuard no_grad;
@@ -446,7 +476,11 @@ tenax::StateDict& Trainer::state() {
     tenax::NameMap rename = [model = i.model](const std::string& name) {
       return model->whole_name(name);
     };
-    if (i.fsdp) {  // this rank's rows of each parameter and moment
+    if (!i.zero.empty()) {  // whole weights; each rank's part of the flat moments
+      tenax::add_module_state(*i.checkpoint_state, *i.model, "model.", rename);
+      tenax::add_zero_adamw_state(*i.checkpoint_state, *i.zero[0], "zero.decay.");
+      tenax::add_zero_adamw_state(*i.checkpoint_state, *i.zero[1], "zero.norms.");
+    } else if (i.fsdp) {  // this rank's rows of each parameter and moment
       tenax::add_module_state(*i.checkpoint_state, *i.fsdp, "model.", rename);
       tenax::add_adamw_state(*i.checkpoint_state, *i.optimizer, *i.fsdp, "optim.", rename);
     } else {
@@ -455,7 +489,10 @@ tenax::StateDict& Trainer::state() {
     }
     i.rename = rename;
   }
-  if (i.fsdp) {
+  if (!i.zero.empty()) {
+    tenax::record_zero_adamw_step(*i.checkpoint_state, *i.zero[0], "zero.decay.");
+    tenax::record_zero_adamw_step(*i.checkpoint_state, *i.zero[1], "zero.norms.");
+  } else if (i.fsdp) {
     tenax::record_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.fsdp, "optim.", i.rename);
   } else {
     tenax::record_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", i.rename);
@@ -469,7 +506,10 @@ tenax::StateDict& Trainer::state() {
 
 void Trainer::resume_from_state() {
   auto& i = *impl_;
-  if (i.fsdp) {
+  if (!i.zero.empty()) {
+    tenax::apply_zero_adamw_state(*i.checkpoint_state, *i.zero[0], "zero.decay.");
+    tenax::apply_zero_adamw_state(*i.checkpoint_state, *i.zero[1], "zero.norms.");
+  } else if (i.fsdp) {
     i.fsdp->reshard();  // the next forward gathers the restored shards
     tenax::apply_adamw_steps(*i.checkpoint_state, *i.optimizer, *i.fsdp, "optim.", i.rename);
   } else {

@@ -40,6 +40,10 @@ struct TrainOptions {
   // fsdp_prefetch the next layer's all-gather overlaps the current layer's compute.
   bool fsdp = false;
   bool fsdp_prefetch = true;
+  // ZeRO-2 (Megatron's distributed optimizer, tenax::ZeroAdamW) instead of DataParallel: whole
+  // weights on every rank, gradients reduce-scattered once per step, AdamW state 1/dp per rank,
+  // the updated weights all-gathered.
+  bool distributed_optimizer = false;
   // The dtype forward passes compute in (weights, gradients and AdamW stay fp32), and the one
   // data-parallel gradient averages travel in.
   c10::ScalarType dtype = c10::kFloat;

@@ -6,6 +6,7 @@
 #include <tenax/parallel/fully_sharded.h>
 #include <tenax/parallel/mesh.h>
 #include <tenax/parallel/pipeline.h>
+#include <tenax/parallel/zero.h>
 #include <torch/optim/adamw.h>
 
 #include <functional>
@@ -29,8 +30,15 @@ class Trainer::Impl {
   torch::Tensor load(const SampleLoader& loader, const std::vector<int64_t>& samples) const;
   // Runs forward and backward over this rank's share of the global batch; returns its mean loss.
   double accumulate_gradients(const torch::Tensor& tokens);
-  // The tensors the optimizer steps on: the model's parameters, or their shards under fsdp.
+  // The tensors the optimizer steps on: the model's parameters, their shards under fsdp, or
+  // the distributed optimizer's two flat shards.
   std::vector<torch::Tensor> trained_parameters() const;
+  // Whether trained_parameters()[i] is held whole by every tp rank (a norm gain).
+  bool replicated_across_tp(size_t i) const;
+  // The optimizer's learning rate, gradients and step, whichever optimizer it is.
+  void set_lr(double lr);
+  void zero_grad();
+  void optimizer_step();
   // A forward pass of the model (under fsdp: with the root unit's weights gathered).
   torch::Tensor run_forward(const std::function<torch::Tensor()>& fn);
   double clip_gradients();
@@ -46,7 +54,8 @@ class Trainer::Impl {
   std::unique_ptr<tenax::DataParallel> ddp;
   std::unique_ptr<tenax::FullyShardedDataParallel> fsdp;  // instead of ddp, with o.fsdp
   std::unique_ptr<tenax::PipelineSchedule> schedule;
-  std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::unique_ptr<torch::optim::AdamW> optimizer;       // null under the distributed optimizer
+  std::vector<std::unique_ptr<tenax::ZeroAdamW>> zero;  // with o.distributed_optimizer
   std::unique_ptr<tenax::LossScaler> scaler;  // null: no loss scaling
   std::unique_ptr<SampleLoader> train, val;
   int64_t step = 0;

@@ -49,7 +49,7 @@ ZeroAdamW::ZeroAdamW(std::vector<torch::Tensor> params, std::shared_ptr<Communic
   adamw_ = std::make_unique<torch::optim::AdamW>(std::vector<torch::Tensor>{shard_}, options);
 }
 
-void ZeroAdamW::step() {
+void ZeroAdamW::reduce_gradients() {
   at::NoGradGuard no_grad;
   int64_t off = 0;
   for (auto& p : params_) {
@@ -63,12 +63,19 @@ void ZeroAdamW::step() {
   }
   // Each rank sends (n-1)/n of the gradients and receives its shard's average.
   dp_->reduce_scatter(grad_shard_, flat_grads_, ReduceOp::kAvg);
+  reduced_ = true;
+}
+
+void ZeroAdamW::step() {
+  if (!reduced_) reduce_gradients();
+  reduced_ = false;
+  at::NoGradGuard no_grad;
   adamw_->step();
   // The updated shards travel back to everyone: (n-1)/n of the parameters per rank.
   at::Tensor mine = flat_params_.narrow(0, dp_->rank() * shard_numel_, shard_numel_);
   mine.copy_(shard_);
   dp_->all_gather(flat_params_, mine);
-  off = 0;
+  int64_t off = 0;
   for (auto& p : params_) {
     p.copy_(flat_params_.narrow(0, off, p.numel()).view_as(p));
     off += p.numel();
@@ -76,6 +83,8 @@ void ZeroAdamW::step() {
 }
 
 void ZeroAdamW::zero_grad() {
+  reduced_ = false;
+  grad_shard_.zero_();
   for (auto& p : params_) {
     if (p.grad().defined()) {
       p.mutable_grad().detach_();

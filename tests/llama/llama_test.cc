@@ -250,6 +250,11 @@ TEST(FlagTest, VirtualStagesWithoutAPipelineOrWithMicroBatchesPDoesNotDivideAreC
                     "divisible by --tp 2");
 }
 
+TEST(FlagTest, FsdpWithTheDistributedOptimizerIsOneClearMessage) {
+  expect_flag_error({"--fsdp", "--distributed-optimizer"},
+                    "--fsdp shards the optimizer state already: drop --distributed-optimizer");
+}
+
 TEST(FlagTest, MeshThatDoesNotFitTheRanksIsOneClearMessage) {
   expect_flag_error({"--dp", "2", "--tp", "2"}, "--dp 2 x --tp 2 x --pp 1 = 4 but there are 2 ranks");
 }
@@ -699,6 +704,11 @@ TEST(StepTest, FullyShardedDp4TwentyStepsEqualTheOneProcessRunAtAQuarterOfTheSta
 }
 TEST(StepTest, FullyShardedDp2Tp2TwentyStepsEqualTheOneProcessRun) {
   expect_matches_one_process(4, {"2", "2", "1", "1f1b", "none", "nosp", "fsdp"});
+}
+// The distributed optimizer (ZeRO-2): gradients reduce-scattered into two flat shards (decayed
+// and not), clipped across dp x tp, AdamW on the shards, weights all-gathered.
+TEST(StepTest, DistributedOptimizerDp2Tp2TwentyStepsEqualTheOneProcessRunAtAHalfOfTheMoments) {
+  expect_matches_one_process(4, {"2", "2", "1", "1f1b", "none", "nosp", "zero2"});
 }
 TEST(StepTest, FullyShardedDp2Pp2WithFullRecomputationTwentyStepsEqualTheOneProcessRun) {
   expect_matches_one_process(4, {"2", "1", "2", "1f1b", "full", "nosp", "fsdp"});

@@ -1,14 +1,14 @@
 // One rank of a multi-process llama_train test.
-// Usage: llama_worker DATA DP TP PP [SCHEDULE [RECOMPUTE [sp|nosp [fsdp]]]]; SCHEDULE 1f1b, gpipe
-// or interleavedV (1f1b with V model chunks a rank).
-// Runs two optimizer steps of the tiny preset on the dp x tp x pp mesh (recomputing as RECOMPUTE
-// says, with sequence parallelism given "sp") and, in the same process, on one rank alone without
-// recomputation (same seed, same global batch); the losses, gradient norms and every weight shard's
-// gradient must agree to 1e-5, and the weights to 1e-5 plus AdamW's rounding amplification (see
-// below). With "fsdp" the mesh's dp is fully sharded: 20 steps, each rank's shards against the
-// matching rows of the one-process weights, and the bytes of weights, gradients and AdamW state
-// this rank holds against 1/dp of its unsharded share. Prints "PASS llama" and exits 0 when every
-// check holds.
+// Usage: llama_worker DATA DP TP PP [SCHEDULE [RECOMPUTE [sp|nosp [fsdp|zero2]]]]; SCHEDULE 1f1b,
+// gpipe or interleavedV (1f1b with V model chunks a rank). Runs two optimizer steps of the tiny
+// preset on the dp x tp x pp mesh (recomputing as RECOMPUTE says, with sequence parallelism given
+// "sp") and, in the same process, on one rank alone without recomputation (same seed, same global
+// batch); the losses, gradient norms and every weight shard's gradient must agree to 1e-5, and the
+// weights to 1e-5 plus AdamW's rounding amplification (see below). With "fsdp" the mesh's dp is
+// fully sharded: 20 steps, each rank's shards against the matching rows of the one-process weights,
+// and the bytes of weights, gradients and AdamW state this rank holds against 1/dp of its unsharded
+// share. With "zero2", the distributed optimizer (ZeroAdamW): 20 steps, whole weights compared,
+// AdamW state 1/dp. Prints "PASS llama" and exits 0 when every check holds.
 
 #include <torch/torch.h>
 
@@ -83,6 +83,20 @@ void check_state_bytes(llama::Trainer::Impl& p, int rank) {
                                               << p.o.dp << " of " << unsharded);
 }
 
+// The distributed optimizer's AdamW moments on this rank against 1/dp of two fp32 copies of
+// the rank's parameters.
+void check_optimizer_bytes(llama::Trainer::Impl& p, int rank) {
+  int64_t unsharded = 0, held = 0;
+  for (const auto& t : p.model->parameters()) unsharded += 2 * t.numel() * 4;
+  for (const auto& z : p.zero) held += z->state_bytes();
+  const double ratio = double(held) / (double(unsharded) / p.o.dp);
+  std::cout << "rank " << rank << " holds " << held << " bytes of AdamW state: " << ratio
+            << " x 1/dp" << std::endl;
+  CHECK(ratio > 0.95 && ratio < 1.05, "rank " << rank << " holds " << held << " bytes of AdamW "
+                                              << "state, not about 1/" << p.o.dp << " of "
+                                              << unsharded);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -98,15 +112,17 @@ int main(int argc, char** argv) {
       o.virtual_stages = std::stoi(o.pp_schedule.substr(11));
       o.pp_schedule = "1f1b";
     }
-    const bool fsdp = argc > 8 && std::string(argv[8]) == "fsdp";
-    const int steps = fsdp ? 20 : 2;
+    const std::string sharding = argc > 8 ? argv[8] : "";
+    const bool fsdp = sharding == "fsdp", zero2 = sharding == "zero2";
+    const int steps = fsdp || zero2 ? 20 : 2;
     o.micro_batch = 2, o.global_batch = o.dp == 3 ? 12 : 8, o.seq_len = 32, o.steps = steps;
     o.warmup = 1;
     o.fsdp = fsdp;
+    o.distributed_optimizer = zero2;
     o.lr = 1e-3;
     llama::TrainOptions solo_options = o;
     solo_options.dp = solo_options.tp = solo_options.pp = solo_options.virtual_stages = 1;
-    solo_options.fsdp = false;
+    solo_options.fsdp = solo_options.distributed_optimizer = false;
     if (argc > 6) o.recompute = tenax::parse_recompute(argv[6], "RECOMPUTE");
     if (argc > 7) o.sequence_parallel = std::string(argv[7]) == "sp";
 
@@ -138,7 +154,7 @@ int main(int argc, char** argv) {
         auto expected = shard_of(*ref, item.value(), p.mesh->tp_rank());
         CHECK(expected.sizes() == item.value().sizes(), name << " shape " << item.value().sizes());
         if (expected.sizes() != item.value().sizes()) continue;
-        if (step == 0) {
+        if (step == 0 && !zero2) {  // (ZeroAdamW averages into its shards, not these)
           // The step's computation, from equal weights: this shard's (clipped) gradient equals
           // the slice of the one-process gradient.
           auto expected_grad = shard_of(ref->grad(), item.value().grad(), p.mesh->tp_rank());
@@ -159,6 +175,7 @@ int main(int argc, char** argv) {
     }
     CHECK(compared > 0, "no parameters compared");
     if (fsdp) check_state_bytes(p, w.rank);
+    if (zero2) check_optimizer_bytes(p, w.rank);
     std::cout << "rank " << w.rank << " compared " << compared << " tensors" << std::endl;
     w.comm->barrier();
   } catch (const std::exception& e) {

@@ -23,10 +23,14 @@ class TENAX_API ZeroAdamW {
   ZeroAdamW(std::vector<torch::Tensor> params, std::shared_ptr<Communicator> dp,
             torch::optim::AdamWOptions options);
 
-  // Call after backward on every dp rank: reduce-scatter of the gradients, AdamW on this rank's
-  // shard, all-gather of the parameters. A parameter without a gradient counts as zero.
+  // Call after backward on every dp rank: reduce-scatter of the gradients (unless
+  // reduce_gradients() did it since the last step), AdamW on this rank's shard, all-gather of
+  // the parameters. A parameter without a gradient counts as zero.
   void step();
-  // Clears the parameters' gradients.
+  // The reduce-scatter alone: afterwards shard().grad() holds this rank's part of the averaged
+  // gradients, to clip or unscale before step(). Collective over dp.
+  void reduce_gradients();
+  // Clears the parameters' gradients (and a reduced gradient shard not yet stepped on).
   void zero_grad();
 
   // Elements in this rank's shard, and in all parameters together.
@@ -50,6 +54,7 @@ class TENAX_API ZeroAdamW {
   std::shared_ptr<Communicator> dp_;
   int64_t total_numel_ = 0, shard_numel_ = 0;
   torch::Tensor flat_params_, flat_grads_, shard_, grad_shard_;
+  bool reduced_ = false;
   std::unique_ptr<torch::optim::AdamW> adamw_;
 };
 
