@@ -87,24 +87,26 @@ std::string whole_model_name(const std::string& name, int64_t first_layer) {
          name.substr(dot);
 }
 
-MemoryEstimate estimate_memory(const LlamaConfig& c, int dp, int tp, int pp,
-                               bool shard_optimizer) {
+MemoryEstimate estimate_memory(const LlamaConfig& c, int dp, int tp, int pp, Sharding sharding) {
   // Everything but the norms is split across tp; norms are replicated.
   const int64_t norms = 2 * c.dim;
   const int64_t layer_sharded = (layer_params(c) - norms) / tp + norms;
   const int64_t embedding = c.vocab / tp * c.dim;
-  int64_t most = 0;
+  int64_t most = 0, most_root = 0;
   for (int s = 0; s < pp; ++s) {
-    int64_t p = stage_layers(c, s, pp).count * layer_sharded;
-    if (s == 0) p += embedding;
-    if (s == pp - 1) p += c.dim + (c.tie_embeddings && pp == 1 ? 0 : embedding);
-    most = std::max(most, p);
+    int64_t root = 0;
+    if (s == 0) root += embedding;
+    if (s == pp - 1) root += c.dim + (c.tie_embeddings && pp == 1 ? 0 : embedding);
+    const int64_t p = stage_layers(c, s, pp).count * layer_sharded + root;
+    if (p > most) most = p, most_root = root;
   }
   MemoryEstimate m;
   m.params_per_rank = most;
-  m.weight_bytes = 4 * most;
-  m.grad_bytes = 4 * most;
-  m.optimizer_bytes = 8 * most / (shard_optimizer ? dp : 1);
+  const int64_t held = sharding == Sharding::kFull ? (most + dp - 1) / dp : most;
+  m.weight_bytes = 4 * held;
+  m.grad_bytes = 4 * held;
+  m.optimizer_bytes = 8 * (sharding == Sharding::kNone ? most : (most + dp - 1) / dp);
+  if (sharding == Sharding::kFull) m.gathered_bytes = 4 * (2 * layer_sharded + most_root);
   return m;
 }
 

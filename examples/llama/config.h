@@ -45,14 +45,20 @@ double flops_per_token(const LlamaConfig& c, int64_t seq);
 
 // Memory of one rank's model state on a dp x tp x pp mesh, for the most loaded stage, without
 // allocating anything. Weights and gradients are fp32 (4 + 4 bytes per parameter) and AdamW
-// keeps two fp32 moments (8 bytes), divided by dp when the optimizer state is sharded.
+// keeps two fp32 moments (8 bytes), divided by dp when the optimizer state is sharded. Fully
+// sharded (ZeRO-3), weights and gradients are divided by dp too, and the step gathers whole
+// fp32 weights: two decoder layers (one computing, one prefetched) and the stage's other
+// parameters (embedding, final norm, output).
+enum class Sharding { kNone, kOptimizer, kFull };
 struct MemoryEstimate {
   int64_t params_per_rank = 0;
   int64_t weight_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
-  int64_t total_bytes() const { return weight_bytes + grad_bytes + optimizer_bytes; }
+  int64_t gathered_bytes = 0;  // fully sharded: the whole weights gathered during a step
+  int64_t total_bytes() const {
+    return weight_bytes + grad_bytes + optimizer_bytes + gathered_bytes;
+  }
 };
-MemoryEstimate estimate_memory(const LlamaConfig& c, int dp, int tp, int pp,
-                               bool shard_optimizer);
+MemoryEstimate estimate_memory(const LlamaConfig& c, int dp, int tp, int pp, Sharding sharding);
 
 // Activations of one rank on the most loaded pipeline stage (the first), as this model's
 // operations keep them for backward: per decoder layer and micro-batch of b sequences of s

@@ -255,8 +255,8 @@ int64_t in_flight(int pp, const std::string& schedule, int64_t accumulation, int
 }
 
 // The mesh with the fewest model-parallel ranks (tp within a node: at most 8), and on it the
-// cheapest recomputation, whose model state (AdamW sharded over dp) and activations (1F1B with
-// pp micro-batches in flight) fit `gib` GiB; prints it, or that none does.
+// cheapest recomputation, whose model state (AdamW sharded over dp; everything, with --fsdp) and
+// activations (1F1B with pp micro-batches in flight) fit `gib` GiB; prints it, or that none does.
 void print_fitting_mesh(const llama::TrainOptions& o, int dp, double gib) {
   const auto& c = o.model;
   const double limit = gib * double(1LL << 30);
@@ -267,7 +267,8 @@ void print_fitting_mesh(const llama::TrainOptions& o, int dp, double gib) {
       const int pp = mp / tp;
       if (c.heads % tp || c.kv_heads % tp || c.ffn % tp || c.vocab % tp || pp > c.layers) continue;
       if (c.tie_embeddings && pp > 1) continue;
-      const auto state = llama::estimate_memory(c, dp, tp, pp, true);
+      const auto state = llama::estimate_memory(
+          c, dp, tp, pp, o.fsdp ? llama::Sharding::kFull : llama::Sharding::kOptimizer);
       for (auto mode : modes) {
         const auto act =
             llama::estimate_activations(c, tp, pp, o.micro_batch, o.seq_len, pp, mode,
@@ -275,9 +276,10 @@ void print_fitting_mesh(const llama::TrainOptions& o, int dp, double gib) {
         const int64_t total = state.total_bytes() + act.total_bytes;
         if (double(total) > limit) continue;
         std::printf(
-            "fits %.0f GiB: tp=%d pp=%d dp=%d, recompute %s: model state %s + "
+            "fits %.0f GiB: tp=%d pp=%d dp=%d%s, recompute %s: model state %s + "
             "activations %s = %s\n",
-            gib, tp, pp, dp, tenax::recompute_name(mode), gib_text(state.total_bytes()).c_str(),
+            gib, tp, pp, dp, o.fsdp ? " fully sharded" : "", tenax::recompute_name(mode),
+            gib_text(state.total_bytes()).c_str(),
             gib_text(act.total_bytes).c_str(), gib_text(total).c_str());
         return;
       }
@@ -291,8 +293,9 @@ void print_fitting_mesh(const llama::TrainOptions& o, int dp, double gib) {
 
 int report_memory(const llama::TrainOptions& o) {
   const int dp = o.dp > 0 ? o.dp : 1;
-  auto plain = llama::estimate_memory(o.model, dp, o.tp, o.pp, false);
-  auto sharded = llama::estimate_memory(o.model, dp, o.tp, o.pp, true);
+  auto plain = llama::estimate_memory(o.model, dp, o.tp, o.pp, llama::Sharding::kNone);
+  auto sharded = llama::estimate_memory(o.model, dp, o.tp, o.pp, llama::Sharding::kOptimizer);
+  auto full = llama::estimate_memory(o.model, dp, o.tp, o.pp, llama::Sharding::kFull);
   std::printf("preset %s: %lld parameters (%.2f B)\n", o.model.name.c_str(),
               (long long)llama::parameter_count(o.model),
               double(llama::parameter_count(o.model)) / 1e9);
@@ -304,6 +307,12 @@ int report_memory(const llama::TrainOptions& o) {
       gib_text(plain.weight_bytes).c_str(), gib_text(plain.grad_bytes).c_str(),
       gib_text(plain.optimizer_bytes).c_str(), gib_text(plain.total_bytes()).c_str(),
       gib_text(sharded.total_bytes()).c_str());
+  std::printf(
+      "per rank, fully sharded over dp (--fsdp): weights %s + gradients %s + AdamW %s + "
+      "gathered during a step %s = %s\n",
+      gib_text(full.weight_bytes).c_str(), gib_text(full.grad_bytes).c_str(),
+      gib_text(full.optimizer_bytes).c_str(), gib_text(full.gathered_bytes).c_str(),
+      gib_text(full.total_bytes()).c_str());
   const int64_t accumulation = std::max<int64_t>(1, o.global_batch / (o.micro_batch * dp));
   const int64_t flight = in_flight(o.pp, o.pp_schedule, accumulation, o.virtual_stages);
   for (auto mode :

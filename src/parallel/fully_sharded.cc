@@ -15,17 +15,43 @@
 namespace tenax {
 namespace {
 
-// Gives `t`'s storage `bytes` bytes of fresh memory from its own allocator, or none (0). The
-// tensor keeps its shape; views of it (autograd's saved transposes) share the storage, so they
-// see the memory come and go with it.
-void resize_storage(const at::Tensor& t, size_t bytes) {
+// Memory of freed parameters kept for the next gather of the same size, up to a byte limit:
+// the same few units' worth cycles through every layer instead of going back to the system
+// and faulting in again (a CUDA tensor's allocator caches already; this is for host memory).
+class BlockCache {
+ public:
+  void set_limit(size_t bytes) { limit_ = bytes; }
+  // Takes a block of `bytes` bytes, cached or new from `allocator`.
+  at::DataPtr take(at::Allocator* allocator, size_t bytes) {
+    auto it = blocks_.find(bytes);
+    if (it == blocks_.end()) return allocator->allocate(bytes);
+    at::DataPtr block = std::move(it->second);
+    blocks_.erase(it);
+    held_ -= bytes;
+    return block;
+  }
+  // Keeps `block` if it fits under the limit, else lets it go.
+  void give(at::DataPtr block, size_t bytes) {
+    if (held_ + bytes > limit_ || block.device().type() != c10::DeviceType::CPU) return;
+    held_ += bytes;
+    blocks_.emplace(bytes, std::move(block));
+  }
+  size_t held() const { return held_; }
+
+ private:
+  std::multimap<size_t, at::DataPtr> blocks_;
+  size_t limit_ = 0, held_ = 0;
+};
+
+// Gives `t`'s storage `bytes` bytes of memory (from `cache` or its own allocator), or none (0),
+// handing what it had to `cache`. The tensor keeps its shape; views of it (autograd's saved
+// transposes) share the storage, so they see the memory come and go with it.
+void resize_storage(const at::Tensor& t, size_t bytes, BlockCache& cache) {
   c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
   if (s->nbytes() == bytes) return;
-  if (bytes == 0) {
-    s->set_data_ptr_noswap(at::DataPtr(nullptr, s->device()));
-  } else {
-    s->set_data_ptr_noswap(s->allocator()->allocate(bytes));
-  }
+  at::DataPtr old = s->set_data_ptr(bytes == 0 ? at::DataPtr(nullptr, s->device())
+                                               : cache.take(s->allocator(), bytes));
+  if (s->nbytes() > 0) cache.give(std::move(old), s->nbytes());
   s->set_nbytes(bytes);
 }
 
@@ -141,6 +167,16 @@ class TENAX_INTERNAL FullyShardedDataParallel::Impl
         p.pub.shard = shard;
       }
     }
+    size_t largest = 0;
+    for (size_t u = 0; u + 1 < units_.size(); ++u) {
+      size_t bytes = 0;
+      for (int i : units_[u].params) {
+        const Param& p = params_[i];
+        bytes += static_cast<size_t>(d * p.block_numel()) * p.pub.param.element_size();
+      }
+      largest = std::max(largest, bytes);
+    }
+    cache_.set_limit(2 * largest);
     for (auto& unit : units_) free(unit);
   }
 
@@ -172,7 +208,8 @@ class TENAX_INTERNAL FullyShardedDataParallel::Impl
     for (int i : unit.params) {
       Param& p = params_[i];
       const int64_t padded = d * p.block_numel();
-      resize_storage(p.pub.param, static_cast<size_t>(padded) * p.pub.param.element_size());
+      resize_storage(p.pub.param, static_cast<size_t>(padded) * p.pub.param.element_size(),
+                     cache_);
       if (padded == 0) continue;
       unit.gathers.push_back(dp_->all_gather_async(
           flat_over(p.pub.param, padded), unit.flat.narrow(0, p.flat_offset, p.block_numel())));
@@ -193,7 +230,7 @@ class TENAX_INTERNAL FullyShardedDataParallel::Impl
   void free(Unit& unit) {
     for (auto& w : unit.gathers) w->wait();
     unit.gathers.clear();
-    for (int i : unit.params) resize_storage(params_[i].pub.param, 0);
+    for (int i : unit.params) resize_storage(params_[i].pub.param, 0, cache_);
     unit.state = State::kSharded;
   }
 
@@ -295,6 +332,7 @@ class TENAX_INTERNAL FullyShardedDataParallel::Impl
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
   std::vector<ShardedParameter> public_;
   int64_t prefetch_hits_ = 0;
+  BlockCache cache_;
   std::mutex mu_;
 };
 
@@ -348,12 +386,15 @@ at::Tensor FullyShardedDataParallel::run_unit(size_t u, const std::function<at::
     impl.prefetch(u + 1);
   }
   at::Tensor y = fn();
-  if (at::GradMode::is_enabled() && y.requires_grad()) {
+  const bool backward = at::GradMode::is_enabled() && y.requires_grad();
+  if (backward) {
     std::weak_ptr<Impl> weak = impl_;
     y.register_hook([weak, u](const at::Tensor&) {
       if (auto me = weak.lock()) me->before_backward(u);
     });
   }
+  // The last unit's backward is the next to run: it keeps its parameters (freed after it).
+  if (backward && u + 2 == impl.units_.size()) return y;
   std::lock_guard<std::mutex> lock(impl.mu_);
   impl.free(impl.units_[u]);
   return y;
@@ -387,6 +428,10 @@ int64_t FullyShardedDataParallel::parameter_bytes() const {
     bytes += static_cast<int64_t>(p.pub.param.storage().nbytes());
   }
   return bytes;
+}
+
+int64_t FullyShardedDataParallel::cached_bytes() const {
+  return static_cast<int64_t>(impl_->cache_.held());
 }
 
 int64_t FullyShardedDataParallel::prefetch_hits() const { return impl_->prefetch_hits_; }

@@ -88,6 +88,33 @@ TEST(PresetTest, TheMemoryReportNamesAMeshThatFitsEachDeviceSize) {
       << eight.output;
 }
 
+// Fully sharded over dp 8, 70B's weights, gradients and AdamW state are an eighth per rank
+// (262.83 GiB of fp32 weights: 32.85 each), and an 80 GiB device needs a quarter of the
+// model-parallel ranks that sharding AdamW alone needs (tp 2 x pp 2 instead of tp 2 x pp 8).
+TEST(PresetTest, FullShardingDividesTheModelStateByDpAndNeedsLessModelParallelism) {
+  auto report = [](std::vector<std::string> extra) {
+    std::vector<std::string> argv = {LLAMA_TRAIN, "--preset", "llama3-70b", "--dp", "8",
+                                     "--seq-len", "8192", "--micro-batch", "1", "--report-memory"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto r = run_command(argv);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return r.output;
+  };
+  auto model_parallel = [](const std::string& out) {
+    std::smatch m;
+    if (!std::regex_search(out, m, std::regex(R"(fits 80 GiB: tp=(\d+) pp=(\d+) dp=8)"))) return 0;
+    return std::stoi(m[1]) * std::stoi(m[2]);
+  };
+  const std::string plain = report({}), full = report({"--fsdp"});
+  EXPECT_NE(plain.find("fully sharded over dp (--fsdp): weights 32.85 GiB + gradients 32.85 GiB "
+                       "+ AdamW 65.71 GiB"),
+            std::string::npos)
+      << plain;
+  EXPECT_NE(full.find("dp=8 fully sharded, recompute"), std::string::npos) << full;
+  EXPECT_EQ(model_parallel(plain), 16) << plain;
+  EXPECT_EQ(model_parallel(full), 4) << full;
+}
+
 // Sequence parallelism keeps 1/tp of the norm regions: at tp 2 the 8B preset's 32 layers
 // save half of 4 fp32 tensors of 8192 x 4096 each, 8 GiB in all.
 TEST(PresetTest, SequenceParallelismLowersTheActivationEstimateByTheNormRegionsShare) {

@@ -7,7 +7,8 @@
 // freed after; gathered again when backward reaches it and freed once all their gradients are
 // there, which are then reduce-scattered (averaged) so each rank receives its shard's part.
 // With prefetch on, the next unit's gather (forward: the next unit; backward: the previous one)
-// is in flight while the current unit computes. The root unit is gathered for the whole
+// is in flight while the current unit computes; the last unit stays gathered from its forward
+// into its backward, which comes next. The root unit is gathered for the whole
 // forward/backward of a step and its gradients reduce-scattered once, in sync().
 //
 // Sharding: every parameter is cut along dim 0 into dp equal row blocks of ceil(rows / dp) rows
@@ -101,6 +102,9 @@ class TENAX_API FullyShardedDataParallel {
 
   // Bytes of parameters this rank holds now: the shards plus any gathered parameters.
   int64_t parameter_bytes() const;
+  // Bytes of freed parameter memory kept for the next gathers (host memory; at most two of the
+  // largest unit's gathered size), not counted in parameter_bytes().
+  int64_t cached_bytes() const;
   // Gathers that were already in flight when their unit needed them (since construction).
   int64_t prefetch_hits() const;
 
