@@ -152,8 +152,10 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
     model->set_layer_runner(
         [f](size_t k, const std::function<torch::Tensor()>& fn) { return f->run_unit(k, fn); });
   } else if (o.dp > 1 && !o.distributed_optimizer) {
+    // Every rank drew the same weights from the seed (model.h): no broadcast needed.
     ddp = std::make_unique<tenax::DataParallel>(
-        model.ptr(), mesh->dp(), tenax::DataParallelOptions().reduce_in(o.reduce_dtype));
+        model.ptr(), mesh->dp(),
+        tenax::DataParallelOptions().reduce_in(o.reduce_dtype).broadcast_from_rank0(false));
   }
   accumulation = o.global_batch / (o.micro_batch * o.dp);
   if (o.pp > 1) {

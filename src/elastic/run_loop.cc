@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -109,10 +110,20 @@ std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point b
   CommOptions co;
   co.timeout = o_.comm_timeout;
   co.name = "elastic/" + o_.rendezvous.run + "/g" + std::to_string(gen.number);
-  gcomm_ = create_communicator(Backend::kGloo, store_, gen.rank, gen.size(), co);
   if (active) {
-    co.name += "/active";
-    acomm_ = create_communicator(o_.backend, store_, gen.rank, active_size, co);
+    // The two communicators connect at once (each waits ~10 ms in Gloo's connection
+    // handshake), the generation's over a store connection of its own.
+    CommOptions aco = co;
+    aco.name += "/active";
+    auto group = std::async(std::launch::async, [&, store = store_->clone()] {
+      return create_communicator(Backend::kGloo, store, gen.rank, gen.size(), co);
+    });
+    acomm_ = create_communicator(o_.backend, store_, gen.rank, active_size, aco);
+    gcomm_ = group.get();
+  } else {
+    gcomm_ = create_communicator(Backend::kGloo, store_, gen.rank, gen.size(), co);
+  }
+  if (active) {
     job_.setup(ElasticWorld{gen.number, active_gen.members, gen.rank, active_size, acomm_, store_,
                              active_gen.hosts});
   }

@@ -206,8 +206,10 @@ DataParallel::DataParallel(std::shared_ptr<torch::nn::Module> module,
                            std::shared_ptr<Communicator> dp, DataParallelOptions options)
     : module_(std::move(module)), impl_(std::make_shared<Impl>(std::move(dp), options)) {
   at::NoGradGuard no_grad;
-  for (auto& p : module_->parameters()) impl_->dp_->broadcast(p, 0);
-  for (auto& b : module_->buffers()) impl_->dp_->broadcast(b, 0);
+  if (options.broadcast_parameters) {
+    for (auto& p : module_->parameters()) impl_->dp_->broadcast(p, 0);
+    for (auto& b : module_->buffers()) impl_->dp_->broadcast(b, 0);
+  }
   impl_->build(*module_);
   impl_->hook(impl_);
 }

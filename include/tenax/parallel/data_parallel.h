@@ -29,6 +29,10 @@ struct TENAX_API DataParallelOptions {
   // weights). kBFloat16 halves the bytes of each all-reduce; the average is rounded to bf16
   // before it is written back into the fp32 gradients.
   c10::ScalarType reduce_dtype = c10::ScalarType::Undefined;
+  // Broadcast the parameters and buffers from dp rank 0 at construction. Turn off only when
+  // every rank holds equal values already (same seed, deterministic initialisation, or a
+  // restore that follows): it saves one broadcast of the model.
+  bool broadcast_parameters = true;
 
   DataParallelOptions& bucket_cap(int64_t v) { bucket_cap_bytes = v; return *this; }
   DataParallelOptions& reduce_in(c10::ScalarType v) {
@@ -37,11 +41,16 @@ struct TENAX_API DataParallelOptions {
   }
   DataParallelOptions& first_bucket_cap(int64_t v) { first_bucket_cap_bytes = v; return *this; }
   DataParallelOptions& allow_unused(bool v) { find_unused_parameters = v; return *this; }
+  DataParallelOptions& broadcast_from_rank0(bool v) {
+    broadcast_parameters = v;
+    return *this;
+  }
 };
 
 class TENAX_API DataParallel {
  public:
-  // Broadcasts `module`'s parameters and buffers from dp rank 0, then hooks its parameters.
+  // Broadcasts `module`'s parameters and buffers from dp rank 0 (unless options say not to),
+  // then hooks its parameters.
   // Collective over `dp`. Throws ConfigError when parameters are not on the backend's device
   // type or have different dtypes within one bucket.
   DataParallel(std::shared_ptr<torch::nn::Module> module, std::shared_ptr<Communicator> dp,
