@@ -1,6 +1,7 @@
 // tenax-health: the health checks of one host, and the quarantine list, from the command line.
 //
 //   tenax-health check [--memory-mb N] [--directory DIR] [--disk-mb N] [--gemm-size N]
+//                      [--device cpu|cuda:N]
 //       the host checks (/dev/shm and memory for N MiB, DIR writable with room) and the
 //       deterministic GEMM's checksum (compare it across hosts); exit 1 when a check fails
 //   tenax-health quarantine
@@ -26,7 +27,8 @@ namespace {
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
-               "tenax-health: %s\nusage: tenax-health check [--memory-mb N] [--directory DIR] "
+               "tenax-health: %s\nusage: tenax-health check [--device cpu|cuda:N] [--memory-mb N] "
+               "[--directory DIR] "
                "[--disk-mb N] [--gemm-size N]\n       tenax-health quarantine\n       "
                "tenax-health clear --host HOST\n",
                why.c_str());
@@ -56,6 +58,7 @@ int main(int argc, char** argv) {
   try {
     if (cmd == "check") {
       tenax::PreflightOptions o;
+      std::string device = "cpu";
       for (int i = 2; i < argc; ++i) {
         const std::string a = argv[i];
         if (i + 1 >= argc) usage(a + " needs a value");
@@ -68,13 +71,18 @@ int main(int argc, char** argv) {
         } else if (a == "--gemm-size") {
           o.gemm_size = number(a, argv[++i]);
           if (o.gemm_size < 1) usage("--gemm-size must be positive");
+        } else if (a == "--device") {
+          device = argv[++i];
         } else {
           usage("unknown flag " + a);
         }
       }
       const auto reasons = tenax::host_checks(o, nullptr, {});
-      std::printf("GEMM %lldx%lld checksum %016llx\n", (long long)o.gemm_size,
-                  (long long)o.gemm_size, (unsigned long long)tenax::gemm_checksum(o.gemm_size));
+      // The CPU's is the fixed-order loop the preflight runs there; a device's is its BLAS's.
+      const uint64_t sum = device == "cpu" ? tenax::gemm_checksum(o.gemm_size)
+                                           : tenax::device_gemm_checksum(o.gemm_size, device);
+      std::printf("GEMM %lldx%lld on %s checksum %016llx\n", (long long)o.gemm_size,
+                  (long long)o.gemm_size, device.c_str(), (unsigned long long)sum);
       for (const auto& why : reasons) std::printf("FAILED: %s\n", why.c_str());
       if (reasons.empty()) std::printf("host checks passed\n");
       return reasons.empty() ? 0 : 1;

@@ -380,6 +380,8 @@ llama::ElasticRunOptions elastic_options_from_flags(const llama::TrainOptions& o
   tenax::HealthOptions& h = eo.elastic.health;
   h.preflight.enabled = absl::GetFlag(FLAGS_preflight);
   h.preflight.min_busbw_gbps = absl::GetFlag(FLAGS_min_busbw);
+  // On CUDA the preflight's GEMM and all-reduce run on this rank's device.
+  if (o.device == "cuda") h.preflight.cuda_device = o.device_index;
   h.straggler =
       tenax::parse_straggler_policy(absl::GetFlag(FLAGS_straggler_policy), "--straggler-policy");
   h.straggler_threshold = absl::GetFlag(FLAGS_straggler_threshold);

@@ -1,6 +1,9 @@
 #include "tenax/health/preflight.h"
 
+#include <ATen/Context.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -123,13 +126,18 @@ void collective_checks(std::shared_ptr<Store> store, const std::string& run,
   co.name = "health/" + run + "/pf/allreduce";
   co.timeout = o.timeout;
   std::shared_ptr<Communicator> comm;
+  // On CUDA the data lives on the device and travels over NCCL, as training's will.
+  const bool cuda = o.cuda_device >= 0;
+  const at::Device dev = cuda ? at::Device(at::kCUDA, static_cast<at::DeviceIndex>(o.cuda_device))
+                              : at::Device(at::kCPU);
   try {
-    comm = create_communicator(Backend::kGloo, store, rank, n, co);
+    comm = create_communicator(cuda ? Backend::kNccl : Backend::kGloo, store, rank, n, co);
     // Rank j contributes (j + 1) · (i mod 97) at index i: the sum is n(n+1)/2 · (i mod 97),
     // exact in float32 for these sizes.
     const int64_t count = 1 << 16;
-    at::Tensor t = at::arange(count, at::kLong).remainder(97).to(at::kFloat).mul_(rank + 1);
+    at::Tensor t = at::arange(count, at::kLong).remainder(97).to(at::kFloat).mul_(rank + 1).to(dev);
     comm->all_reduce(t);
+    t = t.to(at::kCPU);
     const at::Tensor want =
         at::arange(count, at::kLong).remainder(97).to(at::kFloat).mul_(n * (n + 1) / 2.0);
     const int64_t wrong = t.ne(want).sum().item<int64_t>();
@@ -141,7 +149,7 @@ void collective_checks(std::shared_ptr<Store> store, const std::string& run,
                           " instead of " + std::to_string(want[first].item<float>()) + ")");
       failures("allreduce").inc();
     }
-    at::Tensor buf = at::zeros({o.allreduce_bytes / 4}, at::kFloat);
+    at::Tensor buf = at::zeros({o.allreduce_bytes / 4}, at::TensorOptions(at::kFloat).device(dev));
     comm->all_reduce(buf);  // warm-up
     const auto start = Clock::now();
     constexpr int kIters = 3;
@@ -165,8 +173,11 @@ void collective_checks(std::shared_ptr<Store> store, const std::string& run,
 
 }  // namespace
 
-uint64_t gemm_checksum(int64_t n, bool corrupt) {
-  std::vector<float> a(n * n), b(n * n), c(n * n, 0.0f);
+namespace {
+
+// The GEMM's inputs: n×n float32 each from a fixed-seed xorshift, values in [-1, 1].
+void gemm_inputs(int64_t n, std::vector<float>& a, std::vector<float>& b) {
+  a.resize(n * n), b.resize(n * n);
   uint64_t x = 0x9E3779B97F4A7C15ull;  // fixed seed
   auto next = [&x] {
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
@@ -174,17 +185,49 @@ uint64_t gemm_checksum(int64_t n, bool corrupt) {
   };
   for (auto& v : a) v = next();
   for (auto& v : b) v = next();
+}
+
+// FNV-1a over C's bytes, after one value is moved one ulp when `corrupt`.
+uint64_t checksum_of(std::vector<float>& c, bool corrupt) {
+  if (corrupt) c[c.size() / 2] = std::nextafter(c[c.size() / 2], 1e30f);
+  uint64_t h = 1469598103934665603ull;
+  const auto* p = reinterpret_cast<const unsigned char*>(c.data());
+  for (size_t i = 0; i < c.size() * sizeof(float); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+}  // namespace
+
+uint64_t device_gemm_checksum(int64_t n, const std::string& device, bool corrupt) {
+  std::vector<float> a, b;
+  gemm_inputs(n, a, b);
+  at::Device dev(at::kCPU);
+  try {
+    dev = at::Device(device);
+  } catch (const std::exception&) {
+    throw ConfigError("preflight GEMM: '" + device + "' is not a device (cpu or cuda:N)");
+  }
+  if (dev.is_cuda() && !at::hasCUDA()) {
+    throw ConfigError("preflight GEMM on " + device + ": this process has no CUDA device");
+  }
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor ta = at::from_blob(a.data(), {n, n}, opts).to(dev);
+  at::Tensor tb = at::from_blob(b.data(), {n, n}, opts).to(dev);
+  at::Tensor tc = at::mm(ta, tb).to(at::kCPU).contiguous();
+  std::vector<float> c(tc.data_ptr<float>(), tc.data_ptr<float>() + n * n);
+  return checksum_of(c, corrupt);
+}
+
+uint64_t gemm_checksum(int64_t n, bool corrupt) {
+  std::vector<float> a, b, c(n * n, 0.0f);
+  gemm_inputs(n, a, b);
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t k = 0; k < n; ++k) {
       const float aik = a[i * n + k];
       for (int64_t j = 0; j < n; ++j) c[i * n + j] += aik * b[k * n + j];
     }
   }
-  if (corrupt) c[n * n / 2] = std::nextafter(c[n * n / 2], 1e30f);  // one value, one ulp off
-  uint64_t h = 1469598103934665603ull;                              // FNV-1a over the bytes
-  const auto* p = reinterpret_cast<const unsigned char*>(c.data());
-  for (size_t i = 0; i < c.size() * sizeof(float); ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
+  return checksum_of(c, corrupt);
 }
 
 std::vector<std::string> host_checks(const PreflightOptions& o, const FaultInjector* faults,
@@ -242,7 +285,11 @@ PreflightResult run_preflight(std::shared_ptr<Store> store, const std::string& r
     failures("quarantine").inc();
   }
   for (auto& why : host_checks(o, faults, durable_probe)) r.reasons.push_back(std::move(why));
-  r.gemm_checksum = gemm_checksum(o.gemm_size, faults && faults->sdc_in_gemm());
+  const bool sdc = faults && faults->sdc_in_gemm();
+  r.gemm_checksum =
+      o.cuda_device >= 0
+          ? device_gemm_checksum(o.gemm_size, "cuda:" + std::to_string(o.cuda_device), sdc)
+          : gemm_checksum(o.gemm_size, sdc);
   char hex[20];
   std::snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)r.gemm_checksum);
   const std::string checksum = hex;

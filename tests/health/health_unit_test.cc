@@ -1,6 +1,7 @@
 // The health checks' parts, in one process: the straggler score, the replica comparison, the
 // deterministic GEMM, the hang watchdog's deadline, the preflight's quarantine, the policies.
 
+#include <ATen/Context.h>
 #include <ATen/ops/ones.h>
 #include <gtest/gtest.h>
 
@@ -70,6 +71,28 @@ TEST(GemmTest, TheChecksumIsTheSameEachTimeAndOneFlippedValueChangesIt) {
   EXPECT_EQ(tenax::gemm_checksum(64), tenax::gemm_checksum(64));
   EXPECT_NE(tenax::gemm_checksum(64), tenax::gemm_checksum(64, /*corrupt=*/true));
   EXPECT_NE(tenax::gemm_checksum(64), tenax::gemm_checksum(65));
+}
+
+// The device path (what CUDA ranks run, here on the CPU device): the same inputs through ATen's
+// matrix product, stable, one flipped value seen; its sums agree with the loop's to rounding,
+// so the checksums of the two kinds differ and a job compares one kind only.
+TEST(GemmTest, OnADeviceTheChecksumIsStableAndSeesOneFlippedValue) {
+  EXPECT_EQ(tenax::device_gemm_checksum(64, "cpu"), tenax::device_gemm_checksum(64, "cpu"));
+  EXPECT_NE(tenax::device_gemm_checksum(64, "cpu"),
+            tenax::device_gemm_checksum(64, "cpu", /*corrupt=*/true));
+  try {
+    tenax::device_gemm_checksum(8, "gpu7");
+    ADD_FAILURE() << "no error for a device that is not one";
+  } catch (const tenax::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("'gpu7' is not a device"), std::string::npos) << e.what();
+  }
+}
+
+TEST(GemmTest, OnCudaTheDeviceChecksumIsStable) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device here";
+  EXPECT_EQ(tenax::device_gemm_checksum(256, "cuda:0"), tenax::device_gemm_checksum(256, "cuda:0"));
+  EXPECT_NE(tenax::device_gemm_checksum(256, "cuda:0"),
+            tenax::device_gemm_checksum(256, "cuda:0", /*corrupt=*/true));
 }
 
 TEST(HangWatchTest, AStepPastItsDeadlineOutsideACollectiveIsReportedOnce) {

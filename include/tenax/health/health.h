@@ -49,6 +49,9 @@ struct TENAX_API PreflightOptions {
   int expected = 0;
   std::chrono::milliseconds timeout{30000};
   int64_t gemm_size = 256;            // the GEMM is n×n, float32, fixed seed, one thread
+  // A CUDA device index (the local rank's): the GEMM runs on that device (cuBLAS) and the
+  // collective checks over NCCL with device tensors. -1: on the CPU, over Gloo.
+  int cuda_device = -1;
   int64_t allreduce_bytes = 4 << 20;  // the bandwidth probe's buffer
   double min_busbw_gbps = 0;          // bus-bandwidth floor (GB/s; 0: none)
   std::chrono::milliseconds max_clock_offset{2000};

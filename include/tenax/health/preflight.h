@@ -32,6 +32,11 @@ struct TENAX_API PreflightResult {
 // one thread, a fixed order of operations; returns a checksum of C's bytes. `corrupt` flips one
 // value of C first (silent data corruption, for tests).
 TENAX_API uint64_t gemm_checksum(int64_t n, bool corrupt = false);
+// The same A and B multiplied on `device` by ATen (cuBLAS on CUDA, the BLAS on the CPU), C
+// copied back and checksummed the same way. Equal on equal devices and libraries; a CPU and a
+// CUDA checksum differ (other summation orders), so a job compares devices of one kind.
+// Throws ConfigError naming the device when it is not available.
+TENAX_API uint64_t device_gemm_checksum(int64_t n, const std::string& device, bool corrupt = false);
 
 // The host checks alone: /dev/shm and memory for `memory_bytes`, `directory` writable with
 // `disk_bytes` of room, and `durable_probe` ("" when the durable tier is usable, else why).
