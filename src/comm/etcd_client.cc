@@ -6,6 +6,7 @@
 #include <mutex>
 #include <thread>
 
+#include "comm/wait_clock.h"
 #include "tenax/core/error.h"
 
 namespace tenax::detail {
@@ -215,6 +216,7 @@ void EtcdClient::authenticate(Clock::time_point deadline) {
 
 nlohmann::json EtcdClient::post(const std::string& path, const nlohmann::json& body,
                                 Clock::time_point deadline) {
+  detail::WaitMark waiting;  // on etcd, not on this thread's work (the hang watch)
   const bool auth_call = path == "/v3/auth/authenticate";
   if (!auth_call && !options_.user.empty() && auth_token_.empty()) authenticate(deadline);
   const std::string text = body.dump();

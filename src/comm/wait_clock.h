@@ -25,4 +25,16 @@ class WaitClock {
   std::chrono::steady_clock::time_point start_;
 };
 
+// Marks the calling thread as waiting on others (its communication_waits() count) while alive,
+// without adding to communication_wait_time(): held for a store call, which may wait on other
+// members (a rendezvous, a key another rank sets) or on the store's host. The hang watch leaves
+// such a wait to the store's own timeout.
+class WaitMark {
+ public:
+  WaitMark() { mark_communication_wait(1); }
+  ~WaitMark() { mark_communication_wait(-1); }
+  WaitMark(const WaitMark&) = delete;
+  WaitMark& operator=(const WaitMark&) = delete;
+};
+
 }  // namespace tenax::detail

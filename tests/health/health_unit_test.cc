@@ -13,6 +13,7 @@
 #include "health/replica_hash.h"
 #include "health/straggler.h"
 #include "support/process.h"
+#include "tenax/comm/communicator.h"
 #include "tenax/comm/store.h"
 #include "tenax/comm/store_server.h"
 #include "tenax/core/error.h"
@@ -147,6 +148,22 @@ TEST(HangWatchTest, AStepWaitingOnACollectiveIsLeftToItsPeersWatch) {
   w.step_started();
   std::this_thread::sleep_for(600ms);
   EXPECT_EQ(fired.load(), 0);
+}
+
+// A step blocked in a store call (waiting for a key another member sets) waits on others, as
+// in a collective: the store's own timeout answers for it, not the hang watch. The watch is fed
+// the real flag of this thread (tenax::communication_waits()).
+TEST(HangWatchTest, AStepWaitingOnTheStoreIsLeftToTheStoresTimeout) {
+  tenax::StoreServer server("127.0.0.1", 0, "secret");
+  auto store = tenax::TcpStore::connect("127.0.0.1", server.port(), "secret", 5s);
+  std::atomic<int> fired{0};
+  tenax::detail::HangWatch w(5, 100ms, tenax::communication_waits(),
+                             [&](const std::string&) { ++fired; });
+  w.step_started();
+  EXPECT_THROW(store->get("never-set", 700ms), tenax::TimeoutError);
+  EXPECT_EQ(fired.load(), 0);
+  std::this_thread::sleep_for(700ms);  // the same step, now in its own work: reported
+  EXPECT_EQ(fired.load(), 1);
 }
 
 TEST(PolicyTest, AnUnknownPolicyIsOneMessageNamingTheFlagAndTheValue) {

@@ -69,7 +69,7 @@ struct TENAX_API HealthOptions {
   int straggler_window = 10;         // steps averaged for the score
   int straggler_steps = 5;           // consecutive steps over the threshold before acting
   int64_t replica_hash_every = 0;    // steps between replica comparisons (0: off)
-  bool hang_watchdog = false;  // opt in: a step blocked outside Work::wait (a store call) looks stuck
+  bool hang_watchdog = false;        // opt in (llama_train --hang-watchdog)
   double deadline_k = 5;                           // deadline = k × p99 of observed steps
   std::chrono::milliseconds deadline_floor{3000};  // never shorter than this
 };
