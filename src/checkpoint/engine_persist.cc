@@ -3,13 +3,16 @@
 // to finish writes the manifest that commits the step; retention follows.
 
 #include <algorithm>
+#include <optional>
 #include <tuple>
 
 #include "checkpoint/durable_layout.h"
 #include "checkpoint/engine_impl.h"
 #include "checkpoint/engine_metrics.h"
 #include "checkpoint/parallel_for.h"
+#include "comm/wait_clock.h"
 #include "tenax/core/logging.h"
+#include "tenax/core/phase.h"
 
 namespace tenax {
 namespace {
@@ -40,8 +43,15 @@ void CheckpointEngine::Impl::persist_loop() {
     for (;;) {
       try {
         const auto began = std::chrono::steady_clock::now();
+        PhaseScope persisting(Phase::kPersist);  // a hang watch's clock of this persist
         if (!upload) upload = copy_out(job);  // releases the slot
-        persist(*upload);
+        {
+          // Transfers to S3 wait on the service, each request bounded by its own timeout and
+          // retried: a hang watch leaves them alone. A directory's writes stay watched.
+          std::optional<detail::WaitMark> remote;
+          if (o_.durable.rfind("s3://", 0) == 0) remote.emplace();
+          persist(*upload);
+        }
         m.seconds[m.kDurable]->inc(
             std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
         for (const auto& obj : upload->objects) {

@@ -46,6 +46,11 @@ RunLoop::RunLoop(const ElasticOptions& options, std::shared_ptr<Store> store, st
       publish_(std::move(publish)) {}
 
 int64_t RunLoop::run() {
+  const HealthOptions& h = o_.health;
+  if (h.hang_watchdog) {  // one watch for the whole run: rendezvous and persists too
+    hang_ = std::make_unique<HangWatch>(h.deadline_k, h.deadline_floor, communication_waits(),
+                                        [this](const std::string& report) { stuck(report); });
+  }
   for (;;) {
     if (job_finished()) return completed_;
     const auto began = Clock::now();
@@ -93,6 +98,7 @@ void RunLoop::abort_communicators_for(const std::string& why) {
 }
 
 Generation RunLoop::form() {
+  PhaseScope forming(Phase::kRendezvous);
   // Abort the old communicators once this member is in the next generation, so peers still
   // blocked there come too.
   Generation gen = rdzv_.next([this] { abort_communicators(); });
@@ -177,11 +183,8 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
   Watchdog watchdog(rdzv_, active, acomm_, o_.rendezvous.heartbeat_interval,
                     /*joiners_interrupt=*/!full);
   const HealthOptions& h = o_.health;
-  std::unique_ptr<HangWatch> hang;
-  if (h.hang_watchdog) {
-    hang = std::make_unique<HangWatch>(h.deadline_k, h.deadline_floor, communication_waits(),
-                                       [this](const std::string& report) { stuck(report); });
-  }
+  // A new world: its steps take their own time (another size, cold caches).
+  if (hang_) hang_->forget(Phase::kStep);
   StragglerDetector stragglers(h.straggler_threshold, h.straggler_window, h.straggler_steps);
   at::Tensor flag = at::zeros({2 + active.size()}, at::kLong);
   int64_t saved = step;  // the newest step in the memory tier
@@ -448,9 +451,11 @@ void RunLoop::stuck(const std::string& report) {
   log(LogLevel::kError,
       "health: " + member_ + " is stuck in step " + std::to_string(step_ + 1) + ": " + report);
   metrics::registry()
-      .counter("tenax_health_hangs_total", "Steps that ran past their deadline")
+      .counter("tenax_health_hangs_total",
+               "Phases (steps, saves, persists, ...) that ran past "
+               "their deadline")
       .inc();
-  dump_flight_records("hang: step " + std::to_string(step_ + 1) + " past its deadline");
+  dump_flight_records("hang: step " + std::to_string(step_ + 1) + ": " + report.substr(0, 200));
   leave("stuck in step " + std::to_string(step_ + 1), kRemovedExitCode);
 }
 

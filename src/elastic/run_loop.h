@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "elastic/recovery_recorder.h"
+#include "health/hang_watch.h"
 #include "health/straggler.h"
 #include "tenax/checkpoint/engine.h"
 #include "tenax/comm/communicator.h"
@@ -108,6 +109,7 @@ class RunLoop {
   std::shared_ptr<Communicator> gcomm_;  // over every member of the generation
   std::shared_ptr<Communicator> acomm_;  // over its active members (null on a standby)
   std::unique_ptr<CheckpointEngine> engine_;
+  std::unique_ptr<HangWatch> hang_;  // with health.hang_watchdog, for the whole run
   RecoveryRecorder recovery_;
   std::vector<std::string> previous_;  // the previous generation's members
   bool started_ = false;               // some generation has trained (state exists)

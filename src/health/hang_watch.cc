@@ -7,36 +7,29 @@
 #include <algorithm>
 #include <fstream>
 
+#include "tenax/comm/communicator.h"
+
 namespace tenax::detail {
 namespace {
 
-std::atomic<HangWatch*> g_current{nullptr};
-
-const char* phase_name(Phase p) {
-  switch (p) {
-    case Phase::kStep:
-      return "step";
-    case Phase::kSave:
-      return "checkpoint save";
-    case Phase::kEvaluation:
-      return "evaluation";
-  }
-  return "?";
-}
+long this_thread_id() { return static_cast<long>(syscall(SYS_gettid)); }
 
 }  // namespace
 
 HangWatch::HangWatch(double k, std::chrono::milliseconds floor,
                      std::shared_ptr<const std::atomic<int>> waiting,
                      std::function<void(const std::string&)> on_stuck)
-    : k_(k), floor_(floor), waiting_(std::move(waiting)), on_stuck_(std::move(on_stuck)) {
+    : k_(k),
+      floor_(floor),
+      owner_tid_(this_thread_id()),
+      waiting_(std::move(waiting)),
+      on_stuck_(std::move(on_stuck)) {
   thread_ = std::thread([this] { loop(); });
-  g_current.store(this);
+  set_phase_observer(this);
 }
 
 HangWatch::~HangWatch() {
-  HangWatch* self = this;
-  g_current.compare_exchange_strong(self, nullptr);
+  clear_phase_observer(this);  // no PhaseScope calls in after this
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -45,28 +38,37 @@ HangWatch::~HangWatch() {
   thread_.join();
 }
 
-HangWatch* HangWatch::current() { return g_current.load(); }
-
 void HangWatch::phase_started(Phase phase) {
+  const long tid = this_thread_id();
   std::lock_guard<std::mutex> lock(mu_);
-  training_tid_ = static_cast<long>(syscall(SYS_gettid));
-  open_.push_back({phase, Clock::now()});
+  Watched& t = threads_[tid];
+  if (!t.waiting) t.waiting = tid == owner_tid_ && waiting_ ? waiting_ : communication_waits();
+  t.open.push_back({phase, Clock::now()});
 }
 
 void HangWatch::phase_ended(Phase phase) {
+  const long tid = this_thread_id();
   std::lock_guard<std::mutex> lock(mu_);
+  auto it = threads_.find(tid);
+  if (it == threads_.end()) return;  // started before this watch
+  std::vector<Open>& open = it->second.open;
   // Close up to the innermost phase of this kind (an exception may have skipped inner ends).
-  while (!open_.empty()) {
-    const Open o = open_.back();
-    open_.pop_back();
+  while (!open.empty()) {
+    const Open o = open.back();
+    open.pop_back();
     const auto took = Clock::now() - o.started;
-    if (!open_.empty()) open_.back().nested += took;
+    if (!open.empty()) open.back().nested += took;
     if (o.phase != phase) continue;
     auto& d = durations_[static_cast<int>(phase)];
     d.push_back(std::chrono::duration<double>(took - o.nested).count());
     if (d.size() > 100) d.pop_front();
     return;
   }
+}
+
+void HangWatch::forget(Phase phase) {
+  std::lock_guard<std::mutex> lock(mu_);
+  durations_[static_cast<int>(phase)].clear();
 }
 
 std::chrono::milliseconds HangWatch::deadline(Phase phase) const {
@@ -99,7 +101,7 @@ std::string HangWatch::threads_report(long marked) {
           close != std::string::npos && close + 2 < stat.size() ? stat[close + 2] : '?';
       out += "\n  tid " + std::string(e->d_name) + " (" + comm + ") state " + state +
              (wchan.empty() || wchan == "0" ? "" : " in " + wchan) +
-             (std::to_string(marked) == e->d_name ? " <- the training thread" : "");
+             (std::to_string(marked) == e->d_name ? " <- the stuck thread" : "");
     }
     closedir(d);
   }
@@ -110,38 +112,26 @@ void HangWatch::loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     cv_.wait_for(lock, std::chrono::milliseconds(100));
-    if (stop_ || open_.empty() || fired_) continue;
-    const Open& o = open_.back();  // the innermost phase runs its own clock
-    const auto elapsed = Clock::now() - o.started - o.nested;
-    const auto limit = deadline_locked(o.phase);
-    if (elapsed < limit || (waiting_ && waiting_->load() > 0)) continue;
-    fired_ = true;
-    const std::string report =
-        std::string("the ") + phase_name(o.phase) + " has run " +
-        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count()) +
-        " ms, past its deadline of " + std::to_string(limit.count()) +
-        " ms, and the training thread is not waiting on a collective; threads:" +
-        threads_report(training_tid_);
-    lock.unlock();
-    on_stuck_(report);
-    lock.lock();
+    if (stop_ || fired_) continue;
+    for (const auto& [tid, t] : threads_) {
+      if (t.open.empty()) continue;
+      const Open& o = t.open.back();  // the innermost phase runs its own clock
+      const auto elapsed = Clock::now() - o.started - o.nested;
+      const auto limit = deadline_locked(o.phase);
+      if (elapsed < limit || (t.waiting && t.waiting->load() > 0)) continue;
+      fired_ = true;
+      const std::string report =
+          std::string("the ") + to_string(o.phase) + " has run " +
+          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count()) +
+          " ms, past its deadline of " + std::to_string(limit.count()) + " ms, and its thread " +
+          (tid == owner_tid_ ? "(the training thread) " : "(tid " + std::to_string(tid) + ") ") +
+          "is not waiting on others; threads:" + threads_report(tid);
+      lock.unlock();
+      on_stuck_(report);
+      lock.lock();
+      break;
+    }
   }
 }
 
 }  // namespace tenax::detail
-
-namespace tenax {
-
-PhaseScope::PhaseScope(Phase phase) : phase_(phase) {
-  if (auto* w = detail::HangWatch::current()) {
-    w->phase_started(phase);
-    marked_ = true;
-  }
-}
-
-PhaseScope::~PhaseScope() {
-  if (!marked_) return;
-  if (auto* w = detail::HangWatch::current()) w->phase_ended(phase_);
-}
-
-}  // namespace tenax

@@ -150,6 +150,45 @@ TEST(HangWatchTest, AStepWaitingOnACollectiveIsLeftToItsPeersWatch) {
   EXPECT_EQ(fired.load(), 0);
 }
 
+// Every thread's phases are watched, each against its own phase's deadline: a persist stuck on
+// the checkpoint engine's thread (outside any wait) is reported, naming the phase and the
+// thread, while the training thread's step goes on normally.
+TEST(HangWatchTest, APersistStuckOnAnotherThreadIsReportedNamingItsThread) {
+  std::string report;
+  std::atomic<int> fired{0};
+  auto waiting = std::make_shared<std::atomic<int>>(0);
+  tenax::detail::HangWatch w(5, 100ms, waiting, [&](const std::string& r) {
+    report = r;
+    ++fired;
+  });
+  std::thread persister([] {
+    tenax::PhaseScope persisting(tenax::Phase::kPersist);
+    std::this_thread::sleep_for(800ms);  // past 3 x 100 ms: stuck in its own work
+  });
+  for (int i = 0; i < 8; ++i) {  // the training thread's steps, well inside their deadline
+    tenax::PhaseScope stepping(tenax::Phase::kStep);
+    std::this_thread::sleep_for(50ms);
+  }
+  persister.join();
+  ASSERT_EQ(fired.load(), 1);
+  EXPECT_NE(report.find("the persist has run"), std::string::npos) << report;
+  EXPECT_NE(report.find("its thread (tid "), std::string::npos) << report;
+  EXPECT_NE(report.find("<- the stuck thread"), std::string::npos) << report;
+}
+
+// A new generation's steps start their durations afresh (three floors until five are seen).
+TEST(HangWatchTest, ForgettingAPhasesDurationsGivesItTheStartingDeadlineAgain) {
+  auto waiting = std::make_shared<std::atomic<int>>(0);
+  tenax::detail::HangWatch w(5, 100ms, waiting, [](const std::string&) {});
+  for (int i = 0; i < 6; ++i) {
+    w.step_started();
+    w.step_ended();
+  }
+  EXPECT_EQ(w.deadline(tenax::Phase::kStep), 100ms);  // k x p99 of ~0 s: the floor
+  w.forget(tenax::Phase::kStep);
+  EXPECT_EQ(w.deadline(tenax::Phase::kStep), 300ms);
+}
+
 // A step blocked in a store call (waiting for a key another member sets) waits on others, as
 // in a collective: the store's own timeout answers for it, not the hang watch. The watch is fed
 // the real flag of this thread (tenax::communication_waits()).

@@ -13,10 +13,11 @@
 //   stragglers  each rank's compute time per step against the median of the active members,
 //               over a window; above the threshold for `straggler_steps` steps: reported, and
 //               with the evict policy the job re-forms without it.
-//   hangs       the step's deadline is k × p99 of the observed steps (with a floor); a rank
-//               whose training thread is past it outside any collective is stuck: it says what
-//               each of its threads is doing, dumps its flight records and leaves, so the
-//               others re-form without it.
+//   hangs       each phase (step, save, evaluation, rendezvous, persist) has a deadline of
+//               k × p99 of its observed durations (with a floor); a rank with a thread past its
+//               phase's deadline outside any wait on others (a collective, a store call, an S3
+//               transfer) is stuck: it says what each of its threads is doing, dumps its flight
+//               records and leaves, so the others re-form without it.
 //   replicas    every N steps the replicas of each part of the state compare a hash of it; a
 //               replica that differs from the majority is named and leaves (it rejoins with
 //               its state from a peer).
@@ -26,6 +27,7 @@
 #include <string>
 
 #include "tenax/core/export.h"
+#include "tenax/core/phase.h"  // Phase, PhaseScope: what the hang watch times
 
 namespace tenax {
 
@@ -72,24 +74,6 @@ struct TENAX_API HealthOptions {
   bool hang_watchdog = false;        // opt in (llama_train --hang-watchdog)
   double deadline_k = 5;                           // deadline = k × p99 of observed steps
   std::chrono::milliseconds deadline_floor{3000};  // never shorter than this
-};
-
-// What the training thread is doing, for the hang watch: each phase gets a deadline derived from
-// its own durations. The runner marks steps and checkpoint saves; a trainer marks its
-// evaluations (llama_train does) so that a long, rare evaluation is not taken for a stuck step.
-enum class Phase { kStep = 0, kSave = 1, kEvaluation = 2 };
-
-// Marks the calling thread's work as `phase` while it lives (nothing when no hang watch runs).
-class TENAX_API PhaseScope {
- public:
-  explicit PhaseScope(Phase phase);
-  ~PhaseScope();
-  PhaseScope(const PhaseScope&) = delete;
-  PhaseScope& operator=(const PhaseScope&) = delete;
-
- private:
-  Phase phase_;
-  bool marked_ = false;
 };
 
 // The exit status of a member a health check kept out (failed preflight) or evicted (a
