@@ -196,10 +196,9 @@ std::vector<torch::Tensor> Trainer::Impl::trained_parameters() const {
   return fsdp ? fsdp->parameters() : model->parameters();
 }
 
-bool Trainer::Impl::replicated_across_tp(size_t i) const {
+bool Trainer::Impl::replicated_across_tp(size_t i, const torch::Tensor& p) const {
   if (!zero.empty()) return i == 1;  // the norm gains' shard
-  return model->replicated_across_tp(fsdp ? fsdp->sharded_parameters()[i].param
-                                          : trained_parameters()[i]);
+  return model->replicated_across_tp(fsdp ? fsdp->sharded_parameters()[i].param : p);
 }
 
 void Trainer::Impl::set_lr(double lr) {
@@ -329,7 +328,7 @@ double Trainer::Impl::clip_gradients() {
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
     if (!p.grad().defined()) continue;
-    if (mesh->tp_rank() != 0 && replicated_across_tp(i)) continue;
+    if (mesh->tp_rank() != 0 && replicated_across_tp(i, p)) continue;
     sq += p.grad().to(torch::kFloat64).pow(2).sum();
   }
   if (fsdp || !zero.empty()) mesh->dp()->all_reduce(sq);

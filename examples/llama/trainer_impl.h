@@ -33,8 +33,8 @@ class Trainer::Impl {
   // The tensors the optimizer steps on: the model's parameters, their shards under fsdp, or
   // the distributed optimizer's two flat shards.
   std::vector<torch::Tensor> trained_parameters() const;
-  // Whether trained_parameters()[i] is held whole by every tp rank (a norm gain).
-  bool replicated_across_tp(size_t i) const;
+  // Whether `p` = trained_parameters()[i] is held whole by every tp rank (a norm gain).
+  bool replicated_across_tp(size_t i, const torch::Tensor& p) const;
   // The optimizer's learning rate, gradients and step, whichever optimizer it is.
   void set_lr(double lr);
   void zero_grad();

@@ -367,7 +367,7 @@ at::Tensor FullyShardedDataParallel::forward(const std::function<at::Tensor()>& 
   {
     std::lock_guard<std::mutex> lock(impl_->mu_);
     impl_->wait_gathered(impl_->root(), false);
-    if (impl_->o_.prefetch && impl_->units_.size() > 1) impl_->prefetch(0);
+    impl_->prefetch(0);
   }
   at::Tensor y = fn();
   if (!at::GradMode::is_enabled()) reshard();
