@@ -12,6 +12,12 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 
+# ccache keys on paths relative to the checkout, so a fresh clone elsewhere reuses its objects.
+export CCACHE_BASEDIR := $(CURDIR)
+export CCACHE_NOHASHDIR := 1
+# The test targets' precompiled headers: cacheable with these (ccache's manual, "Precompiled headers").
+export CCACHE_SLOPPINESS := pch_defines,time_macros,include_file_mtime,include_file_ctime
+
 ifeq ($(shell id -u),0)
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
@@ -51,7 +57,7 @@ collective-demo: build
 
 bench: build
 	@scripts/setup.sh bench
-	bench/compare_allreduce.sh 5 "2 4"
+	bench/compare_allreduce.sh 5 "2 4" 1048576 268435456 50
 	$(BUILD)/bench/tenax-kernels-bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 
 # The sanitizer builds: the test drivers of the comm, checkpoint and elastic layers (and what

@@ -3,6 +3,8 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <sstream>
+#include <type_traits>
 
 #include "tenax/parallel/tensor_parallel.h"
 
@@ -85,12 +87,27 @@ std::string named(const NameMap& rename, const std::string& name) {
   return rename ? rename(name) : name;
 }
 
+// The key of `param` in an optimizer's state: its TensorImpl's address, as a pointer (LibTorch
+// 2.15 on) or printed as a string (before).
+template <typename Optimizer>
+auto optimizer_state_key(Optimizer& optimizer, const torch::Tensor& param) {
+  using Key = typename std::decay_t<decltype(optimizer.state())>::key_type;
+  void* impl = param.unsafeGetTensorImpl();
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream out;
+    out << impl;
+    return out.str();
+  } else {
+    return static_cast<Key>(impl);
+  }
+}
+
 // The AdamW state of `param`, created as AdamW's first step would (zero moments, step 0) when
 // it has none yet.
 torch::optim::AdamWParamState& adamw_state(torch::optim::AdamW& optimizer,
                                            const torch::Tensor& param) {
   auto& all = optimizer.state();
-  const std::string key = c10::guts::to_string(param.unsafeGetTensorImpl());
+  const auto key = optimizer_state_key(optimizer, param);
   auto it = all.find(key);
   if (it == all.end()) {
     auto st = std::make_unique<torch::optim::AdamWParamState>();
@@ -164,7 +181,7 @@ void for_each_adamw_step(
     const std::function<void(const std::string&, torch::optim::AdamWParamState&)>& fn) {
   auto& all = optimizer.state();
   for (const auto& h : held) {
-    auto it = all.find(c10::guts::to_string(h.tensor.unsafeGetTensorImpl()));
+    auto it = all.find(optimizer_state_key(optimizer, h.tensor));
     if (it == all.end()) continue;
     fn(prefix + named(rename, h.name) + ".step",
        static_cast<torch::optim::AdamWParamState&>(*it->second));

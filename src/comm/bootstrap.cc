@@ -1,7 +1,9 @@
+#if TENAX_HAS_MPI
 // Only the C API: the deprecated C++ bindings would need libmpi_cxx.
 #define OMPI_SKIP_MPICXX 1
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
+#endif
 
 #include <fcntl.h>
 #include <poll.h>
@@ -218,11 +220,17 @@ void mpi_exchange_store(LaunchInfo& info) {
                                          "mpirun");
     std::snprintf(buf, sizeof(buf), "%s %d %s", host.c_str(), port, token.c_str());
   }
+#if TENAX_HAS_MPI
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) MPI_Init(nullptr, nullptr);
   MPI_Bcast(buf, sizeof(buf), MPI_CHAR, 0, MPI_COMM_WORLD);
   if (!initialized) MPI_Finalize();
+#else
+  throw ConfigError("rank " + std::to_string(info.rank) + ": this tenax was built without Open "
+                    "MPI, so under mpirun it cannot pass the store's address itself: set "
+                    "TENAX_STORE_ADDR=host:port (a running tenax-store) for every rank");
+#endif
   char host[256] = {0}, token[128] = {0};
   int port = 0;
   if (std::sscanf(buf, "%255s %d %127s", host, &port, token) != 3) {

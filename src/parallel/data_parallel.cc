@@ -194,7 +194,8 @@ class TENAX_INTERNAL DataParallel::Impl : public std::enable_shared_from_this<Da
   DataParallelOptions opts_;
   std::vector<Slot> slots_;
   std::vector<Bucket> buckets_;
-  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
+  // shared_ptr or intrusive_ptr, as the LibTorch version has it.
+  std::vector<decltype(torch::autograd::impl::grad_accumulator(at::Tensor()))> accumulators_;
   std::mutex mu_;
   bool in_backward_ = false;
   size_t next_launch_ = 0;

@@ -329,7 +329,8 @@ class TENAX_INTERNAL FullyShardedDataParallel::Impl
   std::vector<Param> params_;
   std::vector<Unit> units_;
   std::deque<Pending> pending_;
-  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
+  // shared_ptr or intrusive_ptr, as the LibTorch version has it.
+  std::vector<decltype(torch::autograd::impl::grad_accumulator(at::Tensor()))> accumulators_;
   std::vector<ShardedParameter> public_;
   int64_t prefetch_hits_ = 0;
   BlockCache cache_;

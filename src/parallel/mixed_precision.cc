@@ -7,23 +7,13 @@
 namespace tenax {
 namespace {
 
-bool enabled(c10::DeviceType d) {
-  return d == c10::kCUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
-}
+bool enabled(c10::DeviceType d) { return at::autocast::is_autocast_enabled(d); }
 
-c10::ScalarType dtype_of(c10::DeviceType d) {
-  return d == c10::kCUDA ? at::autocast::get_autocast_gpu_dtype()
-                         : at::autocast::get_autocast_cpu_dtype();
-}
+c10::ScalarType dtype_of(c10::DeviceType d) { return at::autocast::get_autocast_dtype(d); }
 
 void set(c10::DeviceType d, bool on, c10::ScalarType dtype) {
-  if (d == c10::kCUDA) {
-    at::autocast::set_enabled(on);
-    at::autocast::set_autocast_gpu_dtype(dtype);
-  } else {
-    at::autocast::set_cpu_enabled(on);
-    at::autocast::set_autocast_cpu_dtype(dtype);
-  }
+  at::autocast::set_autocast_enabled(d, on);
+  at::autocast::set_autocast_dtype(d, dtype);
 }
 
 }  // namespace

@@ -20,15 +20,16 @@ using torch::autograd::variable_list;
 // The autocast state of this thread (mixed precision): the block runs again under the one it
 // first ran under, so it computes the same values in the same dtypes.
 struct AutocastState {
-  bool cpu = at::autocast::is_cpu_enabled(), gpu = at::autocast::is_enabled();
-  at::ScalarType cpu_dtype = at::autocast::get_autocast_cpu_dtype();
-  at::ScalarType gpu_dtype = at::autocast::get_autocast_gpu_dtype();
+  bool cpu = at::autocast::is_autocast_enabled(at::kCPU);
+  bool gpu = at::autocast::is_autocast_enabled(at::kCUDA);
+  at::ScalarType cpu_dtype = at::autocast::get_autocast_dtype(at::kCPU);
+  at::ScalarType gpu_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
 
   void apply() const {
-    at::autocast::set_cpu_enabled(cpu);
-    at::autocast::set_autocast_cpu_dtype(cpu_dtype);
-    at::autocast::set_enabled(gpu);
-    at::autocast::set_autocast_gpu_dtype(gpu_dtype);
+    at::autocast::set_autocast_enabled(at::kCPU, cpu);
+    at::autocast::set_autocast_dtype(at::kCPU, cpu_dtype);
+    at::autocast::set_autocast_enabled(at::kCUDA, gpu);
+    at::autocast::set_autocast_dtype(at::kCUDA, gpu_dtype);
   }
 };
 

@@ -125,8 +125,10 @@ using ScatterToSP = SequenceOp<slice_along, gathered>;
 
 // The dtype a product on `x` computes in: autocast's for x's device when it is on, else x's.
 at::ScalarType compute_dtype(const torch::Tensor& x) {
-  if (x.is_cuda() && at::autocast::is_enabled()) return at::autocast::get_autocast_gpu_dtype();
-  if (x.is_cpu() && at::autocast::is_cpu_enabled()) return at::autocast::get_autocast_cpu_dtype();
+  const c10::DeviceType d = x.device().type();
+  if ((x.is_cuda() || x.is_cpu()) && at::autocast::is_autocast_enabled(d)) {
+    return at::autocast::get_autocast_dtype(d);
+  }
   return x.scalar_type();
 }
 

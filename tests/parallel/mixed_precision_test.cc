@@ -32,18 +32,18 @@ TEST(AutocastTest, MatrixProductsRunInBf16AndTheFp32WeightsGetFp32Gradients) {
 }
 
 TEST(AutocastTest, ARegionRestoresWhatWasOnBeforeAndNests) {
-  EXPECT_FALSE(at::autocast::is_cpu_enabled());
+  EXPECT_FALSE(at::autocast::is_autocast_enabled(at::kCPU));
   {
     tenax::Autocast outer(at::kCPU, at::kBFloat16);
-    EXPECT_TRUE(at::autocast::is_cpu_enabled());
+    EXPECT_TRUE(at::autocast::is_autocast_enabled(at::kCPU));
     {
       tenax::Autocast off(at::kCPU, at::kFloat);
-      EXPECT_FALSE(at::autocast::is_cpu_enabled());
+      EXPECT_FALSE(at::autocast::is_autocast_enabled(at::kCPU));
     }
-    EXPECT_TRUE(at::autocast::is_cpu_enabled());
-    EXPECT_EQ(at::autocast::get_autocast_cpu_dtype(), at::kBFloat16);
+    EXPECT_TRUE(at::autocast::is_autocast_enabled(at::kCPU));
+    EXPECT_EQ(at::autocast::get_autocast_dtype(at::kCPU), at::kBFloat16);
   }
-  EXPECT_FALSE(at::autocast::is_cpu_enabled());
+  EXPECT_FALSE(at::autocast::is_autocast_enabled(at::kCPU));
 }
 
 TEST(AutocastTest, RecomputingUnderAutocastGivesTheGradientsOfThePlainBf16Block) {
