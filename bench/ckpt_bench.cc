@@ -6,6 +6,9 @@
 //   step slowdown      a fixed-work compute step alone, followed by save(), and followed by
 //                      save() with background persistence every save, in alternating rounds
 // Prints one table; medians over --reps (rounds of 6 steps each for the step slowdown).
+// --device cuda[:N] puts the state in device memory: the reference is then a plain
+// device-to-host copy of the same bytes into touched host memory; --stall_only stops after the
+// save stall (the GPU check).
 
 #include <absl/flags/flag.h>
 #include <absl/flags/parse.h>
@@ -33,6 +36,8 @@ ABSL_FLAG(int, parallel_parts, 4, "S3 parts in flight for the multipart comparis
 ABSL_FLAG(int64_t, part_mib, 32, "object / part size in MiB");
 ABSL_FLAG(int, step_ms, 200, "compute per training step in the slowdown measurement");
 ABSL_FLAG(int, step_threads, 1, "threads of that compute (ATen and BLAS)");
+ABSL_FLAG(std::string, device, "cpu", "where the state lives: cpu or cuda[:N]");
+ABSL_FLAG(bool, stall_only, false, "measure the save stall and its reference only");
 
 namespace {
 
@@ -77,13 +82,14 @@ int main(int argc, char** argv) {
   tenax::StateDict state;
   std::vector<at::Tensor> tensors;
   const int64_t per = mib * (1 << 20) / 16 / 4;
+  const at::Device device(absl::GetFlag(FLAGS_device));
   for (int i = 0; i < 16; ++i) {
-    tensors.push_back(at::rand({per}));
+    tensors.push_back(at::rand({per}, at::TensorOptions().device(device)));
     state.add("t" + std::to_string(i), tensors.back());
   }
   const double bytes = double(state.tensor_bytes());
 
-  // Reference: memcpy into already-touched memory.
+  // Reference: memcpy (from a device: a device-to-host copy) into already-touched memory.
   std::vector<char> dst(static_cast<size_t>(bytes));
   std::memset(dst.data(), 1, dst.size());
   std::vector<double> copy;
@@ -91,12 +97,17 @@ int main(int argc, char** argv) {
     auto t = Clock::now();
     size_t at = 0;
     for (auto& x : tensors) {
-      std::memcpy(dst.data() + at, x.data_ptr(), x.nbytes());
+      if (x.is_cpu()) {
+        std::memcpy(dst.data() + at, x.data_ptr(), x.nbytes());
+      } else {
+        at::from_blob(dst.data() + at, {x.numel()}, at::TensorOptions().dtype(x.dtype())).copy_(x);
+      }
       at += x.nbytes();
     }
     copy.push_back(seconds_since(t));
   }
   const double memcpy_s = median(copy);
+  const char* reference = device.is_cpu() ? "memcpy" : "device-to-host copy";
 
   auto run = [&](const std::string& run_name, tenax::CheckpointOptions& o) {
     o.run = run_name;
@@ -131,6 +142,17 @@ int main(int argc, char** argv) {
     restore_s = median(restores);
   }
   tenax::CheckpointEngine::remove_memory("bench-mem");
+  const double gb = bytes / 1e9;
+  if (absl::GetFlag(FLAGS_stall_only)) {
+    std::printf("# state %.0f MiB in 16 tensors on %s, %d reps, medians\n", bytes / (1 << 20),
+                device.str().c_str(), reps);
+    std::printf("| measurement | seconds | GB/s | ratio |\n|---|---|---|---|\n");
+    std::printf("| %s into touched memory (reference) | %.3f | %.2f | 1.00 |\n", reference,
+                memcpy_s, gb / memcpy_s);
+    std::printf("| save stall, memory tier | %.3f | %.2f | %.2f x %s time |\n", median(stall),
+                gb / median(stall), median(stall) / memcpy_s, reference);
+    return 0;
+  }
 
   // Durable tiers: time from save() to committed (wait), and restore from there.
   struct Tier {
@@ -240,12 +262,12 @@ int main(int argc, char** argv) {
   tenax::CheckpointEngine::remove_memory("bench-durable");
   std::filesystem::remove_all(dir);
 
-  const double gb = bytes / 1e9;
   std::printf("# state %.0f MiB in 16 tensors, %d reps, medians\n", bytes / (1 << 20), reps);
   std::printf("| measurement | seconds | GB/s | ratio |\n|---|---|---|---|\n");
-  std::printf("| memcpy into touched memory (reference) | %.3f | %.2f | 1.00 |\n", memcpy_s, gb / memcpy_s);
-  std::printf("| save stall, memory tier | %.3f | %.2f | %.2f x memcpy time |\n", median(stall),
-              gb / median(stall), median(stall) / memcpy_s);
+  std::printf("| %s into touched memory (reference) | %.3f | %.2f | 1.00 |\n", reference,
+              memcpy_s, gb / memcpy_s);
+  std::printf("| save stall, memory tier | %.3f | %.2f | %.2f x %s time |\n", median(stall),
+              gb / median(stall), median(stall) / memcpy_s, reference);
   std::printf("| first save (allocates and touches the slots) | %.3f | %.2f | %.2f x memcpy time |\n",
               first_save, gb / first_save, first_save / memcpy_s);
   std::printf("| restore, memory tier | %.3f | %.2f | %.2f of memcpy bandwidth |\n", restore_s,

@@ -94,11 +94,18 @@ def lr_at(a, step):
 
 def worker(rank, a, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=a.nproc)
+    cuda = a.device == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=a.nproc)
+    device = torch.device("cuda", rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
     torch.manual_seed(a.seed)
     c, t = PRESETS[a.preset], a.seq_len
     model = Llama(c, t)
+    model.cos, model.sin, model.mask = model.cos.to(device), model.sin.to(device), model.mask.to(device)
+    model.to(device)
     ddp = nn.parallel.DistributedDataParallel(model) if a.nproc > 1 else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.dtype == "bf16")
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -115,18 +122,21 @@ def worker(rank, a, port):
             g["lr"] = lr_at(a, step)
         idx = rng.integers(0, windows, a.global_batch)[rank * per_rank:(rank + 1) * per_rank]
         batch = torch.from_numpy(np.stack([data[w * t:w * t + t + 1] for w in idx]).astype(np.int64))
+        batch = batch.to(device)
         opt.zero_grad()
         total = 0.0
         for m in range(accum):
             mb = batch[m * a.micro_batch:(m + 1) * a.micro_batch]
             x, y = mb[:, :-1], mb[:, 1:]
             ctx = ddp.no_sync() if (a.nproc > 1 and m + 1 < accum) else _null()
-            with ctx:
-                loss = F.cross_entropy(ddp(x).reshape(-1, c["vocab"]), y.reshape(-1)) / accum
+            with ctx, autocast:
+                loss = F.cross_entropy(ddp(x).reshape(-1, c["vocab"]).float(), y.reshape(-1)) / accum
                 loss.backward()
             total += loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if cuda:
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
         if rank == 0 and (step + 1) % a.log_interval == 0:
             print(f"step {step + 1} loss {total:.4f}", flush=True)
@@ -160,6 +170,8 @@ def main():
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--log-interval", type=int, default=10)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

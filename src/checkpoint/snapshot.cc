@@ -107,11 +107,18 @@ void copy_pieces(const std::vector<Piece>& pieces) {
 }  // namespace
 
 void copy_into(const StateDict& state, const Layout& layout, char* data) {
-  std::vector<at::Tensor> hold;  // host copies of device or strided tensors
+  std::vector<at::Tensor> hold;  // contiguous copies of strided tensors
   std::vector<Piece> pieces;
   for (size_t i = 0; i < layout.shards.size(); ++i) {
     const at::Tensor& t = state.tensors()[i].tensor;
-    at::Tensor src = (t.is_cpu() ? t : t.cpu()).contiguous();
+    if (!t.is_cpu()) {
+      // Straight from the device into the region: one copy, not a host tensor and a memcpy.
+      at::from_blob(data + layout.shards[i].offset, {t.numel()},
+                    at::TensorOptions().dtype(t.dtype()))
+          .copy_(t.reshape({-1}));
+      continue;
+    }
+    at::Tensor src = t.contiguous();
     hold.push_back(src);
     add_pieces(pieces, static_cast<const char*>(src.data_ptr()), data + layout.shards[i].offset,
                static_cast<size_t>(layout.shards[i].nbytes));

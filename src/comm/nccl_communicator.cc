@@ -1,5 +1,10 @@
 #include "comm/nccl_communicator.h"
 
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 #include <unistd.h>
@@ -17,10 +22,20 @@
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 
+// CUDAEvent is at::cuda's up to LibTorch 2.14 and c10::cuda's from 2.15; one name for either.
+namespace at::cuda {}
+namespace c10::cuda {}
+namespace tenax::cuda_names {
+using namespace at::cuda;
+using namespace c10::cuda;
+}  // namespace tenax::cuda_names
+
 namespace tenax {
 namespace {
 
 using namespace detail;
+using CUDAEvent = cuda_names::CUDAEvent;
+using c10::cuda::CUDAStream;
 using Ms = std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
 
@@ -48,14 +63,11 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   return ncclSum;
 }
 
-void check_cuda(cudaError_t e, const std::string& what) {
-  if (e != cudaSuccess) throw CommError(what + ": " + cudaGetErrorString(e));
-}
-
 struct TENAX_INTERNAL NcclState : CommIdentity {
   int device = 0;
   ncclComm_t comm = nullptr;
-  cudaStream_t stream = nullptr;
+  // NCCL's stream, from LibTorch's pool; set once the device is known.
+  std::optional<CUDAStream> stream;
   std::mutex mu;
   std::exception_ptr fault;
   std::unique_ptr<FaultChannel> faults;
@@ -125,14 +137,13 @@ struct TENAX_INTERNAL NcclState : CommIdentity {
 
 class NcclWork : public Work {
  public:
-  NcclWork(std::shared_ptr<NcclState> st, cudaEvent_t done, std::string desc,
+  NcclWork(std::shared_ptr<NcclState> st, std::unique_ptr<CUDAEvent> done, std::string desc,
            std::function<void()> finish, uint64_t trace_id)
       : st_(std::move(st)),
-        done_(done),
+        done_(std::move(done)),
         desc_(std::move(desc)),
         finish_(std::move(finish)),
         trace_id_(trace_id) {}
-  ~NcclWork() override { cudaEventDestroy(done_); }
 
   void wait(Ms timeout) override {
     try {
@@ -144,7 +155,7 @@ class NcclWork : public Work {
     st_->trace->ended(trace_id_, nullptr);
   }
   void wait() override { wait(st_->timeout); }
-  bool is_completed() override { return cudaEventQuery(done_) != cudaErrorNotReady; }
+  bool is_completed() override { return done_->query(); }
 
  private:
   void wait_event(Ms timeout) {
@@ -152,9 +163,7 @@ class NcclWork : public Work {
     auto deadline = Clock::now() + timeout;
     for (;;) {
       st_->throw_if_broken();
-      cudaError_t q = cudaEventQuery(done_);
-      if (q == cudaSuccess) break;
-      if (q != cudaErrorNotReady) check_cuda(q, desc_);
+      if (done_->query()) break;  // throws on a CUDA error
       ncclResult_t r = ncclSuccess;
       {
         std::lock_guard<std::mutex> lock(st_->mu);
@@ -164,8 +173,8 @@ class NcclWork : public Work {
       if (Clock::now() > deadline) st_->fail_timeout(desc_);
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
-    // Later work on LibTorch's default stream sees the result.
-    check_cuda(cudaStreamWaitEvent(nullptr, done_, 0), desc_);
+    // Later work on the caller's current stream sees the result.
+    done_->block(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(st_->device)));
     if (finish_) {
       finish_();
       finish_ = nullptr;
@@ -173,7 +182,7 @@ class NcclWork : public Work {
   }
 
   std::shared_ptr<NcclState> st_;
-  cudaEvent_t done_;
+  std::unique_ptr<CUDAEvent> done_;
   std::string desc_;
   std::function<void()> finish_;
   uint64_t trace_id_;
@@ -191,7 +200,7 @@ class NcclCommunicator : public BackendCommunicator {
                         "and none is visible");
     }
     st_->device = (opts.device >= 0 ? opts.device : launch_info().local_rank) % count;
-    check_cuda(cudaSetDevice(st_->device), "cudaSetDevice");
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(st_->device));
     auto deadline = Clock::now() + st_->timeout;
     FaultRecord gone = FaultRecord::gone(rank, opts.name, "cuda:" + std::to_string(st_->device));
     NcclState* raw = st_.get();
@@ -215,7 +224,8 @@ class NcclCommunicator : public BackendCommunicator {
     } else {
       st_->comm = parent_split;
     }
-    check_cuda(cudaStreamCreateWithFlags(&st_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    st_->stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/true,
+                                                static_cast<c10::DeviceIndex>(st_->device));
     st_->trace = std::make_unique<OpTrace>(opts.name, rank, size);
     install_flight_signal_handler();
   }
@@ -227,7 +237,6 @@ class NcclCommunicator : public BackendCommunicator {
       ncclCommFinalize(st_->comm);
       ncclCommDestroy(st_->comm);
     }
-    if (st_->stream) cudaStreamDestroy(st_->stream);
   }
 
   Backend backend() const override { return Backend::kNccl; }
@@ -240,8 +249,8 @@ class NcclCommunicator : public BackendCommunicator {
     at::Tensor in = input.contiguous(), out = output.contiguous();
     return launch(c, input, [&](ncclComm_t comm) {
       return ncclAllReduce(in.data_ptr(), out.data_ptr(), in.numel(), nccl_type(in.scalar_type()),
-                           nccl_op(op), comm, st_->stream);
-    }, output, out);
+                           nccl_op(op), comm, stream());
+    }, output, out, {in, out});
   }
   WorkHandle reduce_scatter_async(const at::Tensor& output, const at::Tensor& input,
                                   ReduceOp op) override {
@@ -250,8 +259,8 @@ class NcclCommunicator : public BackendCommunicator {
     at::Tensor in = input.contiguous(), out = output.contiguous();
     return launch(c, input, [&](ncclComm_t comm) {
       return ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(),
-                               nccl_type(in.scalar_type()), nccl_op(op), comm, st_->stream);
-    }, output, out);
+                               nccl_type(in.scalar_type()), nccl_op(op), comm, stream());
+    }, output, out, {in, out});
   }
   WorkHandle all_gather_async(const at::Tensor& output, const at::Tensor& input) override {
     OpContext c = ctx("all_gather");
@@ -259,8 +268,8 @@ class NcclCommunicator : public BackendCommunicator {
     at::Tensor in = input.contiguous(), out = output.contiguous();
     return launch(c, input, [&](ncclComm_t comm) {
       return ncclAllGather(in.data_ptr(), out.data_ptr(), in.numel(), nccl_type(in.scalar_type()),
-                           comm, st_->stream);
-    }, output, out);
+                           comm, stream());
+    }, output, out, {in, out});
   }
   WorkHandle broadcast_async(const at::Tensor& tensor, int root) override {
     OpContext c = ctx("broadcast");
@@ -268,8 +277,8 @@ class NcclCommunicator : public BackendCommunicator {
     at::Tensor buf = tensor.contiguous();
     return launch(c, tensor, [&](ncclComm_t comm) {
       return ncclBroadcast(buf.data_ptr(), buf.data_ptr(), buf.numel(),
-                           nccl_type(buf.scalar_type()), root, comm, st_->stream);
-    }, tensor, buf);
+                           nccl_type(buf.scalar_type()), root, comm, stream());
+    }, tensor, buf, {buf});
   }
   WorkHandle reduce_async(const at::Tensor& tensor, int root, ReduceOp op) override {
     OpContext c = ctx("reduce");
@@ -277,8 +286,8 @@ class NcclCommunicator : public BackendCommunicator {
     at::Tensor buf = tensor.contiguous();
     return launch(c, tensor, [&](ncclComm_t comm) {
       return ncclReduce(buf.data_ptr(), buf.data_ptr(), buf.numel(), nccl_type(buf.scalar_type()),
-                        nccl_op(op), root, comm, st_->stream);
-    }, tensor, buf);
+                        nccl_op(op), root, comm, stream());
+    }, tensor, buf, {buf});
   }
   WorkHandle all_to_all_async(const at::Tensor& output, const at::Tensor& input,
                               const std::vector<int64_t>& output_splits,
@@ -295,14 +304,14 @@ class NcclCommunicator : public BackendCommunicator {
       size_t in_off = 0, out_off = 0;
       for (int p = 0; p < n; ++p) {
         ncclSend(static_cast<char*>(in.data_ptr()) + in_off * es, in_counts[p],
-                 nccl_type(in.scalar_type()), p, comm, st_->stream);
+                 nccl_type(in.scalar_type()), p, comm, stream());
         ncclRecv(static_cast<char*>(out.data_ptr()) + out_off * es, out_counts[p],
-                 nccl_type(in.scalar_type()), p, comm, st_->stream);
+                 nccl_type(in.scalar_type()), p, comm, stream());
         in_off += in_counts[p];
         out_off += out_counts[p];
       }
       return ncclGroupEnd();
-    }, output, out);
+    }, output, out, {in, out});
   }
   WorkHandle send_async(const at::Tensor& tensor, int dst, uint32_t) override {
     OpContext c = ctx("send");
@@ -310,8 +319,8 @@ class NcclCommunicator : public BackendCommunicator {
     at::Tensor buf = tensor.contiguous();
     return launch(c, tensor, [&](ncclComm_t comm) {
       return ncclSend(buf.data_ptr(), buf.numel(), nccl_type(buf.scalar_type()), dst, comm,
-                      st_->stream);
-    }, at::Tensor(), at::Tensor());
+                      stream());
+    }, at::Tensor(), at::Tensor(), {buf});
   }
   WorkHandle recv_async(const at::Tensor& tensor, int src, uint32_t) override {
     OpContext c = ctx("recv");
@@ -319,15 +328,19 @@ class NcclCommunicator : public BackendCommunicator {
     at::Tensor buf = tensor.contiguous();
     return launch(c, tensor, [&](ncclComm_t comm) {
       return ncclRecv(buf.data_ptr(), buf.numel(), nccl_type(buf.scalar_type()), src, comm,
-                      st_->stream);
-    }, tensor, buf);
+                      stream());
+    }, tensor, buf, {buf});
   }
   WorkHandle barrier_async() override {
     OpContext c = ctx("barrier");
-    if (!barrier_buf_) check_cuda(cudaMalloc(&barrier_buf_, sizeof(float)), "cudaMalloc");
-    return launch(c, at::Tensor(), [&](ncclComm_t comm) {
-      return ncclAllReduce(barrier_buf_, barrier_buf_, 1, ncclFloat32, ncclSum, comm, st_->stream);
-    }, at::Tensor(), at::Tensor());
+    if (!barrier_buf_.defined()) {
+      barrier_buf_ = at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(
+                                        at::kCUDA, static_cast<c10::DeviceIndex>(st_->device)));
+    }
+    return launch(c, barrier_buf_, [&](ncclComm_t comm) {
+      return ncclAllReduce(barrier_buf_.data_ptr(), barrier_buf_.data_ptr(), 1, ncclFloat32,
+                           ncclSum, comm, stream());
+    }, at::Tensor(), at::Tensor(), {barrier_buf_});
   }
 
   std::shared_ptr<Communicator> split(int color, int key) override {
@@ -360,11 +373,16 @@ class NcclCommunicator : public BackendCommunicator {
  private:
   const CommIdentity& identity() const override { return *st_; }
 
-  // Orders the call after LibTorch's default stream, issues it, and returns a Work that copies
-  // `staged` back into `user` when they differ (non-contiguous user tensors).
+  const CUDAStream& stream() const { return *st_->stream; }
+
+  // Orders the call after the caller's current stream, issues it on the communicator's stream,
+  // and returns a Work that copies `staged` back into `user` when they differ (non-contiguous
+  // user tensors). The memory of the `touched` tensors is recorded as in use on the
+  // communicator's stream, so the caching allocator does not hand it out again before the
+  // operation is done even if the caller drops its tensors at once.
   template <class F>
   WorkHandle launch(const OpContext& c, const at::Tensor& first, F&& call, at::Tensor user,
-                    at::Tensor staged) {
+                    at::Tensor staged, std::initializer_list<at::Tensor> touched) {
     st_->refuse_if_broken(op_kind(c.op));
     const uint64_t seq = st_->next_seq++;
     std::string desc =
@@ -374,40 +392,37 @@ class NcclCommunicator : public BackendCommunicator {
         first.defined() ? first.numel() : 0,
         first.defined() ? first.numel() * static_cast<int64_t>(first.element_size()) : 0, -1);
     st_->trace->started(trace_id);
-    check_cuda(cudaSetDevice(st_->device), desc);
-    cudaEvent_t ready, done;
-    check_cuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), desc);
-    check_cuda(cudaEventRecord(ready, nullptr), desc);
-    check_cuda(cudaStreamWaitEvent(st_->stream, ready, 0), desc);
-    cudaEventDestroy(ready);
+    const auto device = static_cast<c10::DeviceIndex>(st_->device);
+    c10::cuda::CUDAGuard guard(device);
+    CUDAEvent ready;
+    ready.record(c10::cuda::getCurrentCUDAStream(device));
+    ready.block(stream());
+    for (const at::Tensor& t : touched) {
+      if (t.defined() && t.is_cuda() && t.storage().data_ptr().get() != nullptr) {
+        c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), stream());
+      }
+    }
     ncclComm_t comm;
     {
       std::lock_guard<std::mutex> lock(st_->mu);
       comm = st_->comm;
     }
     st_->settle(call(comm), desc, Clock::now() + st_->timeout);
-    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), desc);
-    check_cuda(cudaEventRecord(done, st_->stream), desc);
+    auto done = std::make_unique<CUDAEvent>();
+    done->record(stream());
     std::function<void()> finish;
     if (user.defined() && !staged.is_same(user)) finish = [user, staged]() mutable { user.copy_(staged); };
-    return std::make_shared<NcclWork>(st_, done, desc, std::move(finish), trace_id);
+    return std::make_shared<NcclWork>(st_, std::move(done), desc, std::move(finish), trace_id);
   }
 
   std::shared_ptr<NcclState> st_;
-  void* barrier_buf_ = nullptr;
+  at::Tensor barrier_buf_;
   int splits_ = 0;
 };
 
 }  // namespace
 
-int detail::nccl_device_count() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return n;
-}
+int detail::nccl_device_count() { return c10::cuda::device_count(); }
 
 std::shared_ptr<Communicator> detail::create_nccl_communicator(std::shared_ptr<Store> store, int rank,
                                                        int size, const CommOptions& options) {

@@ -1,8 +1,10 @@
 #pragma once
 
-// The GPU backend: NCCL on a dedicated CUDA stream per communicator, ordered after the legacy
-// default stream (LibTorch's default). Operations are non-blocking NCCL calls; Work polls the
-// completion event and NCCL's async error until the deadline, then aborts the communicator.
+// The GPU backend: NCCL (the copy LibTorch loads) on a stream from LibTorch's pool, one per
+// communicator, ordered after the caller's current stream with an event; tensors from LibTorch's
+// caching allocator, recorded as in use on that stream until the operation is done. Operations
+// are non-blocking NCCL calls; Work polls the completion event and NCCL's async error until the
+// deadline, then aborts the communicator; waiting orders the caller's current stream after it.
 // Internal; use create_communicator.
 
 #include <memory>
