@@ -8,7 +8,7 @@
 # run_collective_anchors.sh; with more, the same two probes run with that many iterations (a
 # 1 MiB all-reduce takes about 1 ms here, so 20 of them time a 20 ms window, which one
 # scheduling hiccup of a few ms moves by 10-20%).
-# Needs: a build in build/ (make build), ../shared/anchors (the reference probes), python3-torch.
+# Needs: a build in build/ (make build), ../shared/anchors (the reference probes), .venv/ (make setup).
 set -euo pipefail
 reps=${1:-5} worlds=${2:-"2 4"} lo=${3:-1048576} hi=${4:-67108864} iters=${5:-20}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +30,7 @@ run_references() {
   for r in $(seq 0 $((world - 1))); do "$out/probe" "$r" "$world" "$out/store" "$lo" "$hi" "$iters" & done; wait
   echo "== torch.distributed gloo all_reduce, $world ranks"
   for r in $(seq 0 $((world - 1))); do
-    /usr/bin/python3 "$adir/torch_gloo_allreduce_probe.py" "$r" "$world" "$out/tstore" "$lo" "$hi" "$iters" &
+    "$root/.venv/bin/python" "$adir/torch_gloo_allreduce_probe.py" "$r" "$world" "$out/tstore" "$lo" "$hi" "$iters" &
   done; wait
 }
 for world in $worlds; do

@@ -20,7 +20,7 @@ launch() {  # launch N CMD... : ranks straight from the shell, torchrun-style en
 }
 for n in $worlds; do
   for rep in $(seq 1 "$reps"); do
-    launch "$n" /usr/bin/python3 "$root/bench/dp_step_reference.py" 2>/dev/null | grep median
+    launch "$n" "$root/.venv/bin/python" "$root/bench/dp_step_reference.py" 2>/dev/null | grep median
     launch "$n" "$bin" --mode overlap | grep median
     launch "$n" "$bin" --mode after | grep median
   done

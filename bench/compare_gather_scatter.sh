@@ -8,7 +8,7 @@
 #
 # Usage: bench/compare_gather_scatter.sh [REPS=5] [WORLDS="2 4"] [MIN=1048576] [MAX=16777216]
 # Sizes are of the whole gathered buffer / the reduce-scatter input, as nccl-tests counts them.
-# Needs: a build in build/ (make build), Debian's python3-torch (/usr/bin/python3).
+# Needs: a build in build/ (make build), the project's .venv/ (torch 2.15).
 set -euo pipefail
 reps=${1:-5} worlds=${2:-"2 4"} lo=${3:-1048576} hi=${4:-16777216}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,7 +48,7 @@ for world in $worlds; do
     done
     rm -f "$out/store"
     for r in $(seq 0 $((world - 1))); do
-      /usr/bin/python3 "$out/torch_all_gather.py" "$r" "$world" "$out/store" "$lo" "$hi" \
+      "$root/.venv/bin/python" "$out/torch_all_gather.py" "$r" "$world" "$out/store" "$lo" "$hi" \
         > "$out/torch.$world.$rep.$r" 2>&1 &
     done
     wait

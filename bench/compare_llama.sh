@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tokens/s of llama_train --preset tiny against the same model, batch and optimizer written
-# with torch.nn and torch.distributed DDP (bench/llama_reference.py, Debian's python3-torch
-# 1.13, Gloo), on the same ranks, alternating in one run. Both run their steps after the first
+# with torch.nn and torch.distributed DDP (bench/llama_reference.py, torch 2.15 from
+# the project's .venv/, Gloo), on the same ranks, alternating in one run. Both run their steps after the first
 # three; prints the medians over REPS runs and the ratio. Neither side's processes are bound to
 # cores; with more than one rank both get OMP_NUM_THREADS = cores / ranks (at least 1), which
 # tenaxrun sets for its workers and torchrun sets to 1.
@@ -22,7 +22,7 @@ if [ "$n" -gt 1 ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
 fi
 common=(--global-batch "$global" --micro-batch 4 --seq-len 128 --steps "$steps")
 for rep in $(seq 1 "$reps"); do
-  "${threads[@]}" /usr/bin/python3 "$root/bench/llama_reference.py" --nproc "$n" --data "$data" \
+  "${threads[@]}" "$root/.venv/bin/python" "$root/bench/llama_reference.py" --nproc "$n" --data "$data" \
     "${common[@]}" --log-interval 1000 2>/dev/null | sed -n 's/^reference tokens\/s \(.*\)/torch \1/p'
   "$tenaxrun" --nproc-per-node "$n" "$train" --data "$data" "${common[@]}" --eval-interval 0 \
     --log-interval 1000 2>/dev/null | sed -n 's/.* \([0-9.]*\) tokens\/s over.*/tenax \1/p'

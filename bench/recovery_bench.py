@@ -36,6 +36,7 @@ TRAIN = os.path.join(ROOT, "build/examples/llama/llama_train")
 TENAXRUN = os.path.join(ROOT, "build/tools/tenaxrun")
 DATA = os.path.join(ROOT, "build/data/fortunes/train.bin")
 REFERENCE = os.path.join(ROOT, "bench/recovery_reference.py")
+VENV_PYTHON = os.path.join(ROOT, ".venv/bin/python")  # torch 2.15 (scripts/setup.sh)
 STEP = {"tenax": re.compile(r"step +(\d+)/\d+ \|"), "torch": re.compile(r"^step (\d+) loss")}
 ETCD = {"endpoint": ""}  # the etcd cluster's address for system tenax-etcd (store mode)
 
@@ -54,7 +55,7 @@ def command(system, steps, nproc, tag, extra=()):
                 "--micro-batch", "4", "--steps", str(steps), "--log-interval", "1", "--data",
                 DATA, "--ckpt-run", tag, "--min-workers", str(nproc - 1), *extra], "llama_train"
     interval = "5" if system == "torchrun" else "0.5"
-    return ["/usr/bin/python3", REFERENCE, "--launch", "--nproc", str(nproc), "--data", DATA,
+    return [VENV_PYTHON, REFERENCE, "--launch", "--nproc", str(nproc), "--data", DATA,
             "--global-batch", "12", "--steps", str(steps), "--ckpt-dir", "/tmp/" + tag,
             "--monitor-interval", interval], "recovery_reference.py"
 

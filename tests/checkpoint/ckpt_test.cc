@@ -1,5 +1,5 @@
 // The tiered checkpoint engine across real processes: memory tier (POSIX shared memory), the
-// durable tier in a directory and in a real S3-compatible server (s3rver), corruption,
+// durable tier in a directory and in a real S3-compatible server (moto), corruption,
 // truncation, missing and foreign manifests, a job killed mid-save, resharding, outages.
 
 #include <gtest/gtest.h>
@@ -310,13 +310,13 @@ TEST_F(CheckpointTest, AMemoryBudgetTooSmallIsAClearErrorNotAnOutOfMemory) {
   expect_pass(2, "save", env({{"CKPT_BUDGET", "8192"}, {"CKPT_EXPECT_ERROR", "budget of 8192 bytes"}}));
 }
 
-// --- S3 (s3rver) ---------------------------------------------------------------------------
+// --- S3 (moto) -----------------------------------------------------------------------------
 
 class S3CheckpointTest : public CheckpointTest {
  protected:
   void SetUp() override {
     CheckpointTest::SetUp();
-    server_ = std::make_unique<tenax::testing::S3Server>(S3RVER_DIR, "ckpt");
+    server_ = std::make_unique<tenax::testing::S3Server>(TENAX_PYTHON, S3_SERVER, "ckpt");
   }
   void TearDown() override {
     server_.reset();
