@@ -43,7 +43,8 @@ struct RankResult {
 
 // Runs `n` ranks of argv with torchrun-style environment against a store hosted by the calling
 // process (so killing any rank leaves the store up), unless `env` sets MASTER_PORT (then rank 0
-// hosts it) or TENAX_STORE_ADDR. Kills every rank still running after
+// hosts it) or TENAX_STORE_ADDR. Without OMP_NUM_THREADS (in `env` or this process's
+// environment) each rank gets cores / n threads, as under tenaxrun. Kills every rank still running after
 // `timeout` (their exit code is then -1). A rank named by `stuck_rank` is not waited for: it is
 // killed once the others have exited.
 std::vector<RankResult> run_ranks(int n, const std::vector<std::string>& argv,
