@@ -9,7 +9,7 @@ set(TENAX_PYTHON "${PROJECT_SOURCE_DIR}/.venv/bin/python" CACHE FILEPATH
 if(Torch_DIR)
   set(TENAX_TORCH_CONFIG "${Torch_DIR}/TorchConfig.cmake")
 else()
-  find_file(TENAX_TORCH_CONFIG TorchConfig.cmake PATH_SUFFIXES share/cmake/Torch
+  find_file(TENAX_TORCH_CONFIG TorchConfig.cmake PATH_SUFFIXES Torch share/cmake/Torch
     NO_CMAKE_SYSTEM_PATH NO_SYSTEM_ENVIRONMENT_PATH)
   if(NOT TENAX_TORCH_CONFIG AND EXISTS "${TENAX_PYTHON}")
     execute_process(
