@@ -143,14 +143,18 @@ int main(int argc, char** argv) {
   }
   tenax::CheckpointEngine::remove_memory("bench-mem");
   const double gb = bytes / 1e9;
-  if (absl::GetFlag(FLAGS_stall_only)) {
-    std::printf("# state %.0f MiB in 16 tensors on %s, %d reps, medians\n", bytes / (1 << 20),
-                device.str().c_str(), reps);
+  // The table's head: the state, the reference copy and the save stall against it.
+  auto print_stall = [&](const char* where) {
+    std::printf("# state %.0f MiB in 16 tensors%s, %d reps, medians\n", bytes / (1 << 20), where,
+                reps);
     std::printf("| measurement | seconds | GB/s | ratio |\n|---|---|---|---|\n");
     std::printf("| %s into touched memory (reference) | %.3f | %.2f | 1.00 |\n", reference,
                 memcpy_s, gb / memcpy_s);
     std::printf("| save stall, memory tier | %.3f | %.2f | %.2f x %s time |\n", median(stall),
                 gb / median(stall), median(stall) / memcpy_s, reference);
+  };
+  if (absl::GetFlag(FLAGS_stall_only)) {
+    print_stall((" on " + device.str()).c_str());
     return 0;
   }
 
@@ -262,12 +266,7 @@ int main(int argc, char** argv) {
   tenax::CheckpointEngine::remove_memory("bench-durable");
   std::filesystem::remove_all(dir);
 
-  std::printf("# state %.0f MiB in 16 tensors, %d reps, medians\n", bytes / (1 << 20), reps);
-  std::printf("| measurement | seconds | GB/s | ratio |\n|---|---|---|---|\n");
-  std::printf("| %s into touched memory (reference) | %.3f | %.2f | 1.00 |\n", reference,
-              memcpy_s, gb / memcpy_s);
-  std::printf("| save stall, memory tier | %.3f | %.2f | %.2f x %s time |\n", median(stall),
-              gb / median(stall), median(stall) / memcpy_s, reference);
+  print_stall("");
   std::printf("| first save (allocates and touches the slots) | %.3f | %.2f | %.2f x memcpy time |\n",
               first_save, gb / first_save, first_save / memcpy_s);
   std::printf("| restore, memory tier | %.3f | %.2f | %.2f of memcpy bandwidth |\n", restore_s,

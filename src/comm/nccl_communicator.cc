@@ -337,7 +337,7 @@ class NcclCommunicator : public BackendCommunicator {
       barrier_buf_ = at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(
                                         at::kCUDA, static_cast<c10::DeviceIndex>(st_->device)));
     }
-    return launch(c, barrier_buf_, [&](ncclComm_t comm) {
+    return launch(c, at::Tensor(), [&](ncclComm_t comm) {
       return ncclAllReduce(barrier_buf_.data_ptr(), barrier_buf_.data_ptr(), 1, ncclFloat32,
                            ncclSum, comm, stream());
     }, at::Tensor(), at::Tensor(), {barrier_buf_});
