@@ -26,9 +26,11 @@
 namespace {
 
 using namespace tenax;
+// tenax's, not the `detail` LibTorch 2.15 declares at global scope.
+namespace detail = tenax::detail;
 using nlohmann::json;
-using tenax::detail::durable_steps;
-using tenax::detail::step_dir;
+using detail::durable_steps;
+using detail::step_dir;
 
 struct Args {
   std::string command, run, durable, out, prefix;
@@ -60,19 +62,19 @@ int list(const Args& a) {
   }
   std::sort(names.begin(), names.end());
   for (const auto& n : names) {
-    auto r = tenax::detail::Region::open("/" + n);
+    auto r = detail::Region::open("/" + n);
     if (!r) continue;
     const auto* h = r->header();
     const uint32_t state = h->state.load();
     std::printf("  %-40s step %lld, %llu bytes, %s\n", n.c_str(), static_cast<long long>(h->step),
                 static_cast<unsigned long long>(h->data_bytes),
-                state == tenax::detail::Region::kCommitted ? "committed"
-                : state == tenax::detail::Region::kWriting ? "incomplete (being written or cut)"
+                state == detail::Region::kCommitted ? "committed"
+                : state == detail::Region::kWriting ? "incomplete (being written or cut)"
                                                     : "empty");
   }
   if (names.empty()) std::printf("  none\n");
   if (!a.durable.empty()) {
-    auto store = tenax::detail::open_object_store(a.durable, S3Options{});
+    auto store = detail::open_object_store(a.durable, S3Options{});
     std::printf("durable tier (%s):\n", store->describe().c_str());
     auto steps = durable_steps(*store, a.run);
     for (int64_t s : steps) {
@@ -89,7 +91,7 @@ int list(const Args& a) {
 }
 
 // The manifest of `a.step` (or the newest).
-json manifest(tenax::detail::ObjectStore& store, const Args& a, int64_t& step) {
+json manifest(detail::ObjectStore& store, const Args& a, int64_t& step) {
   step = a.step;
   if (step < 0) {
     auto steps = durable_steps(store, a.run);
@@ -105,7 +107,7 @@ json manifest(tenax::detail::ObjectStore& store, const Args& a, int64_t& step) {
 }
 
 int verify(const Args& a) {
-  auto store = tenax::detail::open_object_store(a.durable, S3Options{});
+  auto store = detail::open_object_store(a.durable, S3Options{});
   int64_t step;
   json m = manifest(*store, a, step);
   const std::string dir = step_dir(a.run, step);
@@ -113,9 +115,9 @@ int verify(const Args& a) {
   int bad = 0;
   int64_t bytes = 0;
   for (const auto& tj : m["tensors"]) {
-    auto s = tenax::detail::shard_from_json(tj);
+    auto s = detail::shard_from_json(tj);
     try {
-      tenax::detail::read_part(*store, dir, s);
+      detail::read_part(*store, dir, s);
       bytes += s.nbytes;
     } catch (const Error& e) {
       std::printf("BAD  %s\n", e.what());
@@ -139,13 +141,13 @@ int verify(const Args& a) {
 }
 
 int export_safetensors(const Args& a) {
-  auto store = tenax::detail::open_object_store(a.durable, S3Options{});
+  auto store = detail::open_object_store(a.durable, S3Options{});
   int64_t step;
   json m = manifest(*store, a, step);
   const std::string dir = step_dir(a.run, step);
-  std::map<std::string, std::vector<tenax::detail::ShardRecord>> by_name;
+  std::map<std::string, std::vector<detail::ShardRecord>> by_name;
   for (const auto& tj : m["tensors"]) {
-    auto s = tenax::detail::shard_from_json(tj);
+    auto s = detail::shard_from_json(tj);
     if (s.name.rfind(a.prefix, 0) == 0) by_name[s.name].push_back(std::move(s));
   }
   if (by_name.empty()) throw CheckpointError("no tensor named '" + a.prefix + "...' in step " + std::to_string(step));
@@ -155,13 +157,13 @@ int export_safetensors(const Args& a) {
   int64_t at = 0;
   for (auto& [name, parts] : by_name) {
     const auto& first = parts.front();
-    const size_t elem = tenax::detail::dtype_size(first.dtype);
+    const size_t elem = detail::dtype_size(first.dtype);
     std::string whole(count(first.global_shape) * elem, '\0');
     std::vector<int64_t> zero(first.global_shape.size(), 0);
     int64_t n = 0;
     for (const auto& s : parts) {
-      std::string part = tenax::detail::read_part(*store, dir, s);
-      n += tenax::detail::copy_overlap(part.data(), s.offsets, s.sizes, whole.data(), zero,
+      std::string part = detail::read_part(*store, dir, s);
+      n += detail::copy_overlap(part.data(), s.offsets, s.sizes, whole.data(), zero,
                                 first.global_shape, elem);
     }
     if (n != count(first.global_shape)) {
