@@ -38,8 +38,15 @@ configure: setup $(BUILD)/build.ninja
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
+# ctest runs TEST_JOBS tests at once; each gets its share of the cores for LibTorch's OpenMP pool
+# (libgomp's threads spin while they wait: two tests each as wide as the machine made a
+# one-process run 100x slower). An OMP_NUM_THREADS of the caller's is kept.
+TEST_JOBS ?= 2
+TEST_THREADS := $(shell n=$$(( $$(nproc) / $(TEST_JOBS) )); [ $$n -gt 0 ] || n=1; echo $$n)
+
 test: build
-	cd $(BUILD) && ctest --output-on-failure -j 2 --timeout 600
+	cd $(BUILD) && OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(TEST_THREADS)} \
+	  ctest --output-on-failure -j $(TEST_JOBS) --timeout 600
 
 CORPUS ?= $(BUILD)/data/fortunes
 

@@ -445,12 +445,17 @@ TEST_F(ElasticClusterTest, APartitionedHostIsFencedOutWhileTheOthersGoOnAndRejoi
     EXPECT_LE(std::stoi((*it)[2].str()), evs[0]["resumed_step"].get<int>()) << out;
   }
   EXPECT_GE(fenced_members, 2) << out;
-  // Healed, h3's workers come back as new members and take the state from peers' memory.
-  const auto& back = evs.back();
-  EXPECT_EQ(back["cause"], "join") << out;
-  EXPECT_EQ(sorted(back["joined"]), (std::vector<std::string>{"w4", "w5"})) << out;
-  EXPECT_EQ(back["members"].size(), 6u) << out;
-  EXPECT_NE(back["tier"], "durable") << out;
+  // Healed, h3's workers come back as new members and take the state from peers' memory: in
+  // one re-formation, or in two when their restarts straddle one (each join is its own event).
+  std::vector<std::string> joined;
+  for (size_t i = 1; i < evs.size(); ++i) {
+    EXPECT_EQ(evs[i]["cause"], "join") << out;
+    EXPECT_NE(evs[i]["tier"], "durable") << out;
+    for (const auto& m : evs[i]["joined"]) joined.push_back(m.get<std::string>());
+  }
+  std::sort(joined.begin(), joined.end());
+  EXPECT_EQ(joined, (std::vector<std::string>{"w4", "w5"})) << out;
+  EXPECT_EQ(evs.back()["members"].size(), 6u) << out;
   expect_every_step(out, kLong);
   expect_topology(out);
   EXPECT_EQ(generation_hosts(out).back(),
