@@ -12,6 +12,7 @@
 
 #include <absl/flags/flag.h>
 #include <absl/flags/parse.h>
+#include <absl/strings/str_cat.h>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -85,7 +86,7 @@ int main(int argc, char** argv) {
   const at::Device device(absl::GetFlag(FLAGS_device));
   for (int i = 0; i < 16; ++i) {
     tensors.push_back(at::rand({per}, at::TensorOptions().device(device)));
-    state.add("t" + std::to_string(i), tensors.back());
+    state.add(absl::StrCat("t", i), tensors.back());
   }
   const double bytes = double(state.tensor_bytes());
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "tenax/core/error.h"
 
@@ -46,36 +47,38 @@ class Encoder {
 
 class Decoder {
  public:
-  // Owns its bytes, so decoding a temporary reply is safe.
-  explicit Decoder(std::string s)
-      : bytes_(std::move(s)), p_(bytes_.data()), end_(bytes_.data() + bytes_.size()) {}
+  // Owns a copy of its bytes, so decoding a temporary reply is safe. (A vector, not the string
+  // itself: GCC 12 takes a moved-from short string's inline buffer for uninitialized.)
+  explicit Decoder(const std::string& s) : bytes_(s.begin(), s.end()) {}
   Decoder(const Decoder&) = delete;
-  uint8_t u8() { need(1); return static_cast<uint8_t>(*p_++); }
+  uint8_t u8() {
+    need(1);
+    return static_cast<uint8_t>(bytes_[pos_++]);
+  }
   int64_t i64() {
     int64_t v;
     need(sizeof(v));
-    std::memcpy(&v, p_, sizeof(v));
-    p_ += sizeof(v);
+    std::memcpy(&v, bytes_.data() + pos_, sizeof(v));
+    pos_ += sizeof(v);
     return v;
   }
   std::string str() {
     uint32_t n;
     need(sizeof(n));
-    std::memcpy(&n, p_, sizeof(n));
-    p_ += sizeof(n);
+    std::memcpy(&n, bytes_.data() + pos_, sizeof(n));
+    pos_ += sizeof(n);
     need(n);
-    std::string s(p_, n);
-    p_ += n;
+    std::string s(bytes_.data() + pos_, n);
+    pos_ += n;
     return s;
   }
 
  private:
-  void need(size_t n) {
-    if (static_cast<size_t>(end_ - p_) < n) throw StoreError("malformed store message");
+  void need(size_t n) const {
+    if (bytes_.size() - pos_ < n) throw StoreError("malformed store message");
   }
-  std::string bytes_;
-  const char* p_;
-  const char* end_;
+  std::vector<char> bytes_;
+  size_t pos_ = 0;
 };
 
 }  // namespace tenax::detail::store_wire
