@@ -67,6 +67,7 @@ ElasticRunner::ElasticRunner(ElasticOptions options, std::shared_ptr<Store> stor
   }
   o_.checkpoint.member = member_;
   o_.rendezvous.group = o_.group;
+  if (o_.rendezvous.host_members <= 0) o_.rendezvous.host_members = launch_info().local_size;
   if (o_.max_active <= 0) o_.max_active = static_cast<int>(settings().active_workers);
   if (o_.max_active > 0 && o_.max_active < o_.group) {
     throw ConfigError("elastic: max_active (" + std::to_string(o_.max_active) +

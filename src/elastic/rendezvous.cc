@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 
 #include "elastic/member_order.h"
@@ -85,6 +86,7 @@ Rendezvous::Rendezvous(std::shared_ptr<Store> store, std::string id, RendezvousO
     o_.host = name;
   }
   store_->set(key("host/" + id_), o_.host);
+  store_->set(key("host_members/" + id_), std::to_string(std::max(1, o_.host_members)));
   beat_ = std::thread([this, hb = key("hb/" + id_)] { beat_loop(hb); });
 }
 
@@ -191,6 +193,41 @@ bool Rendezvous::previous_all_in(const std::vector<std::string>& previous,
 
 std::vector<std::string> Rendezvous::waiting(const Generation& gen) {
   return joined(gen.number + 1);
+}
+
+bool Rendezvous::admit_joiners(const Generation& gen) {
+  std::vector<std::string> joiners;
+  for (const auto& id : waiting(gen)) {
+    if (std::find(gen.members.begin(), gen.members.end(), id) == gen.members.end()) {
+      joiners.push_back(id);
+    }
+  }
+  if (joiners.empty()) return false;
+  const auto now = std::chrono::steady_clock::now();
+  if (joiners_of_ != gen.number) {
+    joiners_of_ = gen.number;
+    joiners_since_ = now;
+  }
+  if (now - joiners_since_ >= o_.admission_window) return true;
+  // Per host of a joiner: its members here (joined, or active in `gen`) against those it starts.
+  const auto host_of = hosts_of(joiners);
+  std::map<std::string, int> here, starts;
+  for (const auto& id : joiners) {
+    auto h = host_of.find(id);
+    if (h == host_of.end()) return true;  // no host recorded: nothing to wait for
+    ++here[h->second];
+    int n = 1;
+    if (auto v = store_->try_get(key("host_members/" + id))) n = std::max(1, std::atoi(v->c_str()));
+    starts[h->second] = std::max(starts[h->second], n);
+  }
+  for (size_t i = 0; i < gen.members.size() && i < gen.hosts.size(); ++i) {
+    auto it = here.find(gen.hosts[i]);
+    if (it != here.end()) ++it->second;
+  }
+  for (const auto& [host, n] : starts) {
+    if (here[host] < n) return false;
+  }
+  return true;
 }
 
 void Rendezvous::mark_gone(const std::string& id) { store_->set(key("gone/" + id), "1"); }

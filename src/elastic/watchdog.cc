@@ -58,7 +58,7 @@ std::string Watchdog::check() {
         return id + " left generation " + std::to_string(active_.number) + " to recover";
       }
     }
-    if (joiners_interrupt_) join_waiting_ = true;
+    if (joiners_interrupt_ && rdzv_.admit_joiners(active_)) join_waiting_ = true;
     return "";
   } catch (const std::exception& e) {
     return std::string("the store failed: ") + e.what();

@@ -18,7 +18,8 @@ namespace tenax::detail {
 // Watches the active members of a generation while it trains, on a thread of its own that
 // polls the store every `interval`: a member whose heartbeat stopped is marked gone and the
 // communicator aborted (the step in flight fails at once); a newer generation opened by a
-// joiner raises join_waiting() for the next step boundary; one opened by an active member (it
+// joiner raises join_waiting() for the next step boundary, once Rendezvous::admit_joiners says
+// so (a host's joiners together); one opened by an active member (it
 // is recovering) aborts too. The destructor stops the thread without waiting out an interval.
 class Watchdog {
  public:

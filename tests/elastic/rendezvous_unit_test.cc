@@ -137,6 +137,129 @@ TEST_F(RendezvousUnitTest, AGenerationKeepsEachHostsMembersTogetherWhateverTheAr
   }
 }
 
+namespace {
+
+// Members w0, w1 on h1 in generation 1, as `run`; their Rendezvous objects and the generation.
+struct FormedPair {
+  std::unique_ptr<tenax::Rendezvous> w0, w1;
+  tenax::Generation gen;
+
+  // Both go to the next generation (as at a step boundary); w0's view of it.
+  tenax::Generation reform() {
+    std::thread t([&] { w1->next(); });
+    tenax::Generation next = w0->next();
+    t.join();
+    return next;
+  }
+};
+
+// A member joining the next generation on a thread of its own. A test that stops early ends
+// the run (the rendezvous's `done` key) so that the thread returns.
+class Joiner {
+ public:
+  Joiner(std::shared_ptr<tenax::Store> store, const std::string& id, tenax::RendezvousOptions o)
+      : store_(store), done_("rdzv/" + o.run + "/done"), rdzv_(std::move(store), id, std::move(o)) {
+    thread_ = std::thread([this] { gen_ = rdzv_.next(); });
+  }
+  ~Joiner() {
+    if (!thread_.joinable()) return;
+    store_->set(done_, "1");
+    thread_.join();
+  }
+  // The generation it joined, once formed.
+  tenax::Generation wait() {
+    thread_.join();
+    return gen_;
+  }
+
+ private:
+  std::shared_ptr<tenax::Store> store_;
+  std::string done_;
+  tenax::Rendezvous rdzv_;
+  tenax::Generation gen_;
+  std::thread thread_;
+};
+
+// Waits (bounded) until `n` ids wait for the generation after `gen`.
+bool wait_for_joiners(tenax::Rendezvous& r, const tenax::Generation& gen, size_t n) {
+  for (int i = 0; i < 250; ++i) {
+    if (r.waiting(gen).size() >= n) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return false;
+}
+
+}  // namespace
+
+class AdmissionTest : public RendezvousUnitTest {
+ protected:
+  tenax::RendezvousOptions host_options(const std::string& run, const std::string& host,
+                                        std::chrono::milliseconds window) {
+    auto o = options(run);
+    o.join_timeout = 20s;
+    o.host = host;
+    o.host_members = 2;
+    o.admission_window = window;
+    return o;
+  }
+
+  FormedPair form(const std::string& run, std::chrono::milliseconds window) {
+    FormedPair p;
+    auto o = host_options(run, "h1", window);
+    o.min_workers = 2;
+    p.w0 = std::make_unique<tenax::Rendezvous>(store_, "w0", o);
+    p.w1 = std::make_unique<tenax::Rendezvous>(store_, "w1", o);
+    std::thread t([&] { p.w1->next(); });
+    p.gen = p.w0->next();
+    t.join();
+    return p;
+  }
+};
+
+TEST_F(AdmissionTest, AHostsJoinersAreAdmittedTogetherOnceAllOfThemHaveJoined) {
+  FormedPair p = form("together", 20s);
+  EXPECT_FALSE(p.w0->admit_joiners(p.gen));  // nobody waits
+  Joiner w2(store_, "w2", host_options("together", "h2", 20s));
+  ASSERT_TRUE(wait_for_joiners(*p.w0, p.gen, 1));
+  // One of h2's two members: the others train on and wait for the second.
+  EXPECT_FALSE(p.w0->admit_joiners(p.gen));
+  Joiner w3(store_, "w3", host_options("together", "h2", 20s));
+  ASSERT_TRUE(wait_for_joiners(*p.w0, p.gen, 2));
+  EXPECT_TRUE(p.w0->admit_joiners(p.gen));
+  // The members re-form with both joiners in one generation.
+  const auto gen = p.reform();
+  EXPECT_EQ(gen.members, (std::vector<std::string>{"w0", "w1", "w2", "w3"}));
+  EXPECT_EQ(w2.wait().members, gen.members);
+  EXPECT_EQ(w3.wait().members, gen.members);
+}
+
+TEST_F(AdmissionTest, ALoneJoinerOfAHostIsAdmittedOnceTheWindowHasPassed) {
+  FormedPair p = form("window", 300ms);
+  Joiner w2(store_, "w2", host_options("window", "h2", 300ms));
+  ASSERT_TRUE(wait_for_joiners(*p.w0, p.gen, 1));
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(p.w0->admit_joiners(p.gen));
+  bool admitted = false;
+  while (!admitted && std::chrono::steady_clock::now() - start < 5s) {
+    std::this_thread::sleep_for(20ms);
+    admitted = p.w0->admit_joiners(p.gen);
+  }
+  EXPECT_TRUE(admitted);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 300ms);
+  EXPECT_EQ(p.reform().members, (std::vector<std::string>{"w0", "w1", "w2"}));
+  EXPECT_EQ(w2.wait().size(), 3);
+}
+
+TEST_F(AdmissionTest, AJoinerWhoseHostMatesAreActiveIsAdmittedAtOnce) {
+  FormedPair p = form("restart", 20s);
+  // A restarted member of h1: h1's two members are there, one active and one joining.
+  Joiner w9(store_, "w9", host_options("restart", "h1", 20s));
+  ASSERT_TRUE(wait_for_joiners(*p.w0, p.gen, 1));
+  EXPECT_TRUE(p.w0->admit_joiners(p.gen));
+  EXPECT_EQ(p.reform().members.size(), 3u);
+  EXPECT_EQ(w9.wait().size(), 3);
+}
+
 TEST(MemberOrderTest, AHostsMembersBeyondItsLastWholeGroupWaitAtTheEnd) {
   using tenax::detail::group_by_host;
   const std::map<std::string, std::string> host_of = {

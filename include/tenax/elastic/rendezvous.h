@@ -45,6 +45,12 @@ struct TENAX_API RendezvousOptions {
   // members beyond a host's last whole block come after every host's blocks.
   std::string host;
   int group = 1;
+  // How many members this host starts together (its launcher's LOCAL_WORLD_SIZE; <= 0: taken
+  // from the launch). Joiners of one host are admitted in one re-formation: the active members
+  // go on training while the first of a host's joiners waits up to `admission_window` for the
+  // rest of them (a second re-formation would pause every member; waiting pauses no one).
+  int host_members = 0;
+  std::chrono::milliseconds admission_window{2000};
 };
 
 struct TENAX_API Generation {
@@ -91,6 +97,12 @@ class TENAX_API Rendezvous {
   // Ids that joined the generation after `gen` so far (empty when none is open).
   std::vector<std::string> waiting(const Generation& gen);
 
+  // True when the members of `gen` should re-form now to admit the joiners waiting for the next
+  // generation: every host they come from has all its host_members there (joined, or in `gen`),
+  // or the first of them has waited admission_window (as seen by this member's successive
+  // calls). False when no joiner waits. Call it periodically, from one thread.
+  bool admit_joiners(const Generation& gen);
+
   // Records that `id` is gone (its heartbeat stopped): generations close without waiting for
   // it. It comes back by joining again.
   void mark_gone(const std::string& id);
@@ -130,6 +142,9 @@ class TENAX_API Rendezvous {
     int64_t own = 0;  // this member's own heartbeat count when `count` last moved
   };
   std::map<std::string, Seen> seen_;
+  // admit_joiners(): the generation whose joiners it saw first, and when.
+  int64_t joiners_of_ = -1;
+  std::chrono::steady_clock::time_point joiners_since_;
 
   // The heartbeat thread: adds 1 to hb/<id> every heartbeat_interval on beat_store_ (whose
   // calls time out after heartbeat_timeout) until stopped or fenced. Protected by beat_mu_:
