@@ -4,6 +4,9 @@
 //   sleep MS    wait
 //   dead        call dead_members until one is reported (up to 20 s); prints "dead a,b"
 //   superseded  prints "superseded 0|1" for the last generation
+//   until_superseded  waits (up to 60 s) until a newer generation is open; prints as superseded
+//   signal K    sets the store key "rdzv-test/K"; `await K` waits for it (up to 60 s): members
+//               order their steps through the store, never by sleeping
 //   hang        SIGSTOP itself (heartbeats stop)
 //   leave       leave the rendezvous (the member is gone); `back` joins it again
 // Options: RDZV_MIN, RDZV_MAX, RDZV_LAST_CALL_MS, RDZV_JOIN_TIMEOUT_MS, RDZV_HB_TIMEOUT_MS.
@@ -70,6 +73,21 @@ int main() {
         std::cout << "dead " << joined(dead) << std::endl;
       } else if (a == "superseded") {
         std::cout << "superseded " << member->superseded(gen) << std::endl;
+      } else if (a == "until_superseded") {
+        bool newer = member->superseded(gen);
+        for (int i = 0; i < 1200 && !newer; ++i) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          newer = member->superseded(gen);
+        }
+        std::cout << "superseded " << newer << std::endl;
+      } else if (a == "signal" || a == "await") {
+        std::string k;
+        actions >> k;
+        if (a == "signal") {
+          store->set("rdzv-test/" + k, "1");
+        } else {
+          store->get("rdzv-test/" + k, std::chrono::seconds(60));
+        }
       } else if (a == "leave") {
         member.reset();
       } else if (a == "back") {

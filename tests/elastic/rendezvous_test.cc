@@ -59,8 +59,9 @@ TEST(RendezvousTest, SurvivorsKeepTheirOrderAndAJoinerGoesLast) {
   auto results = run_ranks(
       3, {RDZV_WORKER},
       {{"RDZV_MIN", "2"}, {"RDZV_LAST_CALL_MS", "300"},
-       {"RDZV_ACTIONS", "next next sleep 4000 superseded next"},
-       {"RDZV_ACTIONS_1", "next leave sleep 2000 back next"}});
+       {"RDZV_ACTIONS", "next next until_superseded next"},
+       {"RDZV_ACTIONS_0", "next next signal formed2 until_superseded next"},
+       {"RDZV_ACTIONS_1", "next leave await formed2 back next"}});
   for (const auto& r : results) ASSERT_EQ(r.exit_code, 0) << dump(results);
   auto g0 = generations(results[0]), g1 = generations(results[1]), g2 = generations(results[2]);
   ASSERT_EQ(g0.size(), 3u) << dump(results);
