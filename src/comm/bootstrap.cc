@@ -13,6 +13,8 @@
 #include <chrono>
 #include <cstdio>
 #include <random>
+#include <sstream>
+#include <string>
 #include <thread>
 
 #include "comm/net.h"
@@ -26,6 +28,13 @@
 
 namespace tenax {
 namespace {
+
+// "w<rank>", built with a stream: GCC 12 reports a false -Wrestrict for "w" + std::to_string.
+std::string member_id(int rank) {
+  std::ostringstream id;
+  id << 'w' << rank;
+  return id.str();
+}
 
 int env_rank_var(const char* name) {
   long long v = env_int(name, -1);
@@ -138,7 +147,7 @@ LaunchInfo detect_launch() {
   } else {
     info.launcher = "single";
   }
-  info.member = env_string("TENAX_MEMBER_ID").value_or("w" + std::to_string(info.rank));
+  info.member = env_string("TENAX_MEMBER_ID").value_or(member_id(info.rank));
   return info;
 }
 
