@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "comm/wait_clock.h"
 #include "tenax/core/error.h"
@@ -111,6 +112,7 @@ struct EtcdClient::Reply {
   bool failed = false;
   size_t parsed = 0;
   const std::atomic<bool>* interrupted = nullptr;
+  bool connected = false;  // the member accepted the connection (it is up, if maybe leaderless)
 };
 
 namespace {
@@ -197,6 +199,9 @@ EtcdClient::Reply EtcdClient::perform(const std::string& url, const std::string&
   if (!options_.key_file.empty()) curl_easy_setopt(c, CURLOPT_SSLKEY, options_.key_file.c_str());
   r.code = curl_easy_perform(c);
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  long sent = 0;  // request bytes sent: a connection was made (new or reused)
+  r.connected = r.status > 0 ||
+                (curl_easy_getinfo(c, CURLINFO_REQUEST_SIZE, &sent) == CURLE_OK && sent > 0);
   char* ip = nullptr;
   if (curl_easy_getinfo(c, CURLINFO_LOCAL_IP, &ip) == CURLE_OK && ip && *ip) local_address_ = ip;
   r.error = errbuf[0] ? errbuf : curl_easy_strerror(r.code);
@@ -222,16 +227,44 @@ nlohmann::json EtcdClient::post(const std::string& path, const nlohmann::json& b
   const std::string text = body.dump();
   std::string last = "no member tried";
   bool reauthenticated = false;
+  const auto start = Clock::now();
+  const auto own_deadline = deadline;
+  const auto election_end = start + options_.election_timeout * options_.election_rounds;
+  const size_t members = options_.endpoints.size();
+  // Members that accepted a connection in the current round and in the last whole one.
+  std::vector<bool> up(members, false);
+  size_t up_last_round = 0;
+  auto count = [](const std::vector<bool>& v) {
+    return static_cast<size_t>(std::count(v.begin(), v.end(), true));
+  };
+  auto quorum_lost = [&](size_t up_now) {
+    throw StoreError("no member of " + describe() + " answered " + path + " in time (" + last +
+                     "; " + std::to_string(up_now) + " of " + std::to_string(members) +
+                     " members up); the cluster may have lost its quorum");
+  };
   for (int round = 0;; ++round) {
     // Each member once a round; a member asked again (a fresh token) does not count as tried.
-    for (size_t tried = 0; tried < options_.endpoints.size(); ++tried) {
+    for (size_t tried = 0; tried < members; ++tried) {
       if (interrupted_) throw StoreError(describe() + ": client interrupted");
+      if (Clock::now() >= deadline) {
+        // Before a whole round nothing is known; a majority up but no answer is an election in
+        // progress (quorum not lost), which can take some election timeouts to finish.
+        const size_t up_now = std::max(up_last_round, count(up));
+        if ((round == 0 || 2 * up_now > members) && Clock::now() < election_end) {
+          deadline = election_end;
+        } else if (2 * up_now > members) {
+          const auto spent =
+              std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+          throw StoreError(describe() + ": " + std::to_string(up_now) + " of its " +
+                           std::to_string(members) + " members are up but none served " + path +
+                           " within " + std::to_string(spent.count()) + " ms (" + last +
+                           "); its leader election has not finished");
+        } else {
+          quorum_lost(up_now);
+        }
+      }
       const auto left =
           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left.count() <= 0) {
-        throw StoreError("no member of " + describe() + " answered " + path + " in time (" + last +
-                         "); the cluster may have lost its quorum");
-      }
       const size_t m = member_;
       // The first round moves on quickly from a silent member; later rounds, when every member
       // was slow or leaderless, give each a fair share of what is left.
@@ -239,6 +272,7 @@ nlohmann::json EtcdClient::post(const std::string& path, const nlohmann::json& b
           round == 0 ? kAttempt
                      : std::max(kAttempt, left / static_cast<int64_t>(options_.endpoints.size()));
       Reply r = perform(url(m, path), text, std::min(left, attempt).count(), false);
+      if (r.connected) up[m] = true;
       if (r.code == CURLE_ABORTED_BY_CALLBACK)
         throw StoreError(describe() + ": client interrupted");
       if (tls_refusal(r.code, r.error)) {
@@ -274,6 +308,10 @@ nlohmann::json EtcdClient::post(const std::string& path, const nlohmann::json& b
       }
       throw StoreError(describe() + " refused " + path + ": " + message);
     }
+    up_last_round = count(up);
+    std::fill(up.begin(), up.end(), false);
+    // Past the call's own deadline, a whole round with fewer than a majority up: quorum lost.
+    if (Clock::now() >= own_deadline && 2 * up_last_round <= members) quorum_lost(up_last_round);
     const auto pause = std::chrono::milliseconds(std::min(50 * (round + 1), 500));
     if (Clock::now() + pause < deadline) std::this_thread::sleep_for(pause);
   }

@@ -31,8 +31,11 @@ class EtcdClient {
 
   // POSTs `body` to `path` ("/v3/kv/range"…) and returns the parsed reply. A member that
   // cannot be reached, has no leader or times out is left for the next one, round after round,
-  // until `deadline`; then StoreError with the last member's error. A request the cluster
-  // refuses (bad credentials, permission) is a StoreError at once.
+  // until `deadline`, or, while a majority of the members accept connections (an election in
+  // progress), until election_timeout x election_rounds from the call's start if that is later;
+  // then StoreError with the last member's error, saying "quorum" only when fewer than a
+  // majority were up. A request the cluster refuses (bad credentials, permission) is a
+  // StoreError at once.
   nlohmann::json post(const std::string& path, const nlohmann::json& body,
                       Clock::time_point deadline);
 

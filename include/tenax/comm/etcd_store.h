@@ -39,6 +39,12 @@ struct TENAX_API EtcdOptions {
   // Lease TTL for set_on_disconnect: how long after a client's death its keys appear. Long
   // enough that a loaded client's keep-alives (every TTL/3) never let it lapse by accident.
   std::chrono::seconds lease_ttl{5};
+  // The cluster's election timeout (etcd's --election-timeout, 1 s by default). A call that
+  // finds a majority of the members up but no leader (an election in progress) keeps trying for
+  // at least `election_rounds` election timeouts from its start, even past its own deadline:
+  // an election takes one or two of them, more when votes split or the machine is loaded.
+  std::chrono::milliseconds election_timeout{1000};
+  int election_rounds = 15;
 
   // Parses "etcd://h1:2379,h2:2379[/prefix]" (https with "etcds://"). Credentials and TLS
   // files come from TENAX_ETCD_USER, TENAX_ETCD_PASSWORD, TENAX_ETCD_CACERT, TENAX_ETCD_CERT,
