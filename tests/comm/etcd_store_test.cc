@@ -81,10 +81,12 @@ TEST_F(EtcdStoreTest, ACallDuringALeaderElectionOnALoadedMachineWaitsForTheNewLe
   s->set("before", "1");
   const int leader = cluster_->leader();
   ASSERT_GE(leader, 0);
-  std::vector<tenax::testing::Process> load;  // killed when the test ends, passed or not
+  // A busy loop per core, each the direct child (killed when the test ends, passed or not) and
+  // bounded by itself to 60 s.
+  const std::vector<std::string> spin = {"bash", "-c", "while [ $SECONDS -lt 60 ]; do :; done"};
+  std::vector<tenax::testing::Process> load;
   for (unsigned i = 0; i < std::max(2u, std::thread::hardware_concurrency()); ++i) {
-    load.emplace_back(std::vector<std::string>{"timeout", "60", "sh", "-c", "while :; do :; done"},
-                      std::map<std::string, std::string>{});
+    load.emplace_back(spin, std::map<std::string, std::string>{});
   }
   cluster_->kill(leader);
   const auto t0 = std::chrono::steady_clock::now();
