@@ -270,7 +270,7 @@ nlohmann::json EtcdClient::post(const std::string& path, const nlohmann::json& b
       // was slow or leaderless, give each a fair share of what is left.
       const auto attempt =
           round == 0 ? kAttempt
-                     : std::max(kAttempt, left / static_cast<int64_t>(options_.endpoints.size()));
+                     : std::max(kAttempt, left / static_cast<int64_t>(members));
       Reply r = perform(url(m, path), text, std::min(left, attempt).count(), false);
       if (r.connected) up[m] = true;
       if (r.code == CURLE_ABORTED_BY_CALLBACK)
