@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The installed libtenax.so exports the public API and nothing of tenax::detail (nor any other
-# internal): it is built with hidden visibility and TENAX_API on include/tenax/.
+# internal): it is built with hidden visibility and TENAX_API on include/tenax/. And it leaves
+# the program's signals alone: no writev (Gloo's socket writes go through sendmsg with
+# MSG_NOSIGNAL, cmake/gloo/send_nosignal.h) and no signal() call.
 # Usage: exports_test.sh BUILD
 set -euo pipefail
 build=$1
@@ -21,6 +23,13 @@ for public in 'tenax::init(' 'tenax::CheckpointEngine::save(' 'tenax::ElasticRun
               'typeinfo for tenax::PeerLostError' 'tenax::ElasticRunner::ElasticRunner(' \
               'tenax::DataParallel::DataParallel(' 'tenax::settings()'; do
   if ! grep -qF "$public" "$tmp/symbols"; then echo "libtenax.so does not export $public"; status=1; fi
+done
+nm -D --undefined-only "$lib" > "$tmp/imports"
+for call in writev signal; do
+  if grep -qw "$call" "$tmp/imports"; then
+    echo "libtenax.so calls $call(): a socket write without MSG_NOSIGNAL, or a process-wide handler"
+    status=1
+  fi
 done
 [ $status -eq 0 ] && echo "libtenax.so exports $(grep -c ' [TVWBDR] ' "$tmp/symbols") symbols, none internal"
 exit $status

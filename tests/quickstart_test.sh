@@ -37,6 +37,6 @@ cat "$tmp/out"
 [ "$status" -eq 0 ] || { echo "mpirun exited with $status"; exit 1; }
 grep -q "fault injection: kill rank 2 at step 40" "$tmp/out" || { echo "rank 2 was not killed"; exit 1; }
 grep -q "resuming after step 39" "$tmp/out" || { echo "the survivors did not resume after step 39"; exit 1; }
-[ "$(grep -c '^done after 1 re-formations' "$tmp/out")" -eq 2 ] ||
+[ "$(grep -c '^finished after 1 re-formations' "$tmp/out")" -eq 2 ] ||
   { echo "the two survivors did not both finish after one re-formation"; exit 1; }
 loss_fell 90

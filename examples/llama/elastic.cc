@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 namespace llama {
@@ -106,32 +107,37 @@ int64_t elastic_micro_batch(int64_t global_batch, int dp, int64_t wanted) {
   return 1;
 }
 
-void run_elastic(const ElasticRunOptions& options, StepLog& log,
-                 std::shared_ptr<tenax::Store> store) {
+tenax::RunResult run_elastic(const ElasticRunOptions& options, StepLog& log,
+                             std::shared_ptr<tenax::Store> store) {
   tenax::ElasticOptions eo = options.elastic;
   eo.group = options.train.tp * options.train.pp;
   if (options.train.device == "cuda") eo.backend = tenax::Backend::kNccl;
+  eo.handle_sigterm = true;  // SIGTERM (Slurm's, tenaxrun's) stops the job at a durable step
+  eo.on_stop = [](tenax::StopReason reason, const std::string& why) {
+    if (reason != tenax::StopReason::kHung) return;  // run() returns: main() exits with the code
+    // The step that hung may never come back to return from run().
+    std::fprintf(stderr, "llama_train: %s (%s): exiting with status %d\n", tenax::to_string(reason),
+                 why.c_str(), tenax::exit_code(reason));
+    std::fflush(stdout);
+    std::fflush(stderr);
+    std::_Exit(tenax::exit_code(reason));
+  };
   tenax::ElasticRunner runner(eo, std::move(store));
   LlamaJob job(options, log);
-  runner.on_event = [&](const tenax::RecoveryEvent& e) {
-    if (job.leader()) {
-      std::printf("llama_train: recovery %s\n", e.to_json().c_str());
-      std::fflush(stdout);
-    }
-  };
-  const int64_t done = runner.run(job, options.train.steps);
-  if (job.leader() && done < options.train.steps) {
-    // Preempted (SIGTERM): the step reached is saved; a relaunch of the same run resumes there.
+  const tenax::RunResult r = runner.run(job, options.train.steps);
+  if (!job.leader()) return r;
+  if (r.reason == tenax::StopReason::kPreempted) {
+    // The step reached is saved; a relaunch of the same run resumes there.
     std::printf("llama_train: preempted after %lld of %lld steps, %zu re-formations; a relaunch "
                 "resumes from step %lld\n",
-                (long long)done, (long long)options.train.steps, runner.events().size(),
-                (long long)done);
-    std::fflush(stdout);
-  } else if (job.leader()) {
+                (long long)r.steps, (long long)options.train.steps, runner.events().size(),
+                (long long)r.steps);
+  } else if (r.finished()) {
     std::printf("llama_train: done, %lld steps, %zu re-formations\n",
                 (long long)options.train.steps, runner.events().size());
-    std::fflush(stdout);
   }
+  std::fflush(stdout);
+  return r;
 }
 
 }  // namespace llama

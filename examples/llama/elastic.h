@@ -22,11 +22,13 @@ struct ElasticRunOptions {
   int eval_batches = 4;
 };
 
-// Trains to train.steps through re-formations. Prints the log lines (through `log`) and one
-// line per recovery event on the first active rank. Returns on every member once the job is
-// done.
-void run_elastic(const ElasticRunOptions& options, StepLog& log,
-                 std::shared_ptr<tenax::Store> store);
+// Trains to train.steps through re-formations (tenax logs each recovery event on every member).
+// Prints the log lines (through `log`). Returns on every member once the job is done or
+// preempted, or once this member had to leave (why: tenax::exit_code maps it to the exit
+// status); a member whose step hung ends the process with exit_code(kHung) at once, since
+// that step may never return.
+tenax::RunResult run_elastic(const ElasticRunOptions& options, StepLog& log,
+                             std::shared_ptr<tenax::Store> store);
 
 // The micro-batch for `dp` ranks: the largest divisor of global_batch / dp not above `wanted`.
 // Throws ConfigError when dp does not divide global_batch.

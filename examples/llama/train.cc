@@ -9,6 +9,7 @@
 #include <malloc.h>
 #include <sys/resource.h>
 #include <tenax/checkpoint/engine.h>
+#include <tenax/comm/flight_recorder.h>
 #include <tenax/comm/init.h>
 #include <tenax/core/config.h>
 #include <tenax/core/error.h>
@@ -437,8 +438,13 @@ int run_elastic(const llama::TrainOptions& o, const tenax::LaunchInfo& launch,
     eo.elastic.faults = &faults;
     eo.train.faults = &faults;
     llama::StepLog log = step_log(o);
-    llama::run_elastic(eo, log, world.store);
-    return 0;
+    const tenax::RunResult r = llama::run_elastic(eo, log, world.store);
+    if (!r.finished() && r.reason != tenax::StopReason::kPreempted) {
+      std::cerr << "llama_train: " << launch.member << " stopped: " << tenax::to_string(r.reason)
+                << " (" << r.why << ") after " << r.steps << " steps; exit status "
+                << tenax::exit_code(r.reason) << std::endl;
+    }
+    return tenax::exit_code(r.reason);
   } catch (const tenax::HealthError& e) {
     std::cerr << "llama_train: " << e.what() << std::endl;
     return tenax::kUnhealthyExitCode;
@@ -558,6 +564,9 @@ int main(int argc, char** argv) {
   auto args = underscore_flags(argc, argv, storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   const tenax::LaunchInfo launch = tenax::detect_launch();
+  // The signals are this program's to give: SIGUSR1 dumps the flight records (with
+  // TENAX_FLIGHT_DIR); --elastic also hands SIGTERM to tenax (graceful preemption).
+  tenax::install_flight_signal_handler();
   std::optional<tenax::FaultInjector> faults;  // TENAX_FAULT, for tests and demos
   try {
     faults.emplace(tenax::FaultInjector::from_env(launch.rank));

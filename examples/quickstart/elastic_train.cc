@@ -53,7 +53,8 @@ int main() {
   options.rendezvous.min_workers = 2;  // with fewer ranks alive, stop with a clear error
   tenax::ElasticRunner runner(options, world.store);
   Quickstart job;
-  runner.run(job, 100);
-  std::cout << "done after " << runner.events().size() << " re-formations" << std::endl;
-  return 0;
+  const tenax::RunResult r = runner.run(job, 100);
+  std::cout << tenax::to_string(r.reason) << " after " << runner.events().size()
+            << " re-formations" << std::endl;
+  return tenax::exit_code(r.reason);  // 0, or why this member had to leave (docs/elastic.md)
 }

@@ -78,22 +78,6 @@ bool nccl_available() {
 #endif
 }
 
-namespace {
-
-// A write to a socket whose peer is gone raises SIGPIPE, whose default action kills the process:
-// a rank that wakes up after its peers moved on (a resumed SIGSTOP, a slow host) would die
-// instead of seeing the error. Ignored once, unless the program installed its own handler.
-void ignore_sigpipe() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    struct sigaction current {};
-    if (::sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
-      ::signal(SIGPIPE, SIG_IGN);
-    }
-  });
-}
-
-}  // namespace
 
 std::shared_ptr<Communicator> create_communicator(Backend backend,
                                                   std::shared_ptr<Store> store, int rank,
@@ -106,7 +90,6 @@ std::shared_ptr<Communicator> create_communicator(Backend backend,
                       std::to_string(size));
   }
   if (!store) throw ConfigError("create_communicator needs a store");
-  ignore_sigpipe();
   switch (backend) {
     case Backend::kGloo:
       return detail::create_gloo_communicator(std::move(store), rank, size, options);

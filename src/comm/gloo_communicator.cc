@@ -78,7 +78,6 @@ class GlooCommunicator : public BackendCommunicator {
         std::make_unique<FaultChannel>(st_->store, st_->prefix, rank, gone,
                                        [raw](const FaultRecord& f) { raw->set_fault(f.to_exception()); });
     st_->trace = std::make_unique<OpTrace>(opts.name, rank, size);
-    install_flight_signal_handler();
     worker_ = std::thread([st = st_] { worker_loop(st); });
   }
 

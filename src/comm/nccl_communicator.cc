@@ -227,7 +227,6 @@ class NcclCommunicator : public BackendCommunicator {
     st_->stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/true,
                                                 static_cast<c10::DeviceIndex>(st_->device));
     st_->trace = std::make_unique<OpTrace>(opts.name, rank, size);
-    install_flight_signal_handler();
   }
 
   ~NcclCommunicator() override {

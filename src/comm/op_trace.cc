@@ -61,22 +61,24 @@ Traces& traces() {
   return *t;
 }
 
-// SIGUSR1 → one byte on a pipe → a thread that dumps. Stopped and joined at exit.
+// SIGUSR1 → one byte on a pipe → a thread that dumps; then the handler the program had (a
+// function) runs too. Stopped and joined at exit, the program's handler put back.
 class SignalDumper {
  public:
   SignalDumper() {
     if (pipe2(fds_, O_CLOEXEC) != 0) return;
     write_fd_.store(fds_[1]);
     thread_ = std::thread([this] { loop(); });
+    sigaction(SIGUSR1, nullptr, &previous_);
     struct sigaction sa {};
-    sa.sa_handler = &SignalDumper::on_signal;
+    sa.sa_sigaction = &SignalDumper::on_signal;
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
     sigaction(SIGUSR1, &sa, nullptr);
   }
   ~SignalDumper() {
     if (!thread_.joinable()) return;
-    signal(SIGUSR1, SIG_DFL);
+    sigaction(SIGUSR1, &previous_, nullptr);
     const char stop = 0;
     (void)!write(fds_[1], &stop, 1);
     thread_.join();
@@ -86,10 +88,16 @@ class SignalDumper {
   }
 
  private:
-  static void on_signal(int) {
+  static void on_signal(int sig, siginfo_t* info, void* context) {
     const int fd = write_fd_.load();
     const char go = 1;
     if (fd >= 0) (void)!write(fd, &go, 1);
+    if (previous_.sa_flags & SA_SIGINFO) {
+      if (previous_.sa_sigaction != nullptr) previous_.sa_sigaction(sig, info, context);
+    } else if (previous_.sa_handler != SIG_DFL && previous_.sa_handler != SIG_IGN &&
+               previous_.sa_handler != nullptr) {
+      previous_.sa_handler(sig);
+    }
   }
   void loop() {
     for (;;) {
@@ -103,10 +111,12 @@ class SignalDumper {
   }
 
   static std::atomic<int> write_fd_;
+  static struct sigaction previous_;  // written before the handler is in place
   int fds_[2] = {-1, -1};
   std::thread thread_;
 };
 std::atomic<int> SignalDumper::write_fd_{-1};
+struct sigaction SignalDumper::previous_ {};
 
 }  // namespace
 

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "elastic/elastic_metrics.h"
 #include "elastic/preemption.h"
@@ -112,7 +113,7 @@ void ElasticRunner::preflight(const FaultInjector* faults) {
                     all);
 }
 
-int64_t ElasticRunner::run(ElasticJob& job, int64_t steps) {
+RunResult ElasticRunner::run(ElasticJob& job, int64_t steps) {
   const FaultInjector* faults = o_.faults ? o_.faults : &own_faults_;
   preflight(faults);
   detail::RunLoop loop(o_, store_, member_, *rdzv_, faults, job, steps, [this](RecoveryEvent ev) {
@@ -130,9 +131,12 @@ int64_t ElasticRunner::run(ElasticJob& job, int64_t steps) {
     ~FenceHandler() { rdzv.set_on_fenced(nullptr); }
   } handler{*rdzv_};
   rdzv_->set_on_fenced([&loop](const std::string& why) { loop.fenced(why); });
-  detail::PreemptionSignal preemption;
+  std::optional<detail::SigtermHandler> sigterm;
+  if (o_.handle_sigterm) sigterm.emplace();
   try {
-    return loop.run();
+    RunResult result = loop.run();
+    if (result.reason == StopReason::kPreempted) detail::clear_preemption();  // answered
+    return result;
   } catch (const TimeoutError& e) {
     // Too few members: say which ones the health checks kept out, and why.
     const std::vector<std::string> out = kept_out(*store_, o_.rendezvous.run);
@@ -141,6 +145,42 @@ int64_t ElasticRunner::run(ElasticJob& job, int64_t steps) {
     for (const auto& line : out) all += "\n  - " + line;
     throw TimeoutError(std::string(e.what()) + "; kept out by the health checks:" + all);
   }
+}
+
+void ElasticRunner::preempt() noexcept { detail::request_preemption(detail::kPreemptCall); }
+
+const char* to_string(StopReason reason) {
+  switch (reason) {
+    case StopReason::kFinished:
+      return "finished";
+    case StopReason::kPreempted:
+      return "preempted";
+    case StopReason::kFenced:
+      return "fenced";
+    case StopReason::kEvicted:
+      return "evicted";
+    case StopReason::kRemoved:
+      return "removed";
+    case StopReason::kHung:
+      return "hung";
+  }
+  return "unknown";
+}
+
+int exit_code(StopReason reason) {
+  switch (reason) {
+    case StopReason::kFinished:
+    case StopReason::kPreempted:
+      return 0;
+    case StopReason::kFenced:
+      return kFencedExitCode;
+    case StopReason::kEvicted:
+      return kUnhealthyExitCode;
+    case StopReason::kRemoved:
+    case StopReason::kHung:
+      return kRemovedExitCode;
+  }
+  return 1;
 }
 
 }  // namespace tenax

@@ -5,24 +5,43 @@
 namespace tenax::detail {
 namespace {
 
-std::atomic<int> g_received{0};
+std::atomic<int> g_requested{0};
 static_assert(std::atomic<int>::is_always_lock_free, "set from a signal handler");
 
-void on_signal(int sig) { g_received.store(sig, std::memory_order_relaxed); }
+// The disposition SigtermHandler replaced, read by the handler: written before the handler is
+// installed and after it is removed only.
+struct sigaction g_previous {};
+
+void on_sigterm(int sig, siginfo_t* info, void* context) {
+  request_preemption(sig);
+  if (g_previous.sa_flags & SA_SIGINFO) {
+    if (g_previous.sa_sigaction != nullptr) g_previous.sa_sigaction(sig, info, context);
+  } else if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN &&
+             g_previous.sa_handler != nullptr) {
+    g_previous.sa_handler(sig);
+  }
+}
 
 }  // namespace
 
-PreemptionSignal::PreemptionSignal() {
-  g_received.store(0);
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;  // blocking calls in progress go on; the loop looks at boundaries
-  sigaction(SIGTERM, &sa, &previous_);
+void request_preemption(int cause) noexcept {
+  g_requested.store(cause, std::memory_order_relaxed);
 }
 
-PreemptionSignal::~PreemptionSignal() { sigaction(SIGTERM, &previous_, nullptr); }
+int preemption_requested() noexcept { return g_requested.load(std::memory_order_relaxed); }
 
-int PreemptionSignal::received() { return g_received.load(std::memory_order_relaxed); }
+void clear_preemption() noexcept { g_requested.store(0, std::memory_order_relaxed); }
+
+SigtermHandler::SigtermHandler() {
+  sigaction(SIGTERM, nullptr, &g_previous);
+  previous_ = g_previous;
+  struct sigaction sa {};
+  sa.sa_sigaction = on_sigterm;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART | SA_SIGINFO;  // blocking calls go on; the loop looks at boundaries
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+SigtermHandler::~SigtermHandler() { sigaction(SIGTERM, &previous_, nullptr); }
 
 }  // namespace tenax::detail

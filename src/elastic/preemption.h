@@ -1,22 +1,31 @@
 #pragma once
 
-// Graceful preemption: while a PreemptionSignal lives, SIGTERM no longer ends the process but
-// is recorded, for the training loop to act on at a step boundary. Internal.
+// Graceful preemption: a process-wide request to stop at the next step boundary, set by
+// ElasticRunner::preempt() or, while a SigtermHandler lives, by SIGTERM. Internal.
 
 #include <csignal>
 
 namespace tenax::detail {
 
-class PreemptionSignal {
- public:
-  // Installs the handler (the previous disposition is kept and restored).
-  PreemptionSignal();
-  ~PreemptionSignal();
-  PreemptionSignal(const PreemptionSignal&) = delete;
-  PreemptionSignal& operator=(const PreemptionSignal&) = delete;
+// What ElasticRunner::preempt() records (above every signal number).
+inline constexpr int kPreemptCall = 1 << 16;
 
-  // The signal received since install, 0 when none. Async-signal-safe to set, cheap to read.
-  static int received();
+// Sets the request (async-signal-safe): `cause` > 0 is what asked, a signal number (SIGTERM for
+// the handler) or kPreemptCall.
+void request_preemption(int cause) noexcept;
+// What asked since the last clear, 0 when nothing did. Cheap; any thread.
+int preemption_requested() noexcept;
+void clear_preemption() noexcept;
+
+// While one lives, SIGTERM requests preemption instead of ending the process, then calls the
+// handler installed before (a function, not SIG_DFL or SIG_IGN). The destructor puts that
+// handler back. One at a time per process; constructed and destroyed on one thread.
+class SigtermHandler {
+ public:
+  SigtermHandler();
+  ~SigtermHandler();
+  SigtermHandler(const SigtermHandler&) = delete;
+  SigtermHandler& operator=(const SigtermHandler&) = delete;
 
  private:
   struct sigaction previous_ {};

@@ -232,6 +232,8 @@ bool Rendezvous::admit_joiners(const Generation& gen) {
 
 void Rendezvous::mark_gone(const std::string& id) { store_->set(key("gone/" + id), "1"); }
 
+void Rendezvous::interrupt() noexcept { store_->interrupt(); }
+
 void Rendezvous::finish() { store_->set(key("done"), "1"); }
 
 bool Rendezvous::finished() { return store_->try_get(key("done")).has_value(); }

@@ -31,6 +31,15 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
+// Who asked this member to stop: its SIGTERM handler, a preempt() call, or another member.
+std::string preemption_cause() {
+  const int cause = preemption_requested();
+  if (cause == SIGTERM) return "SIGTERM";
+  if (cause == kPreemptCall) return "preempt()";
+  if (cause == 0) return "asked by another member";
+  return "signal " + std::to_string(cause);
+}
+
 }  // namespace
 
 RunLoop::RunLoop(const ElasticOptions& options, std::shared_ptr<Store> store, std::string member,
@@ -45,7 +54,26 @@ RunLoop::RunLoop(const ElasticOptions& options, std::shared_ptr<Store> store, st
       faults_(faults),
       publish_(std::move(publish)) {}
 
-int64_t RunLoop::run() {
+RunResult RunLoop::run() {
+  RunResult result;
+  try {
+    result.steps = run_generations();
+    result.reason = preemption_requested() != 0 && result.steps < steps_ ? StopReason::kPreempted
+                                                                          : StopReason::kFinished;
+    return result;
+  } catch (const Departed&) {
+  } catch (const std::exception&) {
+    // A collective its own departure aborted, or a store call cut off with it.
+    if (!departed()) throw;
+  }
+  std::lock_guard<std::mutex> lock(stop_mu_);
+  result.reason = stop_reason_;
+  result.why = stop_why_;
+  result.steps = completed_;
+  return result;
+}
+
+int64_t RunLoop::run_generations() {
   const HealthOptions& h = o_.health;
   if (h.hang_watchdog) {  // one watch for the whole run: rendezvous and persists too
     hang_ = std::make_unique<HangWatch>(h.deadline_k, h.deadline_floor, communication_waits(),
@@ -67,6 +95,7 @@ int64_t RunLoop::run() {
       if (ended == Ended::kDone || ended == Ended::kPreempted) return completed_;
       engine_.reset();  // a joiner waits: the snapshots stay in memory for the next generation
     } catch (const CommError& e) {
+      if (departed()) throw Departed{};
       if (++reformations_ > o_.max_reformations) throw;
       fail(gen, e);
     }
@@ -93,6 +122,7 @@ void RunLoop::abort_communicators() {
 }
 
 void RunLoop::abort_communicators_for(const std::string& why) {
+  std::lock_guard<std::mutex> lock(comm_mu_);
   if (acomm_) acomm_->abort(why);
   if (gcomm_) gcomm_->abort(why);
 }
@@ -102,6 +132,7 @@ Generation RunLoop::form() {
   // Abort the old communicators once this member is in the next generation, so peers still
   // blocked there come too.
   Generation gen = rdzv_.next([this] { abort_communicators(); });
+  std::lock_guard<std::mutex> lock(comm_mu_);
   acomm_.reset();
   gcomm_.reset();
   return gen;
@@ -124,11 +155,17 @@ std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point b
     auto group = std::async(std::launch::async, [&, store = store_->clone()] {
       return create_communicator(Backend::kGloo, store, gen.rank, gen.size(), co);
     });
-    acomm_ = create_communicator(o_.backend, store_, gen.rank, active_size, aco);
-    gcomm_ = group.get();
+    auto a = create_communicator(o_.backend, store_, gen.rank, active_size, aco);
+    auto g = group.get();
+    std::lock_guard<std::mutex> lock(comm_mu_);
+    acomm_ = std::move(a);
+    gcomm_ = std::move(g);
   } else {
-    gcomm_ = create_communicator(Backend::kGloo, store_, gen.rank, gen.size(), co);
+    auto g = create_communicator(Backend::kGloo, store_, gen.rank, gen.size(), co);
+    std::lock_guard<std::mutex> lock(comm_mu_);
+    gcomm_ = std::move(g);
   }
+  if (departed()) throw Departed{};  // its abort came before these communicators
   if (active) {
     job_.setup(ElasticWorld{gen.number, active_gen.members, gen.rank, active_size, acomm_, store_,
                              active_gen.hosts});
@@ -156,7 +193,10 @@ std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point b
     // A standby (a warm spare) is what a re-formation waits for: look often.
     const auto poll = std::min<std::chrono::milliseconds>(o_.rendezvous.heartbeat_interval,
                                                           std::chrono::milliseconds(50));
-    while (!rdzv_.finished() && !rdzv_.superseded(gen)) std::this_thread::sleep_for(poll);
+    while (!departed() && !rdzv_.finished() && !rdzv_.superseded(gen)) {
+      std::this_thread::sleep_for(poll);
+    }
+    if (departed()) throw Departed{};
     return std::nullopt;
   }
   engine_ = std::make_unique<CheckpointEngine>(copts, acomm_, store_);
@@ -191,6 +231,7 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
   bool preempted = false;
   double compute = 0;  // this member's compute seconds in the previous step
   for (step_ = step; step_ < steps_; ++step_) {
+    if (departed()) throw Departed{};  // decided on another thread (the hang watch's)
     const auto step_start = Clock::now();
     const auto comm_before = communication_wait_time();
     PhaseScope stepping(Phase::kStep);  // the hang watch's clock of this step
@@ -259,7 +300,7 @@ bool RunLoop::agree_at_boundary(at::Tensor& flag, int rank, const Generation& ac
   flag.zero_();
   int64_t* f = flag.data_ptr<int64_t>();
   f[0] = joiner_waits ? 1 : 0;
-  f[1] = PreemptionSignal::received();
+  f[1] = preemption_requested();
   f[2 + rank] = static_cast<int64_t>(compute * 1e6);
   acomm_->all_reduce(flag, ReduceOp::kMax);
   f = flag.data_ptr<int64_t>();
@@ -325,8 +366,8 @@ void RunLoop::stop_preempted(const Generation& gen) {
   engine_.reset();
   if (gen.rank == 0) {
     log(LogLevel::kInfo,
-        "elastic: preempted (signal " + std::to_string(PreemptionSignal::received()) +
-            "): stopped after step " + std::to_string(step_) + " of " + std::to_string(steps_) +
+        "elastic: preempted (" + preemption_cause() + "): stopped after step " +
+            std::to_string(step_) + " of " + std::to_string(steps_) +
             "; step " + std::to_string(step_) +
             (durable ? " is in the durable tier" : " is in memory only (no durable tier)") +
             " (" + std::to_string(static_cast<int64_t>(ms_between(began, Clock::now()))) +
@@ -381,9 +422,11 @@ void RunLoop::straggling(const Generation& active, const std::vector<int>& slow,
   }
   if (me) {
     log(LogLevel::kError, "health: " + member_ + " is evicted as a " + why +
-                              "; the others re-form without it. Leaving with status " +
-                              std::to_string(kUnhealthyExitCode));
-    leave(why, kUnhealthyExitCode);
+                              "; the others re-form without it. It leaves the run (" +
+                              to_string(StopReason::kEvicted) + ", exit code " +
+                              std::to_string(exit_code(StopReason::kEvicted)) + ")");
+    depart(StopReason::kEvicted, why);
+    throw Departed{};
   }
   for (int r : slow) rdzv_.mark_gone(active.members[r]);
   throw CommError("evicted " + why);
@@ -418,10 +461,12 @@ void RunLoop::compare_replicas(const Generation& active) {
   const std::string why = "after step " + std::to_string(step_ + 1) + " the state of " + names +
                           " differs from the other replicas' (suspected silent data corruption)";
   if (me) {
-    log(LogLevel::kError, "health: " + why + "; " + member_ + " leaves with status " +
-                              std::to_string(kRemovedExitCode) +
-                              " and, restarted, takes its state from a peer");
-    leave(why, kRemovedExitCode);
+    log(LogLevel::kError, "health: " + why + "; " + member_ + " leaves the run (" +
+                              to_string(StopReason::kRemoved) + ", exit code " +
+                              std::to_string(exit_code(StopReason::kRemoved)) +
+                              ") and, restarted, takes its state from a peer");
+    depart(StopReason::kRemoved, why);
+    throw Departed{};
   }
   for (int r : bad) rdzv_.mark_gone(active.members[r]);
   throw CommError("replica check: " + why);
@@ -456,26 +501,44 @@ void RunLoop::stuck(const std::string& report) {
                "their deadline")
       .inc();
   dump_flight_records("hang: step " + std::to_string(step_ + 1) + ": " + report.substr(0, 200));
-  leave("stuck in step " + std::to_string(step_ + 1), kRemovedExitCode);
+  depart(StopReason::kHung, "stuck in step " + std::to_string(step_ + 1));
 }
 
-void RunLoop::leave(const std::string& why, int status) {
-  rdzv_.mark_gone(member_);
+bool RunLoop::depart(StopReason reason, const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(stop_mu_);
+    if (departed_) return false;
+    stop_reason_ = reason;
+    stop_why_ = why;
+    departed_ = true;
+  }
+  if (reason == StopReason::kFenced) {
+    rdzv_.interrupt();  // a wait for the next generation ends now, not at the join timeout
+  } else {
+    try {
+      rdzv_.mark_gone(member_);
+    } catch (const std::exception& e) {
+      log(LogLevel::kWarning, "elastic: " + member_ + " could not mark itself gone (" +
+                                  e.what() + "); its heartbeat's end will tell the others");
+    }
+  }
   abort_communicators_for(member_ + " left: " + why);
   std::fflush(stdout);
   std::fflush(stderr);
-  std::_Exit(status);
+  if (o_.on_stop) o_.on_stop(reason, why);
+  return true;
 }
 
 void RunLoop::fenced(const std::string& why) {
   if (finishing_) return;
   log(LogLevel::kError, "elastic: " + member_ + " is fenced out: " + why +
                             "; the others re-form without it. It completed " +
-                            std::to_string(completed_.load()) + " steps; leaving with status " +
-                            std::to_string(kFencedExitCode) + " (its snapshots stay in this "
-                            "host's memory; restarted, it rejoins as a new member)");
-  std::fflush(stdout);
-  std::_Exit(kFencedExitCode);
+                            std::to_string(completed_.load()) + " steps; it leaves the run (" +
+                            to_string(StopReason::kFenced) + ", exit code " +
+                            std::to_string(exit_code(StopReason::kFenced)) +
+                            "; its snapshots stay in this host's memory; restarted, it rejoins "
+                            "as a new member)");
+  depart(StopReason::kFenced, why);
 }
 
 void RunLoop::fail(const Generation& gen, const CommError& e) {

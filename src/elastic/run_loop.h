@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,16 +39,21 @@ class RunLoop {
           Rendezvous& rdzv, const FaultInjector* faults, ElasticJob& job, int64_t steps,
           Publish publish);
 
-  // Until the job is done or preempted (returns the steps done) or a failure is not recovered
-  // from (throws).
-  int64_t run();
+  // Until the job is done, preempted, or this member must leave (returns why, see
+  // ElasticRunner::run), or a failure is not recovered from (throws).
+  RunResult run();
 
   // This member was fenced out (the rendezvous heartbeat thread calls it): unless the job is
-  // finishing, says so and ends the process with kFencedExitCode.
+  // finishing, says so and departs with kFenced.
   void fenced(const std::string& why);
 
  private:
   enum class Ended { kDone, kPreempted, kJoinerWaits, kStandby };
+  // Thrown on the caller's thread once this member has departed: unwinds to run().
+  struct Departed {};
+
+  // The generations until the job is done or preempted (returns the steps done).
+  int64_t run_generations();
 
   // The active members of `gen`: the largest multiple of `group` ranks, in rendezvous order
   // (the rest wait as standby).
@@ -92,10 +98,14 @@ class RunLoop {
   // A StepRollback: restores the newest snapshot on every member; returns its step.
   int64_t roll_back(const StepRollback& e);
   // The hang watchdog's verdict (its thread): says what each thread does, dumps the flight
-  // records and leaves.
+  // records and departs with kHung.
   void stuck(const std::string& report);
-  // Marks this member gone, aborts its communicators (peers fail at once) and ends the process.
-  [[noreturn]] void leave(const std::string& why, int status);
+  // This member stops (any thread; the first call wins, later ones return false): records why,
+  // marks it gone in the rendezvous unless it is fenced (the store is out of reach), aborts its
+  // communicators (peers and its own blocked collectives fail at once) and tells on_stop. The
+  // caller's thread then unwinds to run() (throw Departed, or a failed collective).
+  bool depart(StopReason reason, const std::string& why);
+  bool departed() const { return departed_.load(); }
 
   const ElasticOptions& o_;
   const std::shared_ptr<Store> store_;
@@ -106,6 +116,8 @@ class RunLoop {
   const FaultInjector* const faults_;
   const Publish publish_;
 
+  // Set on the caller's thread, under comm_mu_; aborted from any thread under it.
+  std::mutex comm_mu_;
   std::shared_ptr<Communicator> gcomm_;  // over every member of the generation
   std::shared_ptr<Communicator> acomm_;  // over its active members (null on a standby)
   std::unique_ptr<CheckpointEngine> engine_;
@@ -123,6 +135,11 @@ class RunLoop {
   // Read by fenced() on the heartbeat thread.
   std::atomic<int64_t> completed_{0};   // steps completed in this process
   std::atomic<bool> finishing_{false};  // the last step is done
+  // Why this member stopped early (depart()): written once under stop_mu_, then departed_ set.
+  std::mutex stop_mu_;
+  StopReason stop_reason_ = StopReason::kFinished;
+  std::string stop_why_;
+  std::atomic<bool> departed_{false};
 };
 
 }  // namespace tenax::detail

@@ -1,5 +1,7 @@
 #include <httplib.h>
+#include <pthread.h>
 
+#include <csignal>
 #include <thread>
 
 #include "tenax/core/error.h"
@@ -8,6 +10,38 @@
 #include "tenax/observe/observe.h"
 
 namespace tenax::observe {
+namespace {
+
+// httplib writes without MSG_NOSIGNAL. While one lives, a SIGPIPE this thread's writes raise
+// stays this thread's (blocked), and is taken back before the mask is restored: a peer that hung
+// up is an error here, never the program's signal.
+class HoldSigpipe {
+ public:
+  HoldSigpipe() {
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    sigset_t pending;
+    sigpending(&pending);
+    was_pending_ = sigismember(&pending, SIGPIPE) == 1;
+    pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
+  }
+  ~HoldSigpipe() {
+    if (!was_pending_) {
+      const timespec none{0, 0};
+      while (sigtimedwait(&pipe_, nullptr, &none) == SIGPIPE) {
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  HoldSigpipe(const HoldSigpipe&) = delete;
+  HoldSigpipe& operator=(const HoldSigpipe&) = delete;
+
+ private:
+  sigset_t pipe_, old_;
+  bool was_pending_ = false;
+};
+
+}  // namespace
 
 struct MetricsServer::Impl {
   httplib::Server server;
@@ -39,10 +73,15 @@ MetricsServer::MetricsServer(const std::string& address, int port,
     }
     port_ = port;
   }
-  impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });
+  impl_->thread = std::thread([this] {
+    // The threads that answer are started here and inherit the blocked SIGPIPE.
+    HoldSigpipe hold;
+    impl_->server.listen_after_bind();
+  });
 }
 
 std::optional<std::string> fetch_metrics(const std::string& host, int port, int timeout_ms) {
+  HoldSigpipe hold;
   httplib::Client client(host, port);
   const time_t sec = timeout_ms / 1000;
   const time_t usec = (timeout_ms % 1000) * 1000;

@@ -231,8 +231,13 @@ void scenario_split(World& w) {
 
 // Rank VICTIM kills itself with SIGKILL during an all_reduce loop. The others must see
 // PeerLostError naming it within 1 s, then rebuild a communicator without it and go on.
+// SIGPIPE stays the program's (its default here): a survivor's write to the dead peer's socket
+// is an error, not its death.
 void scenario_kill(World& w) {
   Communicator& c = *w.comm;
+  struct sigaction pipe {};
+  sigaction(SIGPIPE, nullptr, &pipe);
+  CHECK(pipe.sa_handler == SIG_DFL, "creating a communicator changed SIGPIPE's disposition");
   const int victim = std::atoi(std::getenv("VICTIM"));
   at::Tensor t = at::ones({262144});
   Clock::time_point started;

@@ -15,6 +15,7 @@
 
 #include "support/etcd_cluster.h"
 #include "support/process.h"
+#include "support/recovery_events.h"
 #include "tenax/checkpoint/engine.h"
 #include "tenax/comm/store_server.h"
 
@@ -83,19 +84,9 @@ class RecoveryTest : public ::testing::Test {
     return std::regex_search(out, m, re) ? std::stod(m[1]) : NAN;
   }
 
-  // Recovery events printed by the leading rank ("llama_train: recovery {json}").
+  // One recovery event per re-formation, the leader's.
   static std::vector<nlohmann::json> events(const std::string& out) {
-    std::vector<nlohmann::json> evs;
-    std::regex re("llama_train: recovery (\\{[^\\n]*\\})");
-    for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) {
-      evs.push_back(nlohmann::json::parse((*it)[1].str()));
-    }
-    // The outputs are concatenated by launch rank and the events are printed by whichever rank
-    // leads each generation: order them by generation.
-    std::stable_sort(evs.begin(), evs.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
-      return a["generation"].get<int>() < b["generation"].get<int>();
-    });
-    return evs;
+    return tenax::testing::recovery_events(out);
   }
 
   // The job re-formed once, without w<victim>, and ended at the uninterrupted run's loss.
@@ -104,6 +95,10 @@ class RecoveryTest : public ::testing::Test {
     auto evs = events(r.output);
     ASSERT_EQ(evs.size(), 1u) << r.output;
     EXPECT_EQ(evs[0]["lost"], nlohmann::json({"w" + std::to_string(victim)}));
+    // Reported once by each member of the new generation, nothing twice.
+    EXPECT_EQ(tenax::testing::recovery_events(r.output, /*leaders_only=*/false).size(),
+              evs[0]["members"].size())
+        << r.output;
     expect_baseline_loss(r.output);
   }
 

@@ -165,9 +165,10 @@ TENAX_API std::chrono::nanoseconds communication_wait_time();
 TENAX_API std::shared_ptr<const std::atomic<int>> communication_waits();
 
 // Builds a communicator of `size` ranks; every rank calls this with the same options.name and
-// a store reachable by all. The first call sets SIGPIPE to ignored (when it is at its default),
-// so writing to a socket whose peer is gone is an error, not the death of the process. Throws ConfigError for a bad rank/size/backend, StoreError or
-// TimeoutError when the others do not show up within the timeout.
+// a store reachable by all. SIGPIPE stays as the program set it: every socket write of tenax's
+// (Gloo's included) passes MSG_NOSIGNAL, so a write to a peer that is gone is an error
+// (PeerLostError), not the death of the process. Throws ConfigError for a bad rank/size/backend,
+// StoreError or TimeoutError when the others do not show up within the timeout. Any thread.
 TENAX_API std::shared_ptr<Communicator> create_communicator(Backend backend,
                                                             std::shared_ptr<Store> store,
                                                             int rank, int size,

@@ -3,7 +3,7 @@
 // The flight recorder: every communicator keeps a ring of its last operations (sequence number,
 // op, dtype, count, peer, enqueue/start/end times, state; TENAX_FLIGHT_ENTRIES, default 2048).
 // With TENAX_FLIGHT_DIR set, a rank writes them all to <dir>/flight-<who>.json when a
-// collective times out or loses a peer, and on SIGUSR1. `tenax-flight <dir>` merges the ranks'
+// collective times out or loses a peer, and on SIGUSR1 where the program asks for it. `tenax-flight <dir>` merges the ranks'
 // files and says which rank is behind on which operation.
 
 #include <string>
@@ -22,7 +22,9 @@ TENAX_API void set_flight_identity(const std::string& who);
 TENAX_API std::string dump_flight_records(const std::string& reason, const std::string& dir = "");
 
 // With TENAX_FLIGHT_DIR set: SIGUSR1 makes this process dump its records (from a thread of its
-// own, not the handler). Idempotent; communicators call it when built.
+// own, not the handler), then calls the handler the program had installed for SIGUSR1 before
+// (a function; SIG_DFL and SIG_IGN are not called), which is back in place at exit. The signals
+// are the program's: tenax never calls this itself (llama_train does). Idempotent; any thread.
 TENAX_API void install_flight_signal_handler();
 
 }  // namespace tenax

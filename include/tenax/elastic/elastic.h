@@ -37,6 +37,35 @@
 
 namespace tenax {
 
+// Why ElasticRunner::run returned for this member.
+enum class StopReason {
+  kFinished,   // every step is done
+  kPreempted,  // preempt() (or SIGTERM with handle_sigterm): the job stopped at a durable step
+  kFenced,     // cut off from the store past the heartbeat timeout: the others went on without it
+  kEvicted,    // a straggler the health checks evicted (StragglerPolicy::kEvict)
+  kRemoved,    // its state differed from the other replicas' (silent corruption suspected)
+  kHung,       // a phase (step, save, persist, rendezvous) ran past its hang-watch deadline
+};
+
+// "finished", "preempted", "fenced", "evicted", "removed", "hung".
+TENAX_API const char* to_string(StopReason reason);
+
+// The exit status a launcher understands for `reason` (docs/elastic.md, "Exit codes"): 0 for
+// kFinished and kPreempted, kFencedExitCode (75) for kFenced, kUnhealthyExitCode (76) for
+// kEvicted (tenaxrun does not restart it), kRemovedExitCode (77) for kRemoved and kHung
+// (tenaxrun restarts it; it rejoins and takes its state from peers).
+TENAX_API int exit_code(StopReason reason);
+
+// What ElasticRunner::run returns.
+struct TENAX_API RunResult {
+  StopReason reason = StopReason::kFinished;
+  // Steps done: all of them when finished; the durable step reached when preempted; the steps
+  // this member completed before it stopped otherwise.
+  int64_t steps = 0;
+  std::string why;  // for a member that stopped early, in words; "" otherwise
+  bool finished() const { return reason == StopReason::kFinished; }
+};
+
 struct TENAX_API ElasticOptions {
   RendezvousOptions rendezvous;  // run name, min/max workers, join timeout, heartbeats
   // This worker's id: stable across its restarts so it finds its own memory snapshots. "":
@@ -57,11 +86,22 @@ struct TENAX_API ElasticOptions {
   CheckpointOptions checkpoint;
   int64_t snapshot_every = 1;  // memory snapshot every N steps: a failure redoes < N steps
   int max_reformations = 100;  // then the next failure is thrown
-  // Graceful preemption: while run() trains, SIGTERM (what Slurm sends at a time limit or on
-  // `scancel --signal=TERM`, what tenaxrun forwards) makes the active members agree at the next
-  // step boundary, finish that step, persist it to the durable tier (memory only when there is
-  // none) and return from run() within `preempt_grace`.
+  // Graceful preemption: ElasticRunner::preempt() (from any thread or a signal handler) makes
+  // the active members agree at the next step boundary, finish that step, persist it to the
+  // durable tier (memory only when there is none) and return from run() within
+  // `preempt_grace`.
   std::chrono::milliseconds preempt_grace{25000};
+  // The signals are the program's: tenax installs no handler unless this is set. With it, while
+  // run() trains, SIGTERM (what Slurm sends at a time limit or on `scancel --signal=TERM`, what
+  // tenaxrun forwards) calls preempt(); a handler the program had installed for SIGTERM before
+  // run() is called after it, and is back in place when run() returns.
+  bool handle_sigterm = false;
+  // This member must stop for a reason other than finishing or preemption (StopReason below):
+  // called once, at once, on the thread that decided it (the heartbeat thread for kFenced, the
+  // hang watch's for kHung, the caller's otherwise), before run() returns — which for a step
+  // hung where no abort reaches (a kernel that never returns) is never. tenax never ends the
+  // process; a program that must not wait for run() ends it here. May be empty; must not throw.
+  std::function<void(StopReason reason, const std::string& why)> on_stop;
   // Health checks before joining (preflight) and while training (stragglers, hangs, replica
   // comparison): tenax/health/health.h. A member the preflight fails makes run() throw
   // HealthError; the others start without it when min_workers allows, else their TimeoutError
@@ -150,21 +190,27 @@ class TENAX_API ElasticRunner {
   ElasticRunner& operator=(const ElasticRunner&) = delete;
 
   // Runs until `steps` steps are done, through any number of re-formations (up to
-  // max_reformations), and returns the steps done: `steps`, or fewer when preempted (SIGTERM,
-  // see preempt_grace; the step returned is then durable). Returns on every member (standby
-  // ones too) once the job is done, after removing the run's memory regions on its host (a
-  // new job of the same name starts fresh; a preempted job keeps them).
+  // max_reformations), and returns why it stopped with the steps done. kFinished: on every
+  // member (standby ones too) once the job is done, after removing the run's memory regions on
+  // its host (a new job of the same name starts fresh). kPreempted: after preempt(), with fewer
+  // steps, the step returned durable (the memory regions stay).
+  // A member that must leave while the others go on returns too, once its own thread comes
+  // back (its communicators are aborted, so a blocked collective fails at once): kFenced (cut
+  // off from the store, its host partitioned or the store's host lost, for the heartbeat
+  // timeout: the others re-form without it, so it must not train on), kEvicted, kRemoved and
+  // kHung (the health checks). Its snapshots stay in its host's memory; restarted, it rejoins as
+  // a new member. on_stop (ElasticOptions) hears of it first.
   // Throws TimeoutError when a generation cannot gather min_workers within the join timeout;
   // the snapshots stay in this host's memory (and what was persisted in the durable tier), so a
   // relaunch of the same run resumes after the last completed step. Rethrows errors that are
   // not communication failures.
-  //
-  // A member cut off from the store (its host partitioned, or the store's host lost) for the
-  // heartbeat timeout is fenced out: the others re-form without it, so it must not train on.
-  // It logs why and how many steps it completed, and ends the process with kFencedExitCode;
-  // its snapshots stay in its host's memory, and restarted (by its agent) it rejoins as a new
-  // member.
-  int64_t run(ElasticJob& job, int64_t steps);
+  // Called by one thread at a time.
+  RunResult run(ElasticJob& job, int64_t steps);
+
+  // Asks the job to stop at the next step boundary, durable (see preempt_grace): run() then
+  // returns kPreempted on every member. Any thread; async-signal-safe (a program's own SIGTERM
+  // handler may call it). One member asking is enough.
+  static void preempt() noexcept;
 
   // Events so far, oldest first; `on_event` (optional) is called with each as it completes.
   const std::vector<RecoveryEvent>& events() const { return events_; }

@@ -119,6 +119,10 @@ class TENAX_API Rendezvous {
   // heartbeat stops with a warning.
   void set_on_fenced(std::function<void(const std::string& why)> handler);
 
+  // Makes a call in progress on another thread (next(), a wait) fail at once with StoreError,
+  // and every later call but the heartbeat's fail too: for a member that is leaving. Any thread.
+  void interrupt() noexcept;
+
  private:
   std::string key(const std::string& suffix) const { return "rdzv/" + o_.run + "/" + suffix; }
   std::vector<std::string> joined(int64_t n);
