@@ -73,7 +73,8 @@ for failure in ("kill", "crash", "cut"):
     rows = []
     for rep in range(1, reps + 1):
         text = "".join(open(f).read() for f in sorted(glob.glob(f"{out}/{failure}.{rep}.h*")))
-        ev = [json.loads(m) for m in re.findall(r"llama_train: recovery (\{.*\})", text)]
+        ev = [json.loads(m) for m in re.findall(r"tenax INFO elastic: recovery (\{.*\})", text)]
+        ev = [e for e in ev if e["members"] and e["member"] == e["members"][0]]  # the leader's
         ev = [e for e in ev if e["cause"] == "failure"][0]
         steps = [float(m) for m in re.findall(r"\| step +([0-9.]+) ms", text)]
         step = statistics.median(steps)

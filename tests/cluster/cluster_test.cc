@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "support/etcd_cluster.h"
+#include "support/recovery_events.h"
 #include "support/sim_cluster.h"
 
 using tenax::testing::EtcdCluster;
@@ -310,7 +311,7 @@ class ElasticClusterTest : public ClusterTest {
 
   // Waits for the leader's first recovery event.
   static void wait_for_recovery(const Agents& agents) {
-    ASSERT_TRUE(wait_for(agents, "llama_train: recovery", std::chrono::seconds(30))) << all(agents);
+    ASSERT_TRUE(wait_for(agents, "elastic: recovery", std::chrono::seconds(30))) << all(agents);
   }
 
   static std::string step_line(int step, int steps = kSteps) {
@@ -325,18 +326,9 @@ class ElasticClusterTest : public ClusterTest {
     return v;
   }
 
-  // Recovery events as the leader prints them (`mine`: as every member logs its own).
+  // One recovery event per re-formation, its leader's (`mine`: every member's own).
   static std::vector<nlohmann::json> events(const std::string& out, bool mine = false) {
-    std::vector<nlohmann::json> evs;
-    std::regex re(mine ? "tenax INFO elastic: recovery (\\{[^\\n]*\\})"
-                       : "llama_train: recovery (\\{[^\\n]*\\})");
-    for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) {
-      evs.push_back(nlohmann::json::parse((*it)[1].str()));
-    }
-    std::stable_sort(evs.begin(), evs.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
-      return a["generation"].get<int>() < b["generation"].get<int>();
-    });
-    return evs;
+    return tenax::testing::recovery_events(out, /*leaders_only=*/!mine);
   }
 
   // Hosts by rank of each generation's leader line, in order.

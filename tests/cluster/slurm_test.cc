@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "support/process.h"
+#include "support/recovery_events.h"
 #include "support/sim_cluster.h"
 #include "tenax/checkpoint/engine.h"
 
@@ -123,9 +124,9 @@ TEST_F(SlurmTest, SbatchTrainsFromSlurmsEnvironmentAloneAndGoesOnWhenRankZeroIsK
   EXPECT_NE(log.find("generation 1: 4 ranks"), std::string::npos) << r.output << log;
   EXPECT_NE(log.find("hosts by rank: h1 h1 h2 h2"), std::string::npos) << log;
   EXPECT_NE(log.find("srun: error: h1: task 0: Killed"), std::string::npos) << log;
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(log, m, std::regex("llama_train: recovery (\\{[^\\n]*\\})"))) << log;
-  const auto ev = nlohmann::json::parse(m[1].str());
+  const auto evs = tenax::testing::recovery_events(log);
+  ASSERT_EQ(evs.size(), 1u) << log;
+  const auto& ev = evs.front();
   EXPECT_EQ(ev["lost"], nlohmann::json({"w0"})) << log;
   EXPECT_EQ(ev["tier"], "memory") << log;
   EXPECT_NE(log.find("llama_train: done, 24 steps, 1 re-formations"), std::string::npos) << log;

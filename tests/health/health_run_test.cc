@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "support/process.h"
+#include "support/recovery_events.h"
 #include "tenax/checkpoint/engine.h"
 
 namespace {
@@ -42,15 +43,10 @@ bool has(const std::string& text, const std::string& what) {
   return text.find(what) != std::string::npos;
 }
 
-// The first recovery event's JSON that rank 0 printed.
+// The first re-formation's event, as its leader logged it.
 nlohmann::json first_recovery(const std::string& out) {
-  std::istringstream in(out);
-  std::string line;
-  while (std::getline(in, line)) {
-    const size_t at = line.find("llama_train: recovery {");
-    if (at != std::string::npos) return nlohmann::json::parse(line.substr(at + 22));
-  }
-  return nlohmann::json();
+  const auto evs = tenax::testing::recovery_events(out);
+  return evs.empty() ? nlohmann::json() : evs.front();
 }
 
 // Tokens/s of the logged windows after step `after` and up to `upto` (median).
