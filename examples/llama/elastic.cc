@@ -114,8 +114,10 @@ tenax::RunResult run_elastic(const ElasticRunOptions& options, StepLog& log,
   if (options.train.device == "cuda") eo.backend = tenax::Backend::kNccl;
   eo.handle_sigterm = true;  // SIGTERM (Slurm's, tenaxrun's) stops the job at a durable step
   eo.on_stop = [](tenax::StopReason reason, const std::string& why) {
-    if (reason != tenax::StopReason::kHung) return;  // run() returns: main() exits with the code
-    // The step that hung may never come back to return from run().
+    // Evicted or removed: run() returns and main() exits with the code. A step that hung may
+    // never come back to return from run(); a fenced member's store is out of reach, so its
+    // teardown would wait on it: both leave at once.
+    if (reason != tenax::StopReason::kHung && reason != tenax::StopReason::kFenced) return;
     std::fprintf(stderr, "llama_train: %s (%s): exiting with status %d\n", tenax::to_string(reason),
                  why.c_str(), tenax::exit_code(reason));
     std::fflush(stdout);

@@ -25,8 +25,8 @@ struct ElasticRunOptions {
 // Trains to train.steps through re-formations (tenax logs each recovery event on every member).
 // Prints the log lines (through `log`). Returns on every member once the job is done or
 // preempted, or once this member had to leave (why: tenax::exit_code maps it to the exit
-// status); a member whose step hung ends the process with exit_code(kHung) at once, since
-// that step may never return.
+// status); a member whose step hung or that was fenced ends the process with its exit code at
+// once (that step may never return; a fenced member's store is out of reach).
 tenax::RunResult run_elastic(const ElasticRunOptions& options, StepLog& log,
                              std::shared_ptr<tenax::Store> store);
 

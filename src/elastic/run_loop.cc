@@ -512,6 +512,12 @@ bool RunLoop::depart(StopReason reason, const std::string& why) {
     stop_why_ = why;
     departed_ = true;
   }
+  std::fflush(stdout);
+  std::fflush(stderr);
+  // The program first (it may end the process here), then the communicators: no collective of
+  // this member completes from here on (an abort may wait on a store out of reach).
+  if (o_.on_stop) o_.on_stop(reason, why);
+  abort_communicators_for(member_ + " left: " + why);
   if (reason == StopReason::kFenced) {
     rdzv_.interrupt();  // a wait for the next generation ends now, not at the join timeout
   } else {
@@ -522,10 +528,6 @@ bool RunLoop::depart(StopReason reason, const std::string& why) {
                                   e.what() + "); its heartbeat's end will tell the others");
     }
   }
-  abort_communicators_for(member_ + " left: " + why);
-  std::fflush(stdout);
-  std::fflush(stderr);
-  if (o_.on_stop) o_.on_stop(reason, why);
   return true;
 }
 

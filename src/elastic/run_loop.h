@@ -101,9 +101,9 @@ class RunLoop {
   // records and departs with kHung.
   void stuck(const std::string& report);
   // This member stops (any thread; the first call wins, later ones return false): records why,
-  // marks it gone in the rendezvous unless it is fenced (the store is out of reach), aborts its
-  // communicators (peers and its own blocked collectives fail at once) and tells on_stop. The
-  // caller's thread then unwinds to run() (throw Departed, or a failed collective).
+  // tells on_stop, aborts its communicators (peers and its own blocked collectives fail at
+  // once) and marks it gone in the rendezvous unless it is fenced (the store is out of reach).
+  // The caller's thread then unwinds to run() (throw Departed, or a failed collective).
   bool depart(StopReason reason, const std::string& why);
   bool departed() const { return departed_.load(); }
 
