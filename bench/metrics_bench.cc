@@ -8,8 +8,8 @@
 #include <benchmark/benchmark.h>
 
 #include "comm/op_trace.h"
-#include "health/replica_hash.h"
-#include "health/straggler.h"
+#include "tenax/health/replica_hash.h"
+#include "tenax/health/straggler.h"
 #include "tenax/core/metrics.h"
 
 namespace {
@@ -46,7 +46,7 @@ void BM_OpTraceOneOperation(benchmark::State& state) {
 BENCHMARK(BM_OpTraceOneOperation);
 
 void BM_StragglerScoreOneStep(benchmark::State& state) {
-  tenax::detail::StragglerDetector d(1.5, 10, 5);
+  tenax::StragglerDetector d(1.5, 10, 5);
   std::vector<double> compute = {0.1, 0.11, 0.12, 0.1};
   for (auto _ : state) benchmark::DoNotOptimize(d.add(compute));
 }
@@ -57,7 +57,7 @@ BENCHMARK(BM_StragglerScoreOneStep);
 void BM_StateHash10MiB(benchmark::State& state) {
   tenax::StateDict dict;
   for (int i = 0; i < 10; ++i) dict.add("t" + std::to_string(i), at::ones({262144}));
-  for (auto _ : state) benchmark::DoNotOptimize(tenax::detail::state_hash(dict));
+  for (auto _ : state) benchmark::DoNotOptimize(tenax::state_hash(dict));
   state.SetBytesProcessed(state.iterations() * dict.tensor_bytes());
 }
 BENCHMARK(BM_StateHash10MiB)->Unit(benchmark::kMillisecond);

@@ -66,7 +66,7 @@ else
   export LD_LIBRARY_PATH=$prefix/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   torch_prefix=$("$py" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
   say "PyTorch $("$py" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')"
-  if ! cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTENAX_WITH_MPI=OFF \
+  if ! cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix" -DTENAX_PYTHON="$py" \
       -DCMAKE_INCLUDE_PATH="$prefix/include" -DCMAKE_LIBRARY_PATH="$prefix/lib/x86_64-linux-gnu" \
       > "$out/configure.log" 2>&1 ||

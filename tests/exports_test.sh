@@ -24,6 +24,8 @@ for public in 'tenax::init(' 'tenax::CheckpointEngine::save(' 'tenax::ElasticRun
               'tenax::DataParallel::DataParallel(' 'tenax::settings()'; do
   if ! grep -qF "$public" "$tmp/symbols"; then echo "libtenax.so does not export $public"; status=1; fi
 done
+# Open MPI is opened at run time under mpirun only: never a dependency of the library.
+if objdump -p "$lib" | grep -E 'NEEDED +libmpi' ; then echo "libtenax.so links Open MPI"; status=1; fi
 nm -D --undefined-only "$lib" > "$tmp/imports"
 for call in writev signal; do
   if grep -qw "$call" "$tmp/imports"; then

@@ -17,11 +17,11 @@
 #include <cstdlib>
 #include <string>
 
-#include "tenax/comm/etcd_store.h"
-#include "tenax/comm/store.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 #include "tenax/health/preflight.h"
+#include "tenax/store/etcd_store.h"
+#include "tenax/store/store.h"
 
 namespace {
 

@@ -60,8 +60,6 @@
 #include <thread>
 #include <vector>
 
-#include "tenax/comm/etcd_store.h"
-#include "tenax/comm/store_server.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 #include "tenax/core/metrics.h"
@@ -69,6 +67,8 @@
 #include "tenax/health/health.h"
 #include "tenax/observe/exposition.h"
 #include "tenax/observe/observe.h"
+#include "tenax/store/etcd_store.h"
+#include "tenax/store/store_server.h"
 
 ABSL_FLAG(int, nproc_per_node, 0, "ranks to start on this host (required)");
 ABSL_FLAG(std::string, timeout, "", "TENAX_TIMEOUT of the ranks, in seconds");

@@ -4,5 +4,6 @@
 
 #include "tenax/comm/communicator.h"
 #include "tenax/comm/init.h"
-#include "tenax/comm/store.h"
 #include "tenax/core/error.h"
+#include "tenax/store/launch.h"
+#include "tenax/store/store.h"

@@ -10,7 +10,7 @@
 #include "checkpoint/engine_impl.h"
 #include "checkpoint/engine_metrics.h"
 #include "checkpoint/parallel_for.h"
-#include "comm/wait_clock.h"
+#include "tenax/core/wait_clock.h"
 #include "tenax/core/logging.h"
 #include "tenax/core/phase.h"
 
@@ -48,7 +48,7 @@ void CheckpointEngine::Impl::persist_loop() {
         {
           // Transfers to S3 wait on the service, each request bounded by its own timeout and
           // retried: a hang watch leaves them alone. A directory's writes stay watched.
-          std::optional<detail::WaitMark> remote;
+          std::optional<WaitMark> remote;
           if (o_.durable.rfind("s3://", 0) == 0) remote.emplace();
           persist(*upload);
         }

@@ -11,7 +11,7 @@
 #include "comm/argument_checks.h"
 #include "comm/split_children.h"
 #include "tenax/comm/communicator.h"
-#include "tenax/comm/store.h"
+#include "tenax/store/store.h"
 
 namespace tenax::detail {
 

@@ -6,7 +6,6 @@
 
 #include "comm/backend_communicator.h"
 #include "comm/gloo_communicator.h"
-#include "comm/wait_clock.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 
@@ -17,13 +16,6 @@
 #include <atomic>
 
 namespace tenax {
-namespace {
-// Per thread: a background thread's waits (the checkpoint engine's replication) must not count
-// as the training thread's communication.
-thread_local int64_t t_wait_ns = 0;
-thread_local std::shared_ptr<std::atomic<int>> t_waits = std::make_shared<std::atomic<int>>(0);
-}  // namespace
-
 namespace detail {
 void CommIdentity::init(std::shared_ptr<Store> s, int r, int n, const CommOptions& opts) {
   rank = r;
@@ -33,14 +25,7 @@ void CommIdentity::init(std::shared_ptr<Store> s, int r, int n, const CommOption
   timeout = opts.timeout.count() > 0 ? opts.timeout : default_timeout();
   store = std::move(s);
 }
-
-void add_communication_wait(std::chrono::nanoseconds elapsed) { t_wait_ns += elapsed.count(); }
-void mark_communication_wait(int delta) { t_waits->fetch_add(delta, std::memory_order_relaxed); }
 }  // namespace detail
-
-std::chrono::nanoseconds communication_wait_time() { return std::chrono::nanoseconds(t_wait_ns); }
-
-std::shared_ptr<const std::atomic<int>> communication_waits() { return t_waits; }
 
 std::string to_string(Backend backend) { return backend == Backend::kGloo ? "gloo" : "nccl"; }
 

@@ -34,8 +34,8 @@
 #include "comm/op_trace.h"
 #include "comm/shm_collectives.h"
 #include "tenax/comm/communicator.h"
-#include "tenax/comm/store.h"
 #include "tenax/core/error.h"
+#include "tenax/store/store.h"
 
 namespace tenax::detail {
 

@@ -7,7 +7,7 @@
 
 #include <memory>
 
-#include "tenax/comm/store.h"
+#include "tenax/store/store.h"
 
 namespace tenax::detail {
 

@@ -1,6 +1,6 @@
 #include "comm/gloo_work.h"
 
-#include "comm/wait_clock.h"
+#include "tenax/core/wait_clock.h"
 
 namespace tenax::detail {
 

@@ -16,7 +16,7 @@
 #include "comm/backend_communicator.h"
 #include "comm/fault.h"
 #include "comm/op_trace.h"
-#include "comm/wait_clock.h"
+#include "tenax/core/wait_clock.h"
 #include "tenax/comm/flight_recorder.h"
 #include "tenax/comm/init.h"
 #include "tenax/core/config.h"
@@ -159,7 +159,7 @@ class NcclWork : public Work {
 
  private:
   void wait_event(Ms timeout) {
-    detail::WaitClock clock;
+    WaitClock clock;
     auto deadline = Clock::now() + timeout;
     for (;;) {
       st_->throw_if_broken();

@@ -13,8 +13,8 @@
 #include <cstring>
 #include <fstream>
 
-#include "tenax/comm/store.h"
 #include "tenax/core/config.h"
+#include "tenax/store/store.h"
 
 namespace tenax {
 namespace detail {

@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "elastic/recovery_recorder.h"
-#include "health/hang_watch.h"
-#include "health/straggler.h"
+#include "tenax/health/hang_watch.h"
+#include "tenax/health/straggler.h"
 #include "tenax/checkpoint/engine.h"
 #include "tenax/comm/communicator.h"
 #include "tenax/core/error.h"

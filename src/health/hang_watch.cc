@@ -1,4 +1,4 @@
-#include "health/hang_watch.h"
+#include "tenax/health/hang_watch.h"
 
 #include <dirent.h>
 #include <sys/syscall.h>
@@ -9,7 +9,7 @@
 
 #include "tenax/comm/communicator.h"
 
-namespace tenax::detail {
+namespace tenax {
 namespace {
 
 long this_thread_id() { return static_cast<long>(syscall(SYS_gettid)); }
@@ -134,4 +134,4 @@ void HangWatch::loop() {
   }
 }
 
-}  // namespace tenax::detail
+}  // namespace tenax

@@ -1,9 +1,9 @@
-#include "health/replica_hash.h"
+#include "tenax/health/replica_hash.h"
 
 #include <cstring>
 #include <map>
 
-namespace tenax::detail {
+namespace tenax {
 namespace {
 
 uint64_t mix(uint64_t h, uint64_t v) {
@@ -66,4 +66,4 @@ std::vector<int> replicas_that_differ(const std::vector<uint64_t>& signatures,
   return out;
 }
 
-}  // namespace tenax::detail
+}  // namespace tenax

@@ -1,9 +1,9 @@
-#include "health/straggler.h"
+#include "tenax/health/straggler.h"
 
 #include <algorithm>
 #include <numeric>
 
-namespace tenax::detail {
+namespace tenax {
 
 std::vector<int> StragglerDetector::add(const std::vector<double>& compute) {
   const size_t n = compute.size();
@@ -40,4 +40,4 @@ double StragglerDetector::score(int rank) const {
   return std::accumulate(s.begin(), s.end(), 0.0) / static_cast<double>(s.size());
 }
 
-}  // namespace tenax::detail
+}  // namespace tenax

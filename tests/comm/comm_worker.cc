@@ -3,13 +3,18 @@
 // otherwise. Scenarios are chosen by the gtest drivers in this directory.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
+#include <atomic>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -552,9 +557,79 @@ void scenario_nccl(World& w) {
   c->barrier();
 }
 
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// The tenax-store process listening on `port` (its command line names it), 0 when none.
+pid_t store_process_on(int port) {
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmdline = read_text(entry.path().string() + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (cmdline.find("tenax-store") != std::string::npos &&
+        cmdline.find("--port " + std::to_string(port) + " ") != std::string::npos) {
+      return static_cast<pid_t>(std::stol(name));
+    }
+  }
+  return 0;
+}
+
+// Rank 0 of a one-rank torchrun-style launch (MASTER_PORT set) starts the store while this
+// process already runs LibTorch's threads (its intra-op pool, and a thread of ours computing):
+// the store must be the tenax-store program, executed rather than forked from this process,
+// outside this process's family, with no LibTorch in its memory.
+int store_beside_threads() {
+  at::set_num_threads(4);
+  std::atomic<bool> stop{false};
+  std::thread busy([&] {
+    at::Tensor a = at::rand({96, 96});
+    while (!stop) a = at::mm(a, a).tanh_();
+  });
+  at::Tensor x = at::rand({1 << 20});
+  (void)x.sum().item<float>();  // the intra-op pool is up
+  int threads = 0;
+  for (const auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+    (void)t;
+    ++threads;
+  }
+  CHECK(threads >= 3, "only " << threads << " threads before the store starts");
+  World w = tenax::connect();
+  CHECK(w.store_server == nullptr, "the store was hosted in-process");
+  w.store->set("beside", "threads");
+  CHECK(w.store->get("beside", std::chrono::seconds(5)) == "threads", "the store lost a key");
+  const pid_t store = store_process_on(w.info.store_port);
+  CHECK(store > 0, "no tenax-store process listens on port " << w.info.store_port);
+  if (store > 0) {
+    const std::string exe = std::filesystem::read_symlink("/proc/" + std::to_string(store) +
+                                                          "/exe");
+    CHECK(std::filesystem::path(exe).filename() == "tenax-store", "the store runs " << exe);
+    const std::string maps = read_text("/proc/" + std::to_string(store) + "/maps");
+    CHECK(maps.find("libtorch") == std::string::npos, "the store process maps LibTorch");
+    const std::string status = read_text("/proc/" + std::to_string(store) + "/status");
+    const size_t ppid_at = status.find("PPid:");
+    const pid_t parent = ppid_at == std::string::npos
+                             ? -1
+                             : static_cast<pid_t>(std::stol(status.substr(ppid_at + 5)));
+    CHECK(parent != ::getpid(), "the store is this process's child");
+    const size_t rss_at = status.find("VmRSS:");
+    std::cout << "store pid " << store << " (" << exe << ", " << threads
+              << " threads here when it started): "
+              << (rss_at == std::string::npos ? "?" : status.substr(rss_at + 6, 12)) << " resident"
+              << std::endl;
+    ::kill(store, SIGKILL);  // what the test made, removed
+  }
+  stop = true;
+  busy.join();
+  return tenax::testing::worker_exit("store_beside_threads");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "store_beside_threads") return store_beside_threads();
   tenax::testing::WorkerOptions options;
   options.barrier_at_end = false;  // failure scenarios end with a broken world communicator
   return tenax::testing::worker_main(

@@ -2,7 +2,7 @@
 // leader or a minority of members is lost, a clear error when the quorum is, and
 // authentication. Skipped with one line where etcd is not installed.
 
-#include "tenax/comm/etcd_store.h"
+#include "tenax/store/etcd_store.h"
 
 #include <gtest/gtest.h>
 

@@ -102,6 +102,33 @@ TEST(FailureTest, RankZeroDyingLeavesTheStoreItStartedServingTheOthers) {
   EXPECT_NE(results[1].output.find("store outlived rank 0"), std::string::npos) << dump(results);
 }
 
+TEST(BootstrapTest, TheStoreProcessIsTheTenaxStoreProgramStartedBesideLibTorchsThreads) {
+  auto port = std::to_string(tenax::testing::free_port());
+  auto r = run_command({COMM_WORKER, "store_beside_threads"},
+                       {{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_ADDR", "127.0.0.1"},
+                        {"MASTER_PORT", port}},
+                       60s);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("PASS store_beside_threads"), std::string::npos) << r.output;
+  // Linked against the store layer alone.
+  auto libs = run_command({"ldd", TENAX_STORE_BIN});
+  EXPECT_EQ(libs.exit_code, 0) << libs.output;
+  EXPECT_EQ(libs.output.find("torch"), std::string::npos) << libs.output;
+}
+
+TEST(BootstrapTest, AMissingStoreProgramIsAClearErrorNamingTenaxStoreBin) {
+  auto port = std::to_string(tenax::testing::free_port());
+  auto r = run_command({COMM_WORKER, "init"},
+                       {{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_ADDR", "127.0.0.1"},
+                        {"MASTER_PORT", port}, {"TENAX_STORE_BIN", "/nonexistent/tenax-store"}},
+                       60s);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("cannot find the tenax-store program (looked at "
+                          "/nonexistent/tenax-store): set TENAX_STORE_BIN"),
+            std::string::npos)
+      << r.output;
+}
+
 TEST(WaitTimeTest, CommunicationWaitTimeIsTheCallingThreadsOnly) {
   expect_all_pass(run_ranks(2, {COMM_WORKER, "wait_time_per_thread"}), "wait_time_per_thread");
 }

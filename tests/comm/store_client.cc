@@ -7,8 +7,8 @@
 #include <cstdlib>
 #include <thread>
 
-#include "tenax/comm/etcd_store.h"
 #include "tenax/core/error.h"
+#include "tenax/store/etcd_store.h"
 
 int main(int argc, char** argv) {
   if (argc != 4) {

@@ -19,8 +19,8 @@
 #include <thread>
 
 #include "support/process.h"
-#include "tenax/comm/store.h"
 #include "tenax/core/error.h"
+#include "tenax/store/store.h"
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;

@@ -10,10 +10,10 @@
 
 #include "support/etcd_cluster.h"
 #include "support/process.h"
-#include "tenax/comm/etcd_store.h"
-#include "tenax/comm/store.h"
-#include "tenax/comm/store_server.h"
 #include "tenax/core/error.h"
+#include "tenax/store/etcd_store.h"
+#include "tenax/store/store.h"
+#include "tenax/store/store_server.h"
 
 using namespace std::chrono_literals;
 using tenax::Store;

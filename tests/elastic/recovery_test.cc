@@ -17,7 +17,7 @@
 #include "support/process.h"
 #include "support/recovery_events.h"
 #include "tenax/checkpoint/engine.h"
-#include "tenax/comm/store_server.h"
+#include "tenax/store/store_server.h"
 
 using tenax::testing::dump;
 using tenax::testing::Process;

@@ -9,10 +9,10 @@
 #include <thread>
 
 #include "elastic/member_order.h"
-#include "tenax/comm/store.h"
-#include "tenax/comm/store_server.h"
 #include "tenax/core/error.h"
 #include "tenax/elastic/rendezvous.h"
+#include "tenax/store/store.h"
+#include "tenax/store/store_server.h"
 
 using namespace std::chrono_literals;
 

@@ -18,9 +18,9 @@
 #include <unistd.h>
 
 #include "elastic/preemption.h"
-#include "tenax/comm/store.h"
-#include "tenax/comm/store_server.h"
 #include "tenax/elastic/elastic.h"
+#include "tenax/store/store.h"
+#include "tenax/store/store_server.h"
 
 using namespace std::chrono_literals;
 

@@ -9,23 +9,23 @@
 #include <chrono>
 #include <thread>
 
-#include "health/hang_watch.h"
-#include "health/replica_hash.h"
-#include "health/straggler.h"
+#include "tenax/health/hang_watch.h"
+#include "tenax/health/replica_hash.h"
+#include "tenax/health/straggler.h"
 #include "support/process.h"
 #include "tenax/comm/communicator.h"
-#include "tenax/comm/store.h"
-#include "tenax/comm/store_server.h"
 #include "tenax/core/error.h"
 #include "tenax/core/fault_injection.h"
 #include "tenax/health/preflight.h"
+#include "tenax/store/store.h"
+#include "tenax/store/store_server.h"
 
 namespace {
 
 using namespace std::chrono_literals;
 
 TEST(StragglerTest, ARankSlowerThanTheThresholdIsNamedAfterTheWindowAndTheSteps) {
-  tenax::detail::StragglerDetector d(1.5, 4, 3);
+  tenax::StragglerDetector d(1.5, 4, 3);
   int flagged_at = -1;
   for (int step = 0; step < 20 && flagged_at < 0; ++step) {
     const auto slow = d.add({0.1, 0.1, 0.25, 0.1});
@@ -41,31 +41,31 @@ TEST(StragglerTest, ARankSlowerThanTheThresholdIsNamedAfterTheWindowAndTheSteps)
 }
 
 TEST(StragglerTest, NoOneIsNamedWithoutAMajorityToCompareAgainstOrBelowTheThreshold) {
-  tenax::detail::StragglerDetector two(1.5, 1, 1);
+  tenax::StragglerDetector two(1.5, 1, 1);
   EXPECT_TRUE(two.add({0.1, 1.0}).empty());
-  tenax::detail::StragglerDetector d(1.5, 2, 2);
+  tenax::StragglerDetector d(1.5, 2, 2);
   for (int i = 0; i < 10; ++i) EXPECT_TRUE(d.add({0.1, 0.14, 0.1, 0.12}).empty());
 }
 
 TEST(ReplicaTest, TheReplicaThatDiffersFromItsGroupsMajorityIsNamed) {
   // Ranks 0-2 hold one part (tp rank 0), 3-5 another (tp rank 1); rank 4 differs.
-  EXPECT_EQ(tenax::detail::replicas_that_differ({1, 1, 1, 2, 2, 2}, {7, 7, 7, 9, 8, 9}),
+  EXPECT_EQ(tenax::replicas_that_differ({1, 1, 1, 2, 2, 2}, {7, 7, 7, 9, 8, 9}),
             std::vector<int>{4});
-  EXPECT_TRUE(tenax::detail::replicas_that_differ({1, 1}, {7, 8}).empty());  // no majority of 2
-  EXPECT_TRUE(tenax::detail::replicas_that_differ({1, 1, 1, 1}, {7, 7, 8, 8}).empty());
+  EXPECT_TRUE(tenax::replicas_that_differ({1, 1}, {7, 8}).empty());  // no majority of 2
+  EXPECT_TRUE(tenax::replicas_that_differ({1, 1, 1, 1}, {7, 7, 8, 8}).empty());
 }
 
 TEST(ReplicaTest, TheHashSeesOneChangedValueAndTheSignatureTheLayout) {
   tenax::StateDict a, b;
   a.add("w", at::ones({64}));
   b.add("w", at::ones({64}));
-  EXPECT_EQ(tenax::detail::state_hash(a), tenax::detail::state_hash(b));
-  EXPECT_EQ(tenax::detail::state_signature(a), tenax::detail::state_signature(b));
+  EXPECT_EQ(tenax::state_hash(a), tenax::state_hash(b));
+  EXPECT_EQ(tenax::state_signature(a), tenax::state_signature(b));
   b.tensor("w").tensor.view(-1)[17].add_(1e-6);
-  EXPECT_NE(tenax::detail::state_hash(a), tenax::detail::state_hash(b));
+  EXPECT_NE(tenax::state_hash(a), tenax::state_hash(b));
   tenax::StateDict c;
   c.add_shard("w", at::ones({64}), {128}, {64});
-  EXPECT_NE(tenax::detail::state_signature(a), tenax::detail::state_signature(c));
+  EXPECT_NE(tenax::state_signature(a), tenax::state_signature(c));
 }
 
 TEST(GemmTest, TheChecksumIsTheSameEachTimeAndOneFlippedValueChangesIt) {
@@ -100,7 +100,7 @@ TEST(HangWatchTest, AStepPastItsDeadlineOutsideACollectiveIsReportedOnce) {
   auto waiting = std::make_shared<std::atomic<int>>(0);
   std::atomic<int> fired{0};
   std::string report;
-  tenax::detail::HangWatch w(5, 200ms, waiting, [&](const std::string& r) {
+  tenax::HangWatch w(5, 200ms, waiting, [&](const std::string& r) {
     report = r;
     ++fired;
   });
@@ -121,7 +121,7 @@ TEST(HangWatchTest, AStepPastItsDeadlineOutsideACollectiveIsReportedOnce) {
 TEST(HangWatchTest, AnEvaluationInsideAStepRunsOnItsOwnDeadlineNotTheSteps) {
   auto waiting = std::make_shared<std::atomic<int>>(0);
   std::atomic<int> fired{0};
-  tenax::detail::HangWatch w(5, 150ms, waiting, [&](const std::string&) { ++fired; });
+  tenax::HangWatch w(5, 150ms, waiting, [&](const std::string&) { ++fired; });
   for (int i = 0; i < 5; ++i) {
     w.step_started();
     std::this_thread::sleep_for(5ms);
@@ -144,7 +144,7 @@ TEST(HangWatchTest, AnEvaluationInsideAStepRunsOnItsOwnDeadlineNotTheSteps) {
 TEST(HangWatchTest, AStepWaitingOnACollectiveIsLeftToItsPeersWatch) {
   auto waiting = std::make_shared<std::atomic<int>>(1);
   std::atomic<int> fired{0};
-  tenax::detail::HangWatch w(5, 100ms, waiting, [&](const std::string&) { ++fired; });
+  tenax::HangWatch w(5, 100ms, waiting, [&](const std::string&) { ++fired; });
   w.step_started();
   std::this_thread::sleep_for(600ms);
   EXPECT_EQ(fired.load(), 0);
@@ -157,7 +157,7 @@ TEST(HangWatchTest, APersistStuckOnAnotherThreadIsReportedNamingItsThread) {
   std::string report;
   std::atomic<int> fired{0};
   auto waiting = std::make_shared<std::atomic<int>>(0);
-  tenax::detail::HangWatch w(5, 100ms, waiting, [&](const std::string& r) {
+  tenax::HangWatch w(5, 100ms, waiting, [&](const std::string& r) {
     report = r;
     ++fired;
   });
@@ -179,7 +179,7 @@ TEST(HangWatchTest, APersistStuckOnAnotherThreadIsReportedNamingItsThread) {
 // A new generation's steps start their durations afresh (three floors until five are seen).
 TEST(HangWatchTest, ForgettingAPhasesDurationsGivesItTheStartingDeadlineAgain) {
   auto waiting = std::make_shared<std::atomic<int>>(0);
-  tenax::detail::HangWatch w(5, 100ms, waiting, [](const std::string&) {});
+  tenax::HangWatch w(5, 100ms, waiting, [](const std::string&) {});
   for (int i = 0; i < 6; ++i) {
     w.step_started();
     w.step_ended();
@@ -196,7 +196,7 @@ TEST(HangWatchTest, AStepWaitingOnTheStoreIsLeftToTheStoresTimeout) {
   tenax::StoreServer server("127.0.0.1", 0, "secret");
   auto store = tenax::TcpStore::connect("127.0.0.1", server.port(), "secret", 5s);
   std::atomic<int> fired{0};
-  tenax::detail::HangWatch w(5, 100ms, tenax::communication_waits(),
+  tenax::HangWatch w(5, 100ms, tenax::communication_waits(),
                              [&](const std::string&) { ++fired; });
   w.step_started();
   // Looked at while the store still waits, 600 ms into the step (its deadline is 300 ms): once

@@ -12,9 +12,9 @@
 #include <memory>
 
 #include "tenax/comm/communicator.h"
-#include "tenax/comm/store.h"
-#include "tenax/comm/store_server.h"
 #include "tenax/core/error.h"
+#include "tenax/store/store.h"
+#include "tenax/store/store_server.h"
 
 namespace {
 

@@ -14,7 +14,7 @@
 #include <sstream>
 #include <thread>
 
-#include "tenax/comm/store_server.h"
+#include "tenax/store/store_server.h"
 
 namespace tenax::testing {
 

@@ -20,8 +20,8 @@
 
 #include "tenax/checkpoint/state.h"
 #include "tenax/comm/communicator.h"
-#include "tenax/comm/store.h"
 #include "tenax/core/export.h"
+#include "tenax/store/store.h"
 
 namespace tenax {
 
@@ -89,6 +89,12 @@ struct TENAX_API CheckpointStatus {
   std::string last_error;       // the latest background failure, empty when none
 };
 
+// Thread rules: one owner thread (the training thread) calls save(), wait(), restore() and the
+// destructor, in the same order on every rank of `comm` where they are collectives. The
+// engine's own threads (commit, replication, persistence) touch only what save() copied, so the
+// caller's tensors are free again once save() returns. status() may be called from any thread.
+// The static functions need no engine: restore_from_group is a collective over `comm` (one
+// thread per member), remove_memory and check_durable any thread.
 class TENAX_API CheckpointEngine {
  public:
   // Collective over `comm` (its ranks save and restore together); `store` carries the

@@ -5,6 +5,8 @@
 // VocabParallelEmbedding split dim 0, RowParallelLinear's weight dim 1), so a checkpoint saved
 // on one tp size restores on another. The StateDict refers to the live tensors: save() copies
 // them, restore() writes into them.
+// Thread rules: these functions read (and the apply_* ones write) the module's and optimizer's
+// tensors: call them on the thread that trains, between steps.
 
 #include <torch/nn/module.h>
 #include <torch/optim/adamw.h>

@@ -23,6 +23,9 @@ struct TENAX_API TensorShard {
   std::vector<int64_t> offsets;       // index of the part's first element in each dimension
 };
 
+// Thread rules: a plain container, not synchronized: any number of threads may read one that no
+// thread changes; a change (add, set_int, a restore into it) excludes every other use. It holds
+// references to its tensors, not copies.
 class TENAX_API StateDict {
  public:
   // A whole tensor. Throws ConfigError when `name` is already used.

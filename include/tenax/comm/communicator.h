@@ -18,8 +18,9 @@
 #include <string>
 #include <vector>
 
-#include "tenax/comm/store.h"
 #include "tenax/core/export.h"
+#include "tenax/store/store.h"
+#include "tenax/core/wait_clock.h"  // communication_wait_time(), communication_waits()
 
 namespace tenax {
 
@@ -37,6 +38,9 @@ TENAX_API ReduceOp parse_reduce_op(const std::string& name);
 TENAX_API bool nccl_available();
 
 // A handle on an operation in flight.
+// Thread rules: wait() from one thread at a time (any thread, not only the issuer's: the wait's
+// time counts as that thread's communication_wait_time()); is_completed() from any thread. The
+// tensors of the operation must stay alive and unchanged until it completes.
 class TENAX_API Work {
  public:
   virtual ~Work() = default;
@@ -69,6 +73,12 @@ struct TENAX_API CommOptions {
   int device = -1;
 };
 
+// Thread rules: the operations (the *_async calls, their blocking forms, split) are issued from
+// one thread at a time: the order they are issued in is their order on the wire, and every rank
+// must issue the same sequence, so a program that issues from several threads orders them
+// itself. abort() may be called from any thread at any time, during an operation too. rank(),
+// size(), backend(), name() and timeout() never change: any thread. Destroy it on one thread,
+// after its works are done or it was aborted; the communicators split from it live on their own.
 class TENAX_API Communicator {
  public:
   virtual ~Communicator() = default;
@@ -153,16 +163,6 @@ class TENAX_API Communicator {
   // communicator split from this one (and theirs) is aborted too.
   virtual void abort(const std::string& reason = "abort() called") = 0;
 };
-
-// Total time the calling thread has spent blocked in Work::wait (every blocking operation
-// waits through it), on any communicator, since it started: the communication that its
-// computation did not hide. Other threads' waits (the checkpoint engine's replication, say) are
-// theirs, not the caller's. Never decreases; take differences.
-TENAX_API std::chrono::nanoseconds communication_wait_time();
-
-// The calling thread's count of Work::wait calls in progress (0 or 1), readable from any thread
-// (a watchdog asks whether the training thread is blocked on communication or in its own work).
-TENAX_API std::shared_ptr<const std::atomic<int>> communication_waits();
 
 // Builds a communicator of `size` ranks; every rank calls this with the same options.name and
 // a store reachable by all. SIGPIPE stays as the program set it: every socket write of tenax's

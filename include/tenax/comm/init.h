@@ -21,36 +21,12 @@
 #include <string>
 
 #include "tenax/comm/communicator.h"
-#include "tenax/comm/store.h"
-#include "tenax/comm/store_server.h"
 #include "tenax/core/export.h"
+#include "tenax/store/launch.h"
+#include "tenax/store/store.h"
+#include "tenax/store/store_server.h"
 
 namespace tenax {
-
-// Who this process is, read from the environment alone (no connections made).
-struct TENAX_API LaunchInfo {
-  std::string launcher;  // "tenaxrun", "torchrun", "mpirun", "slurm" or "single"
-  int rank = 0;
-  int size = 1;
-  int local_rank = 0;
-  int local_size = 1;
-  std::string store_host;  // empty under mpirun and single (decided at init)
-  int store_port = 0;
-  std::string store_address;  // "etcd://…" when the store is etcd (then host/port are unused)
-  bool host_store = false;  // true iff this process must start the store (rank 0, torchrun/slurm)
-  std::string token;
-  // This worker's id in an elastic job, stable across its restarts: TENAX_MEMBER_ID, else
-  // "w<rank>".
-  std::string member;
-};
-
-// Reads the environment. Throws ConfigError naming the variable for a world size < 1, a rank
-// outside [0, size), or a malformed value.
-TENAX_API LaunchInfo detect_launch();
-
-// detect_launch() of this process, read on the first call and returned unchanged after (a call
-// that throws is tried again by the next one). The layers take their launch defaults from it.
-TENAX_API const LaunchInfo& launch_info();
 
 struct TENAX_API InitOptions {
   Backend backend = Backend::kGloo;
@@ -74,6 +50,8 @@ struct TENAX_API World {
 
 // Bootstraps from the environment and builds the world communicator (a collective: every rank
 // calls it). Throws ConfigError for bad input, StoreError/TimeoutError when peers do not arrive.
+// Thread rules: once per process, from any one thread; the World it returns is plain data plus
+// objects whose own rules apply (Store, StoreServer, Communicator).
 TENAX_API World init(InitOptions options = {});
 
 // The first half of init(): identity and the store (hosted here when this rank must), no

@@ -3,7 +3,9 @@
 // Process-wide settings. The environment is read in one place: settings() reads every TENAX_*
 // (and AWS_*) variable the library honours once, on first use, and the layers receive the
 // values through their options. Launcher variables (RANK, OMPI_COMM_WORLD_*, SLURM_*) are read
-// by comm's bootstrap (tenax/comm/init.h), the other edge.
+// by the store layer's launch detection (tenax/store/launch.h), the other edge.
+// Thread rules: every function here may be called from any thread; settings() is initialized
+// once (the first call that does not throw) and never changes after.
 
 #include <chrono>
 #include <cstdint>

@@ -12,6 +12,7 @@
 namespace tenax {
 
 // Root of every tenax exception.
+// Thread rules: an error is immutable once thrown; copies may travel to other threads.
 class TENAX_API Error : public std::runtime_error {
  public:
   explicit Error(const std::string& what) : std::runtime_error(what) {}

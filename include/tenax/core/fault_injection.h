@@ -29,6 +29,8 @@
 
 namespace tenax {
 
+// Thread rules: immutable once built: its const calls may come from any thread (the training
+// thread's step faults, the checkpoint engine's upload fault).
 class TENAX_API FaultInjector {
  public:
   enum class Kind { kKill, kHang, kExit, kSlow, kS3Fail, kSdc, kNan, kHangBackward, kShmFull };

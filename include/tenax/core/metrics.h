@@ -26,6 +26,11 @@ namespace tenax::metrics {
 
 using LabelValues = std::vector<std::string>;
 
+// Thread rules: every recording (inc, set, add, observe) and every read is an atomic operation:
+// any thread, any time. Families and the registry guard their series with a mutex: lookups and
+// rendering from any thread. Series, families and the registry are never destroyed while the
+// process runs (registry()), so a pointer to one stays valid.
+
 // Monotonic: only grows (a negative increment is ignored).
 class TENAX_API Counter {
  public:

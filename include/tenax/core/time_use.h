@@ -23,6 +23,7 @@ enum class TimeUse {
 TENAX_API const char* to_string(TimeUse use);
 
 // Adds `seconds` (ignored when not positive) to `use`. An atomic add: cheap on the hot path.
+// Thread rules: any thread (an atomic add on the use's counter).
 TENAX_API void account_time(TimeUse use, double seconds);
 // The seconds accounted to `use` so far.
 TENAX_API double accounted_time(TimeUse use);

@@ -28,12 +28,12 @@
 #include "tenax/checkpoint/engine.h"
 #include "tenax/checkpoint/state.h"
 #include "tenax/comm/communicator.h"
-#include "tenax/comm/store.h"
 #include "tenax/core/error.h"
 #include "tenax/core/export.h"
 #include "tenax/core/fault_injection.h"
 #include "tenax/elastic/rendezvous.h"
 #include "tenax/health/health.h"
+#include "tenax/store/store.h"
 
 namespace tenax {
 
@@ -161,7 +161,8 @@ struct TENAX_API RecoveryEvent {
   std::string to_json() const;
 };
 
-// What the runner drives. All methods run on active members only, collectively.
+// What the runner drives. All methods run on active members only, collectively, and on the
+// thread that called ElasticRunner::run(), one at a time.
 class TENAX_API ElasticJob {
  public:
   virtual ~ElasticJob() = default;
@@ -180,6 +181,11 @@ class TENAX_API ElasticJob {
   virtual void after_reform(const RecoveryEvent& event) { (void)event; }
 };
 
+// Thread rules: run() and events() on one thread (the one that trains); on_event is called on
+// that thread as each event completes; preempt() from any thread or a signal handler;
+// ElasticOptions::on_stop on the thread that decided the stop (see there). The runner's own
+// threads (the rendezvous heartbeat, the hang watch, the checkpoint engine's) are started and
+// joined by it.
 class TENAX_API ElasticRunner {
  public:
   // Connects the rendezvous (starts heartbeating). Throws ConfigError for bad options (e.g.

@@ -27,8 +27,8 @@
 #include <thread>
 #include <vector>
 
-#include "tenax/comm/store.h"
 #include "tenax/core/export.h"
+#include "tenax/store/store.h"
 
 namespace tenax {
 
@@ -61,6 +61,13 @@ struct TENAX_API Generation {
   int size() const { return static_cast<int>(members.size()); }
 };
 
+// Thread rules: next() from one thread at a time (the runner's). dead_members() and
+// admit_joiners() keep what they saw between calls: each from one thread at a time, which may
+// be another (the runner's watchdog). superseded(), waiting(), mark_gone(), finish(),
+// finished(), set_on_fenced() and interrupt() from any thread (the store client is
+// thread-safe). Its heartbeat thread is its own: started by the constructor, joined by the
+// destructor, which runs once no other thread uses it. The fencing handler runs on the
+// heartbeat thread.
 class TENAX_API Rendezvous {
  public:
   // `id` names this member (unique in the run, stable across its restarts if it should keep

@@ -3,6 +3,8 @@
 // The preflight: health checks a member runs before it joins an elastic job (health.h says
 // which). ElasticRunner runs it when PreflightOptions::enabled or TENAX_PREFLIGHT is set;
 // `tenax-health check` runs the host and GEMM checks on their own.
+// Thread rules: every function may run on any thread; run_preflight blocks on the store while
+// the other starting members arrive (bounded by PreflightOptions' timeouts), once per member.
 
 #include <chrono>
 #include <cstdint>
@@ -12,10 +14,10 @@
 #include <utility>
 #include <vector>
 
-#include "tenax/comm/store.h"
 #include "tenax/core/export.h"
 #include "tenax/core/fault_injection.h"
 #include "tenax/health/health.h"
+#include "tenax/store/store.h"
 
 namespace tenax {
 

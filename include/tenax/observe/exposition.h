@@ -1,7 +1,8 @@
 #pragma once
 
 // Text exposition (Prometheus 0.0.4) helpers for agents that serve several processes' series on
-// one endpoint (tenaxrun serves its host's workers).
+// one endpoint (tenaxrun serves its host's workers). Every function here may be called from any
+// thread: they share nothing.
 
 #include <optional>
 #include <string>

@@ -22,6 +22,9 @@
 namespace tenax::observe {
 
 // Serves GET /metrics (and GET / with a pointer to it) with cpp-httplib on a thread of its own.
+// Thread rules: built and destroyed on one thread; `render` runs on the server's threads, two
+// requests possibly at once, so it must be safe to call concurrently (the registry's is).
+// port() any thread.
 class TENAX_API MetricsServer {
  public:
   // Binds `address`:`port` (0: an ephemeral port) and starts serving what `render` returns
@@ -54,6 +57,9 @@ struct TENAX_API ObserveOptions {
 // Turns observability on for this process: constant labels job and host, the process series
 // (CPU, resident memory, threads, open files, /dev/shm bytes mapped), the goodput ratio, and the
 // endpoint when a port is configured. One per process; destroy it to stop serving.
+// Thread rules: built and destroyed on one thread, one per process. Its process series are
+// collected when the registry renders (on the endpoint's threads, reading /proc); port() any
+// thread.
 class TENAX_API Observability {
  public:
   // Throws ConfigError (naming the port) when the endpoint cannot be served: nothing is left
@@ -85,6 +91,7 @@ struct TENAX_API StepSample {
 
 // Records the training series: step, loss, learning rate, grad norm, tokens and tokens/s, MFU,
 // and the step time split into compute, communication and checkpoint stall.
+// Any thread (the registry's atomic recordings); steps recorded from two threads interleave.
 TENAX_API void record_step(const StepSample& s);
 
 // Sets a constant label on every series (e.g. "dp", "tp", "pp" coordinates); "" removes it.

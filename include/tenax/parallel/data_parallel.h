@@ -47,6 +47,12 @@ struct TENAX_API DataParallelOptions {
   }
 };
 
+// Thread rules: one training thread owns it: construct it, run the module's forward and backward
+// passes, call sync() and no_sync() and destroy it there (or order those calls externally). Its
+// gradient hooks run inside backward on the threads autograd picks and issue the dp all-reduces
+// in bucket order, so two backward passes of the module never run at once, and nothing else
+// issues operations on `dp` during one. module(), num_buckets() and
+// buckets_started_during_backward() may be read from any thread between backward passes.
 class TENAX_API DataParallel {
  public:
   // Broadcasts `module`'s parameters and buffers from dp rank 0 (unless options say not to),

@@ -66,6 +66,12 @@ struct TENAX_API ShardedParameter {
   int unit = -1;  // index into the units; -1: the root unit
 };
 
+// Thread rules: one training thread owns it, as DataParallel: forward(), run_unit(), the
+// backward passes (whose hooks gather and reduce-scatter units on the threads autograd picks),
+// sync() and reshard() run one at a time, in the same order on every rank of its dp group, and
+// nothing else issues operations on that communicator meanwhile. It owns the shards that
+// parameters() and sharded_parameters() return; the accessors may be read from any thread
+// between steps.
 class TENAX_API FullyShardedDataParallel {
  public:
   // Collective over `dp`: broadcasts the module's parameters and buffers from dp rank 0, keeps

@@ -38,6 +38,9 @@ struct TENAX_API LossScalerOptions {
   bool dynamic = true;             // false: the scale stays init_scale (an overflow still skips)
 };
 
+// Thread rules: one thread at a time (the training thread). unscale() all-reduces its overflow
+// flag over `groups`, so every rank of those groups calls it in the same step; scale() is
+// const and may run on any thread.
 class TENAX_API LossScaler {
  public:
   // Throws ConfigError naming the option that is out of range.

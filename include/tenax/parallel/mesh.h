@@ -25,6 +25,10 @@ struct TENAX_API MeshOptions {
   MeshOptions& dim_order(std::string v) { order = std::move(v); return *this; }
 };
 
+// Thread rules: construction is a collective over the world communicator (every rank, one
+// thread each). After it, the sizes and coordinates never change (any thread), and the group
+// communicators it hands out (dp, tp, pp, world) follow Communicator's rules; it keeps them
+// alive.
 class TENAX_API ProcessMesh {
  public:
   // Collective over `world`: every rank calls it with the same options. Throws ConfigError,

@@ -28,6 +28,8 @@ namespace tenax {
 // While alive, autocast is on for `device` (kCPU or kCUDA) with `dtype` on this thread; kFloat
 // turns it off. Restores the previous state when destroyed; nests. Throws ConfigError for a
 // dtype autocast cannot use on that device (CPU: bf16 only).
+// Thread rules: autocast is per thread (LibTorch's thread-local state): an Autocast affects the
+// thread that built it only, and must be destroyed on that thread, innermost first.
 class TENAX_API Autocast {
  public:
   Autocast(c10::DeviceType device, c10::ScalarType dtype);

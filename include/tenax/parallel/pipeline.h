@@ -36,6 +36,9 @@ struct PipelinePass {
 TENAX_API std::vector<PipelinePass> pipeline_order(PipelineScheduleKind kind, int p, int stage,
                                                    int m, int chunks);
 
+// Thread rules: run() from one thread at a time (the training thread): it sends and receives on
+// the pp communicator in the schedule's order, which every stage must follow, and calls the
+// stage functions on that thread. Its options never change after construction (any thread).
 class TENAX_API PipelineSchedule {
  public:
   using StageFn = std::function<at::Tensor(const at::Tensor&)>;

@@ -16,6 +16,8 @@
 // inside run again, in the same order on every rank, as Megatron does for tensor-parallel layers.
 //
 // When autograd is off, recompute() just calls `fn`.
+// Thread rules: `fn` runs on the thread that calls recompute() and again on the thread autograd
+// runs the backward pass on; one backward at a time when it holds collectives.
 
 #include <ATen/core/Tensor.h>
 

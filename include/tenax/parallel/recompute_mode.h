@@ -1,7 +1,7 @@
 #pragma once
 
 // What a model recomputes in backward (tenax/parallel/recompute.h), without LibTorch: memory
-// estimates and flag parsing use it too.
+// estimates and flag parsing use it too. Pure functions: any thread.
 
 #include <string>
 

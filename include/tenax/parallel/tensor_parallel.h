@@ -5,6 +5,10 @@
 // functions on the tp communicator. Every rank builds the full layer from the same RNG state and
 // keeps its shard, so a tp model starts from exactly the weights of the tp=1 model built with the
 // same seed, and consumes the RNG the same way.
+// Thread rules: the layers and operators issue collectives on the tp communicator in forward
+// and, through autograd, in backward: one forward or backward of a model at a time, on every
+// tp rank in the same order, and nothing else issues operations on that communicator meanwhile
+// (Communicator's rules). A layer's parameters belong to the training thread.
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/container/any.h>

@@ -16,6 +16,10 @@
 
 namespace tenax {
 
+// Thread rules: one thread at a time, the training thread: step(), reduce_gradients() and
+// reload_parameters() are collectives over its dp communicator, issued in the same order on every
+// rank; nothing else issues operations on that communicator during one. The accessors may be
+// read from any thread between steps.
 class TENAX_API ZeroAdamW {
  public:
   // Collective over `dp`. Broadcasts `params` from dp rank 0. Throws ConfigError when the

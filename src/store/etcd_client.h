@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "tenax/comm/etcd_store.h"
+#include "tenax/store/etcd_store.h"
 
 namespace tenax::detail {
 

@@ -1,6 +1,6 @@
 #pragma once
 
-// The hang watchdog (internal): a thread of its own that knows which phase each watched thread
+// The hang watchdog: a thread of its own that knows which phase each watched thread
 // is in (tenax::PhaseScope: the training thread's steps, saves, evaluations and rendezvous, the
 // checkpoint engine's persists on its thread) and how long each phase takes. A phase's deadline
 // is k × p99 of its last 100 durations, never under the floor (three floors until 5 were seen:
@@ -24,12 +24,13 @@
 #include <thread>
 #include <vector>
 
+#include "tenax/core/export.h"
 #include "tenax/core/phase.h"
 #include "tenax/health/health.h"
 
-namespace tenax::detail {
+namespace tenax {
 
-class HangWatch : public PhaseObserver {
+class TENAX_API HangWatch : public PhaseObserver {
  public:
   using Clock = std::chrono::steady_clock;
   // `waiting` is the constructing (training) thread's communication_waits() flag; another
@@ -83,4 +84,4 @@ class HangWatch : public PhaseObserver {
   std::thread thread_;  // last: starts once the members above exist
 };
 
-}  // namespace tenax::detail
+}  // namespace tenax

@@ -13,8 +13,8 @@
 #include <thread>
 #include <vector>
 
-#include "tenax/comm/store.h"
 #include "tenax/core/export.h"
+#include "tenax/store/store.h"
 
 namespace tenax {
 

@@ -2,6 +2,9 @@
 
 // A key-value store for bootstrap and rendezvous. Values are byte strings. Every call that can
 // block takes (or defaults to) a timeout; none blocks forever. No torch dependency.
+// Thread rules: every Store is safe to call from several threads (calls on one client are
+// serialized on its connection); a thread that blocks long (a wait) takes a clone() of its own
+// so it does not hold up the others; interrupt() and close() from any thread.
 
 #include <chrono>
 #include <cstdint>

@@ -1,4 +1,4 @@
-#include "comm/etcd_client.h"
+#include "store/etcd_client.h"
 
 #include <curl/curl.h>
 
@@ -7,7 +7,7 @@
 #include <thread>
 #include <vector>
 
-#include "comm/wait_clock.h"
+#include "tenax/core/wait_clock.h"
 #include "tenax/core/error.h"
 
 namespace tenax::detail {
@@ -221,7 +221,7 @@ void EtcdClient::authenticate(Clock::time_point deadline) {
 
 nlohmann::json EtcdClient::post(const std::string& path, const nlohmann::json& body,
                                 Clock::time_point deadline) {
-  detail::WaitMark waiting;  // on etcd, not on this thread's work (the hang watch)
+  WaitMark waiting;  // on etcd, not on this thread's work (the hang watch)
   const bool auth_call = path == "/v3/auth/authenticate";
   if (!auth_call && !options_.user.empty() && auth_token_.empty()) authenticate(deadline);
   const std::string text = body.dump();

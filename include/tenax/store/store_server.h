@@ -47,10 +47,10 @@ class TENAX_API StoreServer {
   // The port actually bound.
   int port() const { return port_; }
 
-  // Authenticated connections open now.
+  // Authenticated connections open now. Any thread.
   int clients() const;
 
-  // Stops serving; idempotent.
+  // Stops serving; idempotent. Any thread; the destructor on the owner's.
   void stop();
 
  private:

@@ -1,6 +1,6 @@
 #pragma once
 
-// Fail-slow detection (internal): each step, every active rank's compute time (its step less
+// Fail-slow detection: each step, every active rank's compute time (its step less
 // the time it waited on communication and on checkpoint saves, since everyone waits for the
 // slowest) against the median of the group.
 
@@ -8,9 +8,12 @@
 #include <deque>
 #include <vector>
 
-namespace tenax::detail {
+#include "tenax/core/export.h"
 
-class StragglerDetector {
+namespace tenax {
+
+// Thread rules: not synchronized; one thread at a time (the training thread, once per step).
+class TENAX_API StragglerDetector {
  public:
   StragglerDetector(double threshold, int window, int steps)
       : threshold_(threshold), window_(window < 1 ? 1 : window), steps_(steps < 1 ? 1 : steps) {}
@@ -29,4 +32,4 @@ class StragglerDetector {
   std::vector<int> over_;                   // per rank, consecutive steps above the threshold
 };
 
-}  // namespace tenax::detail
+}  // namespace tenax

@@ -5,11 +5,11 @@
 
 #include <thread>
 
-#include "comm/net.h"
-#include "comm/store_protocol.h"
-#include "comm/wait_clock.h"
-#include "tenax/comm/store.h"
+#include "store/net.h"
+#include "store/store_protocol.h"
 #include "tenax/core/error.h"
+#include "tenax/core/wait_clock.h"
+#include "tenax/store/store.h"
 
 namespace tenax {
 
@@ -70,7 +70,7 @@ std::string TcpStore::address() const { return host_ + ":" + std::to_string(port
 
 
 std::string TcpStore::call(const std::string& request, std::chrono::milliseconds wait_budget) {
-  detail::WaitMark waiting;  // on the store (and whatever it waits for), not on this thread's work
+  WaitMark waiting;  // on the store (and whatever it waits for), not on this thread's work
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) throw StoreError("store client for " + address() + " is closed");
   const std::string what = "store at " + address();

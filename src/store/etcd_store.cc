@@ -1,11 +1,11 @@
-#include "tenax/comm/etcd_store.h"
+#include "tenax/store/etcd_store.h"
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <random>
 
-#include "comm/etcd_client.h"
+#include "store/etcd_client.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"

@@ -1,4 +1,4 @@
-#include "comm/net.h"
+#include "store/net.h"
 
 #include <arpa/inet.h>
 #include <cerrno>

@@ -1,4 +1,4 @@
-#include "tenax/comm/store_server.h"
+#include "tenax/store/store_server.h"
 
 #include <cctype>
 #include <cerrno>
@@ -15,8 +15,8 @@
 #include <utility>
 #include <vector>
 
-#include "comm/net.h"
-#include "comm/store_protocol.h"
+#include "store/net.h"
+#include "store/store_protocol.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
