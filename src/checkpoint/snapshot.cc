@@ -224,7 +224,9 @@ Layout layout_from_json(const nlohmann::json& j, const std::string& what) {
     l.step = j.at("step").get<int64_t>();
     l.rank = j.at("rank").get<int>();
     l.world = j.at("world").get<int>();
-    l.member = j.value("member", "r" + std::to_string(l.rank));
+    std::string default_member = "r";
+  default_member += std::to_string(l.rank);  // not "r" + …: GCC 12 warns falsely on that
+  l.member = j.value("member", default_member);
     l.generation = j.value("generation", int64_t(0));
     l.ints = j.at("ints").get<std::map<std::string, int64_t>>();
     l.data_bytes = j.at("data_bytes").get<int64_t>();

@@ -10,7 +10,10 @@ namespace tenax::detail {
 
 std::string join_ranks(const std::vector<int>& ranks) {
   std::string s;
-  for (size_t i = 0; i < ranks.size(); ++i) s += (i ? "," : "") + std::to_string(ranks[i]);
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(ranks[i]);  // appended, not "," + …: GCC 12 warns falsely on that
+  }
   return s;
 }
 
@@ -67,8 +70,8 @@ std::exception_ptr FaultRecord::to_exception() const {
 
 }  // namespace tenax::detail
 
-#include "tenax/comm/store.h"
 #include "tenax/core/logging.h"
+#include "tenax/store/store.h"
 
 namespace tenax::detail {
 
