@@ -309,9 +309,20 @@ class ElasticClusterTest : public ClusterTest {
     return true;
   }
 
-  // Waits for the leader's first recovery event.
-  static void wait_for_recovery(const Agents& agents) {
-    ASSERT_TRUE(wait_for(agents, "elastic: recovery", std::chrono::seconds(30))) << all(agents);
+  // Waits for the leader's first recovery event, whole (other members log theirs too, and may
+  // come first), and returns it.
+  static nlohmann::json wait_for_recovery(const Agents& agents) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (;;) {
+      const auto evs = events(all(agents));
+      if (!evs.empty()) return evs.front();
+      if (std::chrono::steady_clock::now() > deadline) {
+        ADD_FAILURE() << "no recovery event from a generation's leader within 30 s:\n"
+                      << all(agents);
+        return nlohmann::json::object({{"resumed_step", 0}});
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
   }
 
   static std::string step_line(int step, int steps = kSteps) {
@@ -488,8 +499,7 @@ TEST_F(ElasticClusterTest, TwoHostsLostOneAfterTheOtherLeaveOneHostTraining) {
   Agents a = start_agents(c, "1:3");
   ASSERT_TRUE(wait_for(a, step_line(8))) << all(a);
   c.crash("h3");
-  wait_for_recovery(a);
-  const int resumed = events(all(a))[0]["resumed_step"];
+  const int resumed = wait_for_recovery(a)["resumed_step"];
   ASSERT_TRUE(wait_for(a, step_line(resumed + 3))) << all(a);
   c.crash("h2");
   EXPECT_EQ(a[0].wait(std::chrono::seconds(180)), 0) << all(a);
