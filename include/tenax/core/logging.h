@@ -4,6 +4,8 @@
 // TENAX_LOG_FORMAT=text (default): "tenax <LEVEL> <message>". TENAX_LOG_FORMAT=json: one JSON
 // object per line, {"ts":…,"level":…,"msg":…} with the context below (rank, host, generation,
 // step) as fields, for log collectors.
+// Thread rules: every function may be called from any thread; lines are written whole (one
+// write under a lock), and the context is the process's, shared by every thread.
 
 #include <cstdint>
 #include <string>

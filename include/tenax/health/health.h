@@ -1,7 +1,7 @@
 #pragma once
 
 // Prevent and detect: what the elastic runner checks before a member trains and while it
-// trains (docs/health.md).
+// trains (docs/health.md). Options only: plain values, copied by whoever takes them.
 //
 //   preflight   before joining: host checks (/dev/shm and memory for the memory tier, disk for
 //               the directory tier, the durable tier reachable, clock offset) and rank checks
