@@ -61,7 +61,7 @@ demo: build $(CORPUS)/train.bin
 	mpirun --oversubscribe --bind-to none --enable-recovery -np 4 -x TENAX_FAULT=kill@150:rank=3 \
 	  $(BUILD)/examples/llama/llama_train --elastic --preset tiny --tp 2 --global-batch 16 \
 	  --steps 300 --log-interval 20 --eval-interval 100 --data $(CORPUS)/train.bin \
-	  --ckpt-run demo-$$$$ 2>&1 | grep --line-buffered -v 'PMIX ERROR: BAD-PARAM
+	  --ckpt-run demo-$$$$ 2>&1 | grep --line-buffered -v 'PMIX ERROR: BAD-PARAM'
 
 collective-demo: build
 	mpirun --oversubscribe -np 4 $(BUILD)/bench/tenax-collective-perf -b 1M -e 64M -f 4 -c 1
