@@ -135,7 +135,7 @@ RunResult ElasticRunner::run(ElasticJob& job, int64_t steps) {
   if (o_.handle_sigterm) sigterm.emplace();
   try {
     RunResult result = loop.run();
-    if (result.reason == StopReason::kPreempted) detail::clear_preemption();  // answered
+    detail::clear_preemption();  // a request is answered by the run it reached
     return result;
   } catch (const TimeoutError& e) {
     // Too few members: say which ones the health checks kept out, and why.

@@ -58,8 +58,8 @@ RunResult RunLoop::run() {
   RunResult result;
   try {
     result.steps = run_generations();
-    result.reason = preemption_requested() != 0 && result.steps < steps_ ? StopReason::kPreempted
-                                                                          : StopReason::kFinished;
+    // Preempted: the members agreed to stop, whichever of them was asked.
+    result.reason = preempted_ ? StopReason::kPreempted : StopReason::kFinished;
     return result;
   } catch (const Departed&) {
   } catch (const std::exception&) {
@@ -277,6 +277,7 @@ RunLoop::Ended RunLoop::train(const Generation& gen, int64_t step) {
     if (preempted) {
       ++step_;
       stop_preempted(gen);
+      preempted_ = step_ < steps_;  // at the last step it simply finished
       return Ended::kPreempted;
     }
   }

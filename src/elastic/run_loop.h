@@ -132,6 +132,7 @@ class RunLoop {
   int64_t high_water_ = 0;
   int64_t rollback_step_ = -1, rollbacks_at_ = 0;  // rollbacks in a row at one step
   bool trained_here_ = false;
+  bool preempted_ = false;  // the members agreed to stop before the last step
   // Read by fenced() on the heartbeat thread.
   std::atomic<int64_t> completed_{0};   // steps completed in this process
   std::atomic<bool> finishing_{false};  // the last step is done
