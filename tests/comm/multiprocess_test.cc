@@ -285,17 +285,24 @@ TEST(NcclTest, CudaCollectivesMatchTheReferenceOrSkipWithoutAGpu) {
 }
 
 // The benchmark's #wrong column checks every result; both launchers must give 0.
-TEST(CollectivePerfTest, MpirunFourRanksEveryCollectiveHasNoWrongValues) {
-  for (const char* coll : {"all_reduce", "reduce_scatter", "all_gather", "broadcast", "reduce",
-                           "all_to_all", "sendrecv"}) {
-    auto r = run_command({"mpirun", "--oversubscribe", "-np", "4", COLLECTIVE_PERF, "-b", "4K",
-                          "-e", "256K", "-f", "8", "-n", "2", "-w", "1", "-c", "1", "--coll", coll},
-                         {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}});
-    EXPECT_EQ(r.exit_code, 0) << coll << "\n" << r.output;
-    EXPECT_NE(r.output.find("# Out of bounds values : 0 OK"), std::string::npos) << r.output;
-    EXPECT_NE(r.output.find("# Avg bus bandwidth"), std::string::npos) << r.output;
-  }
+// One collective per test: each is one mpirun launch of four ranks, which takes ~35 s under
+// AddressSanitizer's slow unwinder, so all seven in one test outran its time limit there.
+class MpirunCollectiveTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(MpirunCollectiveTest, FourRanksHaveNoWrongValues) {
+  const char* coll = GetParam();
+  auto r = run_command({"mpirun", "--oversubscribe", "-np", "4", COLLECTIVE_PERF, "-b", "4K", "-e",
+                        "256K", "-f", "8", "-n", "2", "-w", "1", "-c", "1", "--coll", coll},
+                       {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}});
+  EXPECT_EQ(r.exit_code, 0) << coll << "\n" << r.output;
+  EXPECT_NE(r.output.find("# Out of bounds values : 0 OK"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("# Avg bus bandwidth"), std::string::npos) << r.output;
 }
+
+INSTANTIATE_TEST_SUITE_P(Mpirun, MpirunCollectiveTest,
+                         ::testing::Values("all_reduce", "reduce_scatter", "all_gather",
+                                           "broadcast", "reduce", "all_to_all", "sendrecv"),
+                         [](const auto& info) { return std::string(info.param); });
 
 TEST(CollectivePerfTest, TenaxrunFourRanksHalfPrecisionAverageHasNoWrongValues) {
   auto r = run_command({TENAXRUN, "--nproc-per-node", "4", COLLECTIVE_PERF, "-b", "1K", "-e",
