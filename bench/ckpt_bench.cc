@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
   std::vector<double> stall;
   double first_save = 0, restore_s = 0;
   {
-    tenax::CheckpointOptions o;
+    tenax::CheckpointOptions o = tenax::CheckpointOptions::from_environment();
     auto engine = run("bench-mem", o);
     for (int r = 0; r <= reps; ++r) {
       auto t = Clock::now();
@@ -193,13 +193,13 @@ int main(int argc, char** argv) {
     tiers.push_back(tier);
   };
   {
-    tenax::CheckpointOptions o;
+    tenax::CheckpointOptions o = tenax::CheckpointOptions::from_environment();
     o.durable = dir;
     measure_durable("directory", o);
   }
   const std::string s3 = absl::GetFlag(FLAGS_s3);
   if (!s3.empty()) {
-    tenax::CheckpointOptions o;
+    tenax::CheckpointOptions o = tenax::CheckpointOptions::from_environment();
     o.durable = s3;
     o.s3.part_bytes = absl::GetFlag(FLAGS_part_mib) << 20;
     o.s3.parallel_parts = absl::GetFlag(FLAGS_parallel_parts);
@@ -232,7 +232,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<tenax::CheckpointEngine> engines[2];
   int64_t steps[2] = {1, 1};
   for (int variant = 0; variant < 2; ++variant) {
-    tenax::CheckpointOptions o;
+    tenax::CheckpointOptions o = tenax::CheckpointOptions::from_environment();
     if (variant == 1) {
       o.durable = dir;
       o.persist_every = 1;

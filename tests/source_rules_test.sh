@@ -2,7 +2,9 @@
 # Rules the library's sources keep, checked on the tree. Usage: source_rules_test.sh <source dir>
 # <rule>, the rule one of
 #   env      the environment is read only at the edges (core settings and the store layer's
-#            launch detection);
+#            launch detection), and settings() only at the launch edge: config.cc and each
+#            layer's environment.cc, which build options from it; the rest of a layer gets its
+#            values through its options;
 #   threads  no thread is detached: each has an owner that joins it (docs/ARCHITECTURE.md);
 #   layers   each layer includes only the layers below it (docs/ARCHITECTURE.md), and only
 #            their public headers (tenax/<layer>/…); core and store include no LibTorch.
@@ -79,6 +81,16 @@ hits=$(grep -rnE --include='*.cc' --include='*.h' '\benv_(string|int|flag)\(' sr
        grep -vE '^src/(core/config|store/launch)\.cc:')
 if [ -n "$hits" ]; then
   echo "environment read outside src/core/config.cc and src/store/launch.cc:"
+  echo "$hits"
+  status=1
+fi
+
+# settings() (and default_timeout(), which reads it) only where options are built.
+hits=$(grep -rnE --include='*.cc' --include='*.h' '\b(settings|default_timeout)\(\)' src |
+       grep -vE '^src/(core/config|[a-z]+/environment)\.cc:' | grep -vE '^[^:]+:[0-9]+:\s*//')
+if [ -n "$hits" ]; then
+  echo "settings() read outside the launch edge (src/core/config.cc, src/<layer>/environment.cc):"
+  echo "  give the value to the layer through its options, built by a from_environment() there"
   echo "$hits"
   status=1
 fi

@@ -74,7 +74,7 @@ int list(const Args& a) {
   }
   if (names.empty()) std::printf("  none\n");
   if (!a.durable.empty()) {
-    auto store = detail::open_object_store(a.durable, S3Options{});
+    auto store = detail::open_object_store(a.durable, S3Options::from_environment());
     std::printf("durable tier (%s):\n", store->describe().c_str());
     auto steps = durable_steps(*store, a.run);
     for (int64_t s : steps) {
@@ -107,7 +107,7 @@ json manifest(detail::ObjectStore& store, const Args& a, int64_t& step) {
 }
 
 int verify(const Args& a) {
-  auto store = detail::open_object_store(a.durable, S3Options{});
+  auto store = detail::open_object_store(a.durable, S3Options::from_environment());
   int64_t step;
   json m = manifest(*store, a, step);
   const std::string dir = step_dir(a.run, step);
@@ -141,7 +141,7 @@ int verify(const Args& a) {
 }
 
 int export_safetensors(const Args& a) {
-  auto store = detail::open_object_store(a.durable, S3Options{});
+  auto store = detail::open_object_store(a.durable, S3Options::from_environment());
   int64_t step;
   json m = manifest(*store, a, step);
   const std::string dir = step_dir(a.run, step);

@@ -22,6 +22,7 @@
 
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
+#include "tenax/core/logging.h"
 #include "tenax/store/store_server.h"
 
 namespace {
@@ -87,7 +88,9 @@ int main(int argc, char** argv) {
   if (idle_ms < 0) pthread_sigmask(SIG_BLOCK, &set, nullptr);  // taken by sigwait below
   int bound = -1;
   try {
-    tenax::StoreServer server(host, port, tenax::env_string("TENAX_STORE_TOKEN").value_or(""));
+    tenax::set_log_options(tenax::LogOptions::from_environment());
+    tenax::StoreServer server(host, port, tenax::env_string("TENAX_STORE_TOKEN").value_or(""),
+                              tenax::StoreLimits::from_environment());
     bound = server.port();
     if (ready_fd >= 0) {
       (void)!::write(ready_fd, &bound, sizeof bound);

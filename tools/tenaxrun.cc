@@ -62,6 +62,7 @@
 
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
+#include "tenax/core/logging.h"
 #include "tenax/core/metrics.h"
 #include "tenax/elastic/rendezvous.h"
 #include "tenax/health/health.h"
@@ -220,7 +221,7 @@ Plan read_plan(int argc, char** argv) {
   }
   if (tenax::EtcdOptions::is_etcd_address(p.endpoint)) {
     try {
-      tenax::EtcdOptions::parse(p.endpoint);
+      tenax::EtcdOptions::from_environment(p.endpoint);
     } catch (const tenax::Error& e) {
       usage(std::string("--rdzv-endpoint: ") + e.what());
     }
@@ -296,14 +297,16 @@ Store start_store(const Plan& plan) {
   if (tenax::EtcdOptions::is_etcd_address(plan.endpoint)) {
     st.etcd = plan.endpoint;
   } else if (plan.endpoint.empty()) {
-    st.server = std::make_unique<tenax::StoreServer>("127.0.0.1", 0, st.token);
+    st.server = std::make_unique<tenax::StoreServer>("127.0.0.1", 0, st.token,
+                                                       tenax::StoreLimits::from_environment());
     st.port = std::to_string(st.server->port());
   } else {
     st.host = plan.endpoint.substr(0, plan.endpoint.rfind(':'));
     st.port = plan.endpoint.substr(plan.endpoint.rfind(':') + 1);
     if (plan.host_store) {
       st.server =
-          std::make_unique<tenax::StoreServer>("0.0.0.0", std::atoi(st.port.c_str()), st.token);
+          std::make_unique<tenax::StoreServer>("0.0.0.0", std::atoi(st.port.c_str()), st.token,
+                                               tenax::StoreLimits::from_environment());
     }
   }
   return st;
@@ -595,6 +598,7 @@ int main(int argc, char** argv) {
   const Plan plan = read_plan(argc, argv);
   Store store;
   try {
+    tenax::set_log_options(tenax::LogOptions::from_environment());
     store = start_store(plan);
   } catch (const tenax::Error& e) {
     std::fprintf(stderr, "tenaxrun: cannot start the store: %s\n", e.what());

@@ -14,6 +14,7 @@
 #include <tenax/core/config.h>
 #include <tenax/core/error.h>
 #include <tenax/core/fault_injection.h>
+#include <tenax/core/logging.h>
 #include <tenax/core/time_use.h>
 #include <tenax/health/health.h>
 #include <tenax/observe/observe.h>
@@ -338,7 +339,7 @@ int report_memory(const llama::TrainOptions& o) {
 
 // The checkpoint flags, for static and elastic runs alike.
 tenax::CheckpointOptions checkpoint_options_from_flags() {
-  tenax::CheckpointOptions co;
+  tenax::CheckpointOptions co = tenax::CheckpointOptions::from_environment();
   co.run = absl::GetFlag(FLAGS_ckpt_run);
   co.durable = absl::GetFlag(FLAGS_ckpt_durable);
   co.persist_every = absl::GetFlag(FLAGS_ckpt_persist_every);
@@ -564,11 +565,12 @@ int main(int argc, char** argv) {
   auto args = underscore_flags(argc, argv, storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   const tenax::LaunchInfo launch = tenax::detect_launch();
-  // The signals are this program's to give: SIGUSR1 dumps the flight records (with
-  // TENAX_FLIGHT_DIR); --elastic also hands SIGTERM to tenax (graceful preemption).
-  tenax::install_flight_signal_handler();
   std::optional<tenax::FaultInjector> faults;  // TENAX_FAULT, for tests and demos
   try {
+    // This program is the launch edge: logging and the flight recorder take the environment's
+    // options (TENAX_LOG_LEVEL, TENAX_LOG_FORMAT, TENAX_FLIGHT_DIR, TENAX_FLIGHT_ENTRIES).
+    tenax::set_log_options(tenax::LogOptions::from_environment());
+    tenax::set_flight_recorder_options(tenax::FlightRecorderOptions::from_environment());
     faults.emplace(tenax::FaultInjector::from_env(launch.rank));
   } catch (const tenax::Error& e) {
     if (launch.rank == 0) std::cerr << "llama_train: " << e.what() << std::endl;
@@ -579,9 +581,12 @@ int main(int argc, char** argv) {
   if (!o) return exit_code;
   // Metrics (TENAX_METRICS_PORT) before any work: a port that cannot be served stops the rank
   // here rather than leaving it to train unobserved.
+  // The signals are this program's to give: SIGUSR1 dumps the flight records (with
+  // TENAX_FLIGHT_DIR); --elastic also hands SIGTERM to tenax (graceful preemption).
+  tenax::install_flight_signal_handler();
   std::optional<tenax::observe::Observability> observability;
   try {
-    observability.emplace();
+    observability.emplace(tenax::observe::ObserveOptions::from_environment(launch.local_rank));
   } catch (const tenax::Error& e) {
     std::cerr << "llama_train: rank " << launch.rank << ": " << e.what() << std::endl;
     return 2;

@@ -48,7 +48,7 @@ CheckpointEngine::Impl::Impl(CheckpointOptions o, std::shared_ptr<Communicator> 
         "checkpoint: persist_every, replicate_every and keep_durable must be "
         "at least 1");
   }
-  if (o_.timeout.count() <= 0) o_.timeout = default_timeout();
+  if (o_.timeout.count() <= 0) o_.timeout = kDefaultTimeout;
   if (!o_.durable.empty()) {
     durable_ = detail::open_object_store(o_.durable, o_.s3);
     durable_->check();

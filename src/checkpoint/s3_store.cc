@@ -9,8 +9,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <fstream>
-#include <map>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -19,63 +17,20 @@
 #include "checkpoint/engine_metrics.h"
 #include "checkpoint/object_store.h"
 #include "checkpoint/parallel_for.h"
-#include "tenax/comm/init.h"
-#include "tenax/core/config.h"
 #include "tenax/core/error.h"
-#include "tenax/core/fault_injection.h"
 #include "tenax/core/logging.h"
 
 namespace tenax::detail {
 namespace {
 
-// [profile] section of an AWS credentials file: key = value lines.
-std::map<std::string, std::string> read_profile(const std::string& path, const std::string& profile) {
-  std::map<std::string, std::string> out;
-  std::ifstream in(path);
-  std::string line, section;
-  auto trim = [](std::string s) {
-    s.erase(0, s.find_first_not_of(" \t\r"));
-    s.erase(s.find_last_not_of(" \t\r") + 1);
-    return s;
-  };
-  while (std::getline(in, line)) {
-    line = trim(line);
-    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
-    if (line.front() == '[' && line.back() == ']') {
-      section = trim(line.substr(1, line.size() - 2));
-      continue;
-    }
-    const size_t eq = line.find('=');
-    if (section == profile && eq != std::string::npos) {
-      out[trim(line.substr(0, eq))] = trim(line.substr(eq + 1));
-    }
-  }
-  return out;
-}
-
 S3Options resolve(S3Options o) {
-  const AwsEnvironment& aws = settings().aws;
-  if (o.region.empty()) o.region = aws.region;
   if (o.region.empty()) o.region = "us-east-1";
-  if (o.endpoint.empty()) o.endpoint = aws.endpoint;
   if (o.endpoint.empty()) o.endpoint = "https://s3." + o.region + ".amazonaws.com";
   while (!o.endpoint.empty() && o.endpoint.back() == '/') o.endpoint.pop_back();
-  if (o.injected_failures < 0) {
-    o.injected_failures = FaultInjector::from_env(launch_info().rank).s3_failures();
-  }
-  if (o.access_key.empty()) {
-    o.access_key = aws.access_key;
-    o.secret_key = aws.secret_key;
-    o.session_token = aws.session_token;
-  }
-  if (o.access_key.empty()) {
-    auto p = read_profile(aws.credentials_file, aws.profile);
-    o.access_key = p["aws_access_key_id"];
-    o.secret_key = p["aws_secret_access_key"];
-    o.session_token = p["aws_session_token"];
-  }
+  if (o.injected_failures < 0) o.injected_failures = 0;
   if (o.access_key.empty() || o.secret_key.empty()) {
-    throw CheckpointError("durable tier s3: no credentials (set AWS_ACCESS_KEY_ID and "
+    throw CheckpointError("durable tier s3: no credentials (S3Options::access_key and secret_key; "
+                          "S3Options::from_environment reads AWS_ACCESS_KEY_ID and "
                           "AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials)");
   }
   if (o.part_bytes < (5 << 20)) o.part_bytes = 5 << 20;  // S3's minimum part size

@@ -6,7 +6,6 @@
 #include "comm/mpi_broadcast.h"
 #include "tenax/comm/flight_recorder.h"
 #include "tenax/comm/init.h"
-#include "tenax/core/config.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
 #include "tenax/core/metrics.h"
@@ -18,7 +17,7 @@ namespace {
 
 // Rank 0 starts the store (a process of its own, before MPI starts its threads); its address
 // and a fresh token travel to the others over MPI, once.
-void mpi_exchange_store(LaunchInfo& info) {
+void mpi_exchange_store(LaunchInfo& info, std::chrono::milliseconds timeout) {
   const bool local_job = info.local_size == info.size;
   std::string address;
   std::exception_ptr failed;
@@ -29,7 +28,7 @@ void mpi_exchange_store(LaunchInfo& info) {
       so.host = local_job ? "127.0.0.1" : "0.0.0.0";
       so.port = info.store_port;
       so.token = info.token.empty() ? random_store_token() : info.token;
-      so.idle = default_timeout() + std::chrono::seconds(60);
+      so.idle = timeout + std::chrono::seconds(60);
       so.who = "mpirun bootstrap";
       const int port = start_store_process(so);
       address = host + " " + std::to_string(port) + " " + so.token;
@@ -55,18 +54,29 @@ void mpi_exchange_store(LaunchInfo& info) {
   info.token = token;
 }
 
+// The launch edge: the process-wide facilities the program has not configured itself take the
+// environment's options, and the timeout is the caller's, else TENAX_TIMEOUT's.
+std::chrono::milliseconds apply_environment(const InitOptions& options) {
+  if (!log_options_set()) set_log_options(LogOptions::from_environment());
+  if (!flight_recorder_options_set()) {
+    set_flight_recorder_options(FlightRecorderOptions::from_environment());
+  }
+  return options.timeout.count() > 0 ? options.timeout : CommOptions::from_environment().timeout;
+}
+
 }  // namespace
 
 World connect(InitOptions options) {
   World w;
+  const auto timeout = apply_environment(options);
   w.info = detect_launch();
   LaunchInfo& info = w.info;
-  const auto timeout = options.timeout.count() > 0 ? options.timeout : default_timeout();
   if (info.launcher == "mpirun" && info.store_host.empty() && info.store_address.empty()) {
-    mpi_exchange_store(info);
+    mpi_exchange_store(info, timeout);
   } else if (info.launcher == "single") {
     info.token = random_store_token();
-    w.store_server = std::make_shared<StoreServer>("127.0.0.1", 0, info.token);
+    w.store_server =
+        std::make_shared<StoreServer>("127.0.0.1", 0, info.token, StoreLimits::from_environment());
     info.store_host = "127.0.0.1";
     info.store_port = w.store_server->port();
   } else if (info.host_store) {
@@ -101,9 +111,8 @@ World connect(InitOptions options) {
 World init(InitOptions options) {
   World w = connect(options);
   const LaunchInfo& info = w.info;
-  const auto timeout = options.timeout.count() > 0 ? options.timeout : default_timeout();
-  CommOptions copts;
-  copts.timeout = timeout;
+  CommOptions copts = CommOptions::from_environment();
+  if (options.timeout.count() > 0) copts.timeout = options.timeout;
   copts.name = "world";
   if (info.local_size != info.size) copts.hostname = reachable_host_address();
   w.comm = create_communicator(options.backend, w.store, info.rank, info.size, copts);

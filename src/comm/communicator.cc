@@ -22,7 +22,7 @@ void CommIdentity::init(std::shared_ptr<Store> s, int r, int n, const CommOption
   size = n;
   name = opts.name;
   prefix = "tenax/comm/" + opts.name;
-  timeout = opts.timeout.count() > 0 ? opts.timeout : default_timeout();
+  timeout = opts.timeout.count() > 0 ? opts.timeout : kDefaultTimeout;
   store = std::move(s);
 }
 }  // namespace detail

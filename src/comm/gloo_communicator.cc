@@ -30,7 +30,6 @@
 #include "comm/gloo_work.h"
 #include "comm/reduce_kernels.h"
 #include "tenax/comm/flight_recorder.h"
-#include "tenax/core/config.h"
 #include "tenax/core/error.h"
 
 namespace tenax {
@@ -46,12 +45,10 @@ class GlooCommunicator : public BackendCommunicator {
 
     // Where peers reach this rank: as configured, else the address this host reaches the store
     // from (loopback when the store is local).
-    st_->hostname = !opts.hostname.empty()         ? opts.hostname
-                    : !settings().hostname.empty() ? settings().hostname
-                                                   : st_->store->local_address();
+    st_->hostname = !opts.hostname.empty() ? opts.hostname : st_->store->local_address();
     if (st_->hostname.empty()) st_->hostname = "127.0.0.1";
-    st_->debug_collectives = opts.debug_collectives.value_or(settings().debug_collectives);
-    st_->shared_memory = opts.shared_memory.value_or(settings().shared_memory);
+    st_->debug_collectives = opts.debug_collectives.value_or(false);
+    st_->shared_memory = opts.shared_memory.value_or(true);
     gloo::transport::tcp::attr attr;
     attr.hostname = st_->hostname;
     st_->device = gloo::transport::tcp::CreateDevice(attr);

@@ -53,6 +53,8 @@ struct Traces {
   std::mutex mu;
   std::vector<const OpTrace*> live;  // guarded by mu
   std::string who;                   // guarded by mu
+  FlightRecorderOptions options;     // guarded by mu
+  bool options_set = false;          // guarded by mu
   std::atomic<int64_t> last_dump_us{0};
 };
 
@@ -152,12 +154,9 @@ std::string comm_group(const std::string& name) {
 OpTrace::OpTrace(std::string comm_name, int rank, int size, size_t capacity)
     : name_(std::move(comm_name)), group_(comm_group(name_)), rank_(rank), size_(size) {
   if (capacity == 0) {
-    int64_t n = 0;
-    try {
-      n = settings().observe.flight_entries;
-    } catch (const Error&) {
-    }
-    capacity = n > 0 ? static_cast<size_t>(n) : 2048;
+    Traces& t = traces();
+    std::lock_guard<std::mutex> lock(t.mu);
+    capacity = t.options.entries > 0 ? t.options.entries : 2048;
   }
   ring_.resize(capacity);
   Traces& t = traces();
@@ -306,6 +305,27 @@ std::string OpTrace::to_json() const {
 
 namespace tenax {
 
+void set_flight_recorder_options(const FlightRecorderOptions& options) {
+  auto& t = detail::traces();
+  std::lock_guard<std::mutex> lock(t.mu);
+  t.options = options;
+  t.options_set = true;
+}
+
+bool flight_recorder_options_set() {
+  auto& t = detail::traces();
+  std::lock_guard<std::mutex> lock(t.mu);
+  return t.options_set;
+}
+
+namespace {
+std::string flight_dir() {
+  auto& t = detail::traces();
+  std::lock_guard<std::mutex> lock(t.mu);
+  return t.options.dir;
+}
+}  // namespace
+
 void set_flight_identity(const std::string& who) {
   auto& t = detail::traces();
   std::lock_guard<std::mutex> lock(t.mu);
@@ -313,11 +333,7 @@ void set_flight_identity(const std::string& who) {
 }
 
 std::string dump_flight_records(const std::string& reason, const std::string& dir_arg) {
-  std::string dir = dir_arg;
-  try {
-    if (dir.empty()) dir = settings().observe.flight_dir;
-  } catch (const Error&) {
-  }
+  const std::string dir = dir_arg.empty() ? flight_dir() : dir_arg;
   if (dir.empty()) return "";
   auto& t = detail::traces();
   std::string who, body;
@@ -345,11 +361,7 @@ std::string dump_flight_records(const std::string& reason, const std::string& di
 }
 
 void install_flight_signal_handler() {
-  try {
-    if (settings().observe.flight_dir.empty()) return;
-  } catch (const Error&) {
-    return;
-  }
+  if (flight_dir().empty()) return;
   static detail::SignalDumper dumper;
 }
 

@@ -45,7 +45,7 @@ std::string comm_group(const std::string& name);
 
 class OpTrace {
  public:
-  // `capacity` operations are kept (0: settings().observe.flight_entries, else 2048).
+  // `capacity` operations are kept (0: FlightRecorderOptions::entries, else 2048).
   OpTrace(std::string comm_name, int rank, int size, size_t capacity = 0);
   ~OpTrace();
   OpTrace(const OpTrace&) = delete;

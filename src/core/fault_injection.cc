@@ -8,7 +8,6 @@
 #include <map>
 #include <thread>
 
-#include "tenax/core/config.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
 
@@ -108,12 +107,6 @@ FaultInjector::FaultInjector(const std::string& spec, int rank) : rank_(rank) {
     if (f.rank >= 0 && f.rank != rank_) continue;
     faults_.push_back(f);
   }
-}
-
-FaultInjector FaultInjector::from_env(int rank) {
-  // A worker restarted by its agent does not repeat the fault that took its predecessor down.
-  if (settings().restart_count > 0) return FaultInjector("", rank);
-  return FaultInjector(settings().fault, rank);
 }
 
 void FaultInjector::at_step(int64_t step) const {

@@ -1,35 +1,21 @@
 #include "tenax/core/logging.h"
 
-#include <strings.h>
 #include <sys/time.h>
 
 #include <atomic>
 #include <cstdio>
 #include <ctime>
 #include <mutex>
-#include <optional>
 
-#include "tenax/core/config.h"
 
 namespace tenax {
 namespace {
 
-LogLevel threshold() {
-  static const LogLevel level = [] {
-    std::optional<std::string> v;
-    try {
-      if (!settings().log_level.empty()) v = settings().log_level;
-    } catch (const std::exception&) {
-      // A malformed setting is reported by the call that needs it; logging stays at info.
-    }
-    if (!v) return LogLevel::kInfo;
-    if (strcasecmp(v->c_str(), "debug") == 0) return LogLevel::kDebug;
-    if (strcasecmp(v->c_str(), "warning") == 0) return LogLevel::kWarning;
-    if (strcasecmp(v->c_str(), "error") == 0) return LogLevel::kError;
-    return LogLevel::kInfo;
-  }();
-  return level;
-}
+std::atomic<int> g_threshold{static_cast<int>(LogLevel::kInfo)};
+std::atomic<bool> g_json{false};
+std::atomic<bool> g_set{false};
+
+LogLevel threshold() { return static_cast<LogLevel>(g_threshold.load(std::memory_order_relaxed)); }
 
 const char* const kNames[] = {"DEBUG", "INFO", "WARNING", "ERROR"};
 const char* const kJsonNames[] = {"debug", "info", "warning", "error"};
@@ -59,16 +45,15 @@ std::string utc_now() {
 
 }  // namespace
 
-bool json_logs() {
-  static const bool json = [] {
-    try {
-      return settings().observe.json_logs;
-    } catch (const std::exception&) {
-      return false;
-    }
-  }();
-  return json;
+void set_log_options(const LogOptions& options) {
+  g_threshold.store(static_cast<int>(options.level), std::memory_order_relaxed);
+  g_json.store(options.json, std::memory_order_relaxed);
+  g_set.store(true);
 }
+
+bool log_options_set() { return g_set.load(); }
+
+bool json_logs() { return g_json.load(std::memory_order_relaxed); }
 
 std::string json_quote(const std::string& s) {
   std::string out = "\"";

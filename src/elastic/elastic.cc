@@ -10,6 +10,7 @@
 #include "elastic/run_loop.h"
 #include "tenax/comm/flight_recorder.h"
 #include "tenax/comm/init.h"
+#include "elastic/environment.h"
 #include "tenax/core/config.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
@@ -69,13 +70,12 @@ ElasticRunner::ElasticRunner(ElasticOptions options, std::shared_ptr<Store> stor
   o_.checkpoint.member = member_;
   o_.rendezvous.group = o_.group;
   if (o_.rendezvous.host_members <= 0) o_.rendezvous.host_members = launch_info().local_size;
-  if (o_.max_active <= 0) o_.max_active = static_cast<int>(settings().active_workers);
+  detail::apply_environment(o_);
   if (o_.max_active > 0 && o_.max_active < o_.group) {
     throw ConfigError("elastic: max_active (" + std::to_string(o_.max_active) +
                       ") is smaller than one model replica (group of " + std::to_string(o_.group) +
                       " ranks)");
   }
-  if (o_.comm_timeout.count() <= 0) o_.comm_timeout = default_timeout();
   if (!o_.faults) own_faults_ = FaultInjector::from_env(launch_info().rank);
   rdzv_ = std::make_unique<Rendezvous>(store_, member_, o_.rendezvous);
 }
@@ -84,7 +84,8 @@ ElasticRunner::~ElasticRunner() = default;
 
 void ElasticRunner::preflight(const FaultInjector* faults) {
   PreflightOptions po = o_.health.preflight;
-  if (!po.enabled && !settings().preflight) return;
+  if (!po.enabled) return;
+  if (po.hostname.empty()) po.hostname = o_.comm.hostname;
   if (po.expected <= 0) {
     po.expected =
         o_.rendezvous.max_workers < (1 << 20) ? o_.rendezvous.max_workers : launch_info().size;
@@ -122,7 +123,7 @@ RunResult ElasticRunner::run(ElasticJob& job, int64_t steps) {
     events_.push_back(ev);
     const std::string line = ev.to_json();
     log(LogLevel::kInfo, "elastic: recovery " + line);
-    detail::append_event(line);
+    detail::append_event(o_.events_file, line);
     if (on_event) on_event(ev);
   });
   // The loop answers for this member's fencing while it runs, however it ends.

@@ -40,14 +40,13 @@ ElasticMetrics& elastic_metrics() {
   return *m;
 }
 
-void append_event(const std::string& line) {
-  const std::string& path = settings().observe.events_file;
+void append_event(const std::string& path, const std::string& line) {
   if (path.empty()) return;
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   const std::string text = line + "\n";
   if (fd < 0 || ::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
     log(LogLevel::kWarning,
-        "elastic: cannot append to TENAX_EVENTS_FILE " + path + ": " + std::strerror(errno));
+        "elastic: cannot append to the events file " + path + ": " + std::strerror(errno));
   }
   if (fd >= 0) ::close(fd);
 }

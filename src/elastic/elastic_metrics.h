@@ -30,8 +30,8 @@ struct ElasticMetrics {
 
 ElasticMetrics& elastic_metrics();
 
-// Appends `line` (one JSON object) to TENAX_EVENTS_FILE when it is set: O_APPEND and one write,
+// Appends `line` (one JSON object) to the file at `path` ("": none): O_APPEND and one write,
 // so the members of a host may share the file.
-void append_event(const std::string& line);
+void append_event(const std::string& path, const std::string& line);
 
 }  // namespace tenax::detail

@@ -144,7 +144,7 @@ std::optional<int64_t> RunLoop::enter(const Generation& gen, Clock::time_point b
   const int active_size = active_gen.size();
   const bool active = gen.rank < active_size;
   elastic_metrics().formed(gen.number, gen.size(), active_size, gen.rank);
-  CommOptions co;
+  CommOptions co = o_.comm;
   co.timeout = o_.comm_timeout;
   co.name = "elastic/" + o_.rendezvous.run + "/g" + std::to_string(gen.number);
   if (active) {
@@ -394,7 +394,7 @@ void RunLoop::straggling(const Generation& active, const std::vector<int>& slow,
         .counter({to_string(o_.health.straggler)})
         .inc();
     if (active.rank == 0 || id == member_) {
-      append_event(nlohmann::json{{"event", "straggler"},
+      append_event(o_.events_file, nlohmann::json{{"event", "straggler"},
                                   {"member", id},
                                   {"host", host},
                                   {"score", scores.score(r)},

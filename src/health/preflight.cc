@@ -125,6 +125,7 @@ void collective_checks(std::shared_ptr<Store> store, const std::string& run,
   CommOptions co;
   co.name = "health/" + run + "/pf/allreduce";
   co.timeout = o.timeout;
+  co.hostname = o.hostname;
   std::shared_ptr<Communicator> comm;
   // On CUDA the data lives on the device and travels over NCCL, as training's will.
   const bool cuda = o.cuda_device >= 0;

@@ -137,18 +137,11 @@ TrainSeries& train_series() {
 }  // namespace
 
 Observability::Observability(ObserveOptions o) {
-  const ObserveEnvironment& env = settings().observe;
-  std::string job = !o.job.empty() ? o.job : !env.job.empty() ? env.job : "tenax";
-  std::string what;
-  int port = o.port;
-  if (port < 0 && env.metrics_port >= 0) {
-    const int local = o.local_rank >= 0 ? o.local_rank : launch_info().local_rank;
-    port = env.metrics_port == 0 ? 0 : static_cast<int>(env.metrics_port) + local;
-    what = "TENAX_METRICS_PORT " + std::to_string(env.metrics_port) + " + local rank " +
-           std::to_string(local);
+  const std::string job = !o.job.empty() ? o.job : "tenax";
+  const std::string address = !o.address.empty() ? o.address : "127.0.0.1";
+  if (o.port >= 0) {
+    server_ = std::make_unique<MetricsServer>(address, o.port, nullptr, o.port_source);
   }
-  const std::string address = !o.address.empty() ? o.address : env.metrics_address;
-  if (port >= 0) server_ = std::make_unique<MetricsServer>(address, port, nullptr, what);
   auto& r = metrics::registry();
   r.set_constant_label("job", job);
   r.set_constant_label("host", host_name());

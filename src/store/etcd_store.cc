@@ -6,7 +6,6 @@
 #include <random>
 
 #include "store/etcd_client.h"
-#include "tenax/core/config.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
 
@@ -135,16 +134,7 @@ EtcdOptions EtcdOptions::parse(const std::string& address) {
     o.endpoints.push_back(ep);
     start = comma + 1;
   }
-  const EtcdEnvironment& env = settings().etcd;
-  o.user = env.user;
-  o.password = env.password;
-  o.ca_file = env.ca_file;
-  o.cert_file = env.cert_file;
-  o.key_file = env.key_file;
-  if (address.rfind("etcds://", 0) == 0 && o.ca_file.empty()) {
-    throw ConfigError("store address '" + address + "' asks for TLS: set TENAX_ETCD_CACERT");
-  }
-  if (env.lease_ttl_s > 0) o.lease_ttl = std::chrono::seconds(env.lease_ttl_s);
+  o.tls = address.rfind("etcds://", 0) == 0;
   return o;
 }
 
@@ -159,6 +149,10 @@ EtcdStore::EtcdStore(EtcdOptions options)
 
 std::shared_ptr<EtcdStore> EtcdStore::connect(const EtcdOptions& options,
                                               std::chrono::milliseconds timeout) {
+  if (options.tls && options.ca_file.empty()) {
+    throw ConfigError("etcd at " + (options.endpoints.empty() ? "" : options.endpoints[0]) +
+                      ": TLS (etcds://) needs a CA file (EtcdOptions::ca_file, TENAX_ETCD_CACERT)");
+  }
   std::shared_ptr<EtcdStore> store(new EtcdStore(options));
   store->set_timeout(timeout);
   // One read proves a member answers, with a leader, and that the credentials are good.
@@ -482,10 +476,12 @@ void EtcdStore::close() noexcept {
   }
 }
 
+
+// Part of the launch edge: an address as launchers give it, with the environment's credentials.
 std::shared_ptr<Store> open_store(const std::string& address, const std::string& token,
                                   std::chrono::milliseconds timeout) {
   if (EtcdOptions::is_etcd_address(address)) {
-    return EtcdStore::connect(EtcdOptions::parse(address), timeout);
+    return EtcdStore::connect(EtcdOptions::from_environment(address), timeout);
   }
   if (!is_host_port(address)) {
     throw ConfigError("store address '" + address + "' is neither host:port nor etcd://…");

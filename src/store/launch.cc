@@ -188,8 +188,6 @@ const LaunchInfo& launch_info() {
   return info;
 }
 
-std::string reachable_host_address() { return detail::net::reachable_host_address(); }
-
 std::string random_store_token() {
   std::random_device rd;
   char buf[33];

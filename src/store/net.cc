@@ -12,7 +12,6 @@
 #include <thread>
 #include <unistd.h>
 
-#include "tenax/core/config.h"
 #include "tenax/core/error.h"
 
 namespace tenax::detail::net {
@@ -159,8 +158,8 @@ bool recv_frame(int fd, std::string* body, Deadline deadline, const std::string&
   return len == 0 || recv_all(fd, body->data(), len, deadline, what);
 }
 
-std::string reachable_host_address() {
-  if (!settings().hostname.empty()) return settings().hostname;
+std::string reachable_host_address(const std::string& configured) {
+  if (!configured.empty()) return configured;
   char name[256] = {0};
   if (::gethostname(name, sizeof(name) - 1) == 0) {
     addrinfo hints{};

@@ -30,8 +30,8 @@ bool recv_all(int fd, void* data, size_t n, Deadline deadline, const std::string
 bool send_frame(int fd, const std::string& body, Deadline deadline, const std::string& what);
 bool recv_frame(int fd, std::string* body, Deadline deadline, const std::string& what);
 
-// An address of this host that other hosts can reach: TENAX_HOSTNAME if set, else the first
+// An address of this host that other hosts can reach: `configured` if not empty, else the first
 // non-loopback IPv4 address of the host name, else 127.0.0.1.
-std::string reachable_host_address();
+std::string reachable_host_address(const std::string& configured);
 
 }  // namespace tenax::detail::net

@@ -17,7 +17,6 @@
 
 #include "store/net.h"
 #include "store/store_protocol.h"
-#include "tenax/core/config.h"
 #include "tenax/core/error.h"
 #include "tenax/core/logging.h"
 
@@ -60,14 +59,6 @@ std::string peer_of(int fd) {
 
 }  // namespace
 
-StoreLimits StoreLimits::from_env() {
-  StoreLimits l;
-  const StoreServerEnvironment& env = settings().store_server;
-  if (env.max_frame > 0) l.max_frame = static_cast<size_t>(env.max_frame);
-  if (env.hello_timeout_ms > 0) l.hello_timeout = std::chrono::milliseconds(env.hello_timeout_ms);
-  if (env.max_unauthenticated > 0) l.max_unauthenticated = static_cast<int>(env.max_unauthenticated);
-  return l;
-}
 
 // Single-threaded poll() loop. Requests that wait for keys are parked and answered when the
 // keys appear or their deadline passes, so one slow waiter never blocks other clients.

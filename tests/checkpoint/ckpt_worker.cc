@@ -80,7 +80,7 @@ Parts make_state(int rank, int world, int64_t step, bool zero) {
 }
 
 CheckpointOptions options() {
-  CheckpointOptions o;
+  CheckpointOptions o = CheckpointOptions::from_environment();
   o.run = env("CKPT_RUN", "test");
   o.durable = env("CKPT_DURABLE");
   o.persist_every = std::stoi(env("CKPT_PERSIST_EVERY", "1"));

@@ -22,7 +22,11 @@
 #include <thread>
 
 #include "support/worker_main.h"
+#include "tenax/comm/flight_recorder.h"
+#include "tenax/core/config.h"
+#include "tenax/core/logging.h"
 #include "tenax/core/metrics.h"
+#include "tenax/store/store_server.h"
 #include "tenax/tenax.h"
 
 using namespace tenax;
@@ -626,10 +630,45 @@ int store_beside_threads() {
   return tenax::testing::worker_exit("store_beside_threads");
 }
 
+// Run with TENAX_TIMEOUT=7, TENAX_LOG_FORMAT=json, TENAX_FLIGHT_DIR and TENAX_STORE_MAX_FRAME
+// set: what a layer is given is its options; the environment reaches it only where the launch
+// edge (connect(), the from_environment builders) builds them.
+int launch_edge() {
+  CHECK(!tenax::log_options_set() && !tenax::json_logs(), "logging was configured before connect");
+  CHECK(!tenax::flight_recorder_options_set(), "the flight recorder was configured before connect");
+  CHECK(tenax::dump_flight_records("before connect").empty(), "a dump had a directory already");
+  World w = tenax::connect();
+  CHECK(tenax::log_options_set() && tenax::json_logs(), "connect did not apply TENAX_LOG_FORMAT");
+  CHECK(!tenax::dump_flight_records("after connect").empty(),
+        "connect did not apply TENAX_FLIGHT_DIR");
+  tenax::CommOptions plain;
+  plain.name = "plain";
+  auto a = tenax::create_communicator(tenax::Backend::kGloo, w.store, 0, 1, plain);
+  CHECK(a->timeout() == tenax::kDefaultTimeout,
+        "a communicator given no timeout took " << a->timeout().count() << " ms");
+  tenax::CommOptions from_env = tenax::CommOptions::from_environment();
+  from_env.name = "from_env";
+  auto b = tenax::create_communicator(tenax::Backend::kGloo, w.store, 0, 1, from_env);
+  CHECK(b->timeout() == std::chrono::seconds(7),
+        "CommOptions::from_environment gave " << b->timeout().count() << " ms");
+  CHECK(tenax::StoreLimits{}.max_frame == (size_t(64) << 20), "StoreLimits{} read the environment");
+  CHECK(tenax::StoreLimits::from_environment().max_frame == (size_t(1) << 20),
+        "StoreLimits::from_environment missed TENAX_STORE_MAX_FRAME");
+  // A program's own choice stands: init() after it keeps it.
+  tenax::set_log_options({tenax::LogLevel::kWarning, false});
+  World again = tenax::init();
+  CHECK(!tenax::json_logs(), "init overrode the program's log options");
+  CHECK(again.comm->timeout() == std::chrono::seconds(7), "init's world communicator took "
+                                                              << again.comm->timeout().count()
+                                                              << " ms");
+  return tenax::testing::worker_exit("launch_edge");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "store_beside_threads") return store_beside_threads();
+  if (argc > 1 && std::string(argv[1]) == "launch_edge") return launch_edge();
   tenax::testing::WorkerOptions options;
   options.barrier_at_end = false;  // failure scenarios end with a broken world communicator
   return tenax::testing::worker_main(

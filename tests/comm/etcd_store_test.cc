@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <thread>
@@ -180,6 +181,30 @@ TEST(EtcdTlsTest, AClientWithTheClustersCaAndACertificateIsServedOneWithoutIsRef
     EXPECT_NE(std::string(e.what()).find("etcd at 127.0.0.1:"), std::string::npos) << e.what();
   }
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+}
+
+// parse() reads the address alone; the environment's credentials and TLS files come only through
+// from_environment() (the launch edge). TLS without a CA file is named wherever it is caught.
+TEST(EtcdOptionsTest, ParseReadsOnlyTheAddressAndTlsWithoutACaFileIsNamed) {
+  if (std::getenv("TENAX_ETCD_CACERT") != nullptr) GTEST_SKIP() << "TENAX_ETCD_CACERT is set here";
+  const EtcdOptions o = EtcdOptions::parse("etcds://h1:2379/jobs");
+  EXPECT_TRUE(o.tls);
+  EXPECT_TRUE(o.user.empty() && o.password.empty() && o.ca_file.empty());
+  EXPECT_EQ(o.lease_ttl, std::chrono::seconds(5));
+  EXPECT_FALSE(EtcdOptions::parse("etcd://h1:2379").tls);
+  try {
+    EtcdStore::connect(o, std::chrono::seconds(1));
+    FAIL() << "connected over TLS without a CA file";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("TENAX_ETCD_CACERT"), std::string::npos) << e.what();
+  }
+  try {
+    EtcdOptions::from_environment("etcds://h1:2379");
+    FAIL() << "from_environment accepted TLS without TENAX_ETCD_CACERT";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("etcds://h1:2379"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("TENAX_ETCD_CACERT"), std::string::npos) << e.what();
+  }
 }
 
 TEST(EtcdOptionsTest, AddressesParseAndMalformedOnesAreNamed) {

@@ -3,9 +3,11 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <regex>
 #include <thread>
 
@@ -114,6 +116,24 @@ TEST(BootstrapTest, TheStoreProcessIsTheTenaxStoreProgramStartedBesideLibTorchsT
   auto libs = run_command({"ldd", TENAX_STORE_BIN});
   EXPECT_EQ(libs.exit_code, 0) << libs.output;
   EXPECT_EQ(libs.output.find("torch"), std::string::npos) << libs.output;
+}
+
+// Settings through options: the environment reaches a layer only where the launch edge builds
+// its options (connect(), init(), the from_environment builders), and a program's own choice
+// stands.
+TEST(LaunchEdgeTest, LayersTakeTheirOptionsAndOnlyTheLaunchEdgeReadsTheEnvironment) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("tenax-launch-edge-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto r = run_command({COMM_WORKER, "launch_edge"},
+                       {{"TENAX_TIMEOUT", "7"},
+                        {"TENAX_LOG_FORMAT", "json"},
+                        {"TENAX_FLIGHT_DIR", dir.string()},
+                        {"TENAX_STORE_MAX_FRAME", std::to_string(1 << 20)}},
+                       60s);
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("PASS launch_edge"), std::string::npos) << r.output;
 }
 
 TEST(BootstrapTest, AMissingStoreProgramIsAClearErrorNamingTenaxStoreBin) {

@@ -25,14 +25,15 @@
 
 namespace tenax {
 
+// The S3 client's options. The environment is not read here: S3Options::from_environment()
+// fills what is empty from it, as the AWS CLI would (the ElasticRunner, llama_train and
+// tenax-ckpt do).
 struct TENAX_API S3Options {
-  // http(s)://host:port of an S3-compatible endpoint; empty: AWS_ENDPOINT_URL_S3,
-  // AWS_ENDPOINT_URL, else https://s3.<region>.amazonaws.com.
+  // http(s)://host:port of an S3-compatible endpoint; empty: https://s3.<region>.amazonaws.com.
   std::string endpoint;
-  // Empty: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1.
+  // Empty: us-east-1.
   std::string region;
-  // Empty: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN), else the
-  // [AWS_PROFILE or default] section of ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE).
+  // Required for an s3:// durable tier (a CheckpointError says so when missing).
   std::string access_key, secret_key, session_token;
   // A rank's parts go into objects of about part_bytes each, parallel_parts uploads in
   // flight; an object above part_bytes (one large part) is a multipart upload of part_bytes
@@ -43,8 +44,16 @@ struct TENAX_API S3Options {
   std::chrono::milliseconds backoff{200};  // first retry delay, doubled each time (with jitter)
   std::chrono::seconds request_timeout{120};
   // For tests: the first N PUTs are answered 503 SlowDown by the client itself, as a throttling
-  // endpoint would. -1: TENAX_FAULT's s3_fail=N for the launcher's rank (0 when none).
+  // endpoint would. -1: none (from_environment: TENAX_FAULT's s3_fail=N for the launcher's rank).
   int64_t injected_failures = -1;
+
+  // The launch edge: `base` with each empty field taken from the environment: endpoint from
+  // AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL; region from AWS_REGION, else
+  // AWS_DEFAULT_REGION; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+  // (/ AWS_SESSION_TOKEN), else the [AWS_PROFILE or default] section of ~/.aws/credentials
+  // (AWS_SHARED_CREDENTIALS_FILE); injected_failures (when -1) from TENAX_FAULT. Any thread.
+  static S3Options from_environment(S3Options base);
+  static S3Options from_environment();  // from_environment(S3Options{})
 };
 
 struct TENAX_API CheckpointOptions {
@@ -70,8 +79,12 @@ struct TENAX_API CheckpointOptions {
   std::string durable;          // "" (none), a directory, file:///dir or s3://bucket/prefix
   int persist_every = 10;       // persist every Nth save to the durable tier
   int keep_durable = 3;         // committed steps kept in the durable tier
-  std::chrono::milliseconds timeout{0};  // bound on save's wait for a free slot (0: TENAX_TIMEOUT)
+  std::chrono::milliseconds timeout{0};  // bound on save's wait for a free slot (0: 30 s)
   S3Options s3;
+
+  // The launch edge: the defaults with timeout from TENAX_TIMEOUT and s3 from
+  // S3Options::from_environment(). Any thread.
+  static CheckpointOptions from_environment();
 };
 
 // Where restore() found the step.

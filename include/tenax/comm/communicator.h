@@ -55,22 +55,29 @@ class TENAX_API Work {
 };
 using WorkHandle = std::shared_ptr<Work>;
 
+// A communicator's options. The environment is not read here: CommOptions::from_environment()
+// builds them from it (init() does).
 struct TENAX_API CommOptions {
-  // Bound on every operation; defaults to TENAX_TIMEOUT or 30 s.
+  // Bound on every operation (0: kDefaultTimeout, 30 s).
   std::chrono::milliseconds timeout{0};
   // Name used in error messages and as the store prefix (must be unique per communicator).
   std::string name = "world";
-  // Address other ranks use to reach this one (default: TENAX_HOSTNAME, else the address this
-  // host reaches the store from: loopback for a local store).
+  // Address other ranks use to reach this one ("": the address this host reaches the store
+  // from, loopback for a local store).
   std::string hostname;
   // Check every collective's shapes and dtypes across ranks before it runs, not only large
-  // ones (one extra small exchange per call). Unset: TENAX_DEBUG_COLLECTIVES.
+  // ones (one extra small exchange per call). Unset: off.
   std::optional<bool> debug_collectives;
-  // Gloo: all-reduce through shared memory when every rank is on this host. Unset: TENAX_SHM
-  // (default on). Ranks that disagree all use sockets.
+  // Gloo: all-reduce through shared memory when every rank is on this host. Unset: on. Ranks
+  // that disagree all use sockets.
   std::optional<bool> shared_memory;
   // NCCL: the CUDA device (modulo the devices visible). -1: the launcher's local rank.
   int device = -1;
+
+  // The launch edge: timeout from TENAX_TIMEOUT, hostname from TENAX_HOSTNAME,
+  // debug_collectives from TENAX_DEBUG_COLLECTIVES and shared_memory from TENAX_SHM, the rest
+  // as above. Throws ConfigError naming a malformed variable. Any thread.
+  static CommOptions from_environment();
 };
 
 // Thread rules: the operations (the *_async calls, their blocking forms, split) are issued from

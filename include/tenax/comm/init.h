@@ -30,7 +30,7 @@ namespace tenax {
 
 struct TENAX_API InitOptions {
   Backend backend = Backend::kGloo;
-  // Bound on every blocking call (default TENAX_TIMEOUT or 30 s).
+  // Bound on every blocking call (0: TENAX_TIMEOUT, else 30 s).
   std::chrono::milliseconds timeout{0};
 };
 
@@ -49,7 +49,10 @@ struct TENAX_API World {
 };
 
 // Bootstraps from the environment and builds the world communicator (a collective: every rank
-// calls it). Throws ConfigError for bad input, StoreError/TimeoutError when peers do not arrive.
+// calls it) with CommOptions::from_environment(). init() and connect() are the launch edge:
+// they also give logging and the flight recorder the environment's options
+// (LogOptions::from_environment, FlightRecorderOptions::from_environment) unless the program
+// set its own before. Throws ConfigError for bad input, StoreError/TimeoutError when peers do not arrive.
 // Thread rules: once per process, from any one thread; the World it returns is plain data plus
 // objects whose own rules apply (Store, StoreServer, Communicator).
 TENAX_API World init(InitOptions options = {});

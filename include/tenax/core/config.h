@@ -1,9 +1,13 @@
 #pragma once
 
 // Process-wide settings. The environment is read in one place: settings() reads every TENAX_*
-// (and AWS_*) variable the library honours once, on first use, and the layers receive the
-// values through their options. Launcher variables (RANK, OMPI_COMM_WORLD_*, SLURM_*) are read
-// by the store layer's launch detection (tenax/store/launch.h), the other edge.
+// (and AWS_*) variable the library honours once, on first use. Only the launch edge reads
+// settings(): each layer's `from_environment` builders (LogOptions, FaultInjector, StoreLimits,
+// EtcdOptions, CommOptions, FlightRecorderOptions, S3Options, ObserveOptions), defined in that
+// layer's environment.cc, and the entry points that call them (connect(), init(), the
+// ElasticRunner); every other part of a layer receives its values through its options
+// (tests/source_rules_test.sh holds this). Launcher variables (RANK, OMPI_COMM_WORLD_*,
+// SLURM_*) are read by the store layer's launch detection (tenax/store/launch.h).
 // Thread rules: every function here may be called from any thread; settings() is initialized
 // once (the first call that does not throw) and never changes after.
 
@@ -57,10 +61,14 @@ struct TENAX_API ObserveEnvironment {
   bool json_logs = false;      // TENAX_LOG_FORMAT=json (else text)
 };
 
+// The bound of every blocking call whose options leave it 0 (TENAX_TIMEOUT changes it where
+// options are built from the environment).
+inline constexpr std::chrono::milliseconds kDefaultTimeout{30000};
+
 struct TENAX_API Settings {
   // TENAX_TIMEOUT (seconds, may be fractional), else 30 s: the default bound of every blocking
   // call.
-  std::chrono::milliseconds timeout{30000};
+  std::chrono::milliseconds timeout = kDefaultTimeout;
   // TENAX_DEBUG_COLLECTIVES: collectives check shapes and dtypes across ranks before running
   // (one extra small exchange per call).
   bool debug_collectives = false;

@@ -16,7 +16,7 @@
 //
 // Each re-formation is reported as a RecoveryEvent with its phases and their durations, logged,
 // counted in the metrics registry (tenax_recoveries_total, tenax_recovery_phase_seconds), and
-// appended as one JSON line to TENAX_EVENTS_FILE when it is set.
+// appended as one JSON line to ElasticOptions::events_file when there is one.
 
 #include <chrono>
 #include <cstdint>
@@ -81,6 +81,13 @@ struct TENAX_API ElasticOptions {
   int max_active = 0;
   Backend backend = Backend::kGloo;
   std::chrono::milliseconds comm_timeout{0};  // bound on every collective (0: TENAX_TIMEOUT)
+  // The communicators' hostname, checks, shared memory and device; the runner names them and
+  // bounds them by comm_timeout. Unset fields (empty hostname, unset optionals) take
+  // CommOptions::from_environment()'s.
+  CommOptions comm;
+  // Each recovery (and straggler) event is appended here as one JSON line: O_APPEND and one
+  // write, so the members of a host may share the file. "": TENAX_EVENTS_FILE (none if unset).
+  std::string events_file;
   // Memory (and peer, and durable) tiers. run "" : the rendezvous run. member and generation
   // are set by the runner.
   CheckpointOptions checkpoint;
@@ -188,8 +195,11 @@ class TENAX_API ElasticJob {
 // joined by it.
 class TENAX_API ElasticRunner {
  public:
-  // Connects the rendezvous (starts heartbeating). Throws ConfigError for bad options (e.g.
-  // min_workers smaller than group).
+  // Connects the rendezvous (starts heartbeating). Part of the launch edge: what `options`
+  // leaves unset it takes from the environment (TENAX_ACTIVE_WORKERS, TENAX_TIMEOUT,
+  // TENAX_PREFLIGHT, TENAX_EVENTS_FILE, TENAX_FAULT, CommOptions::from_environment and, for the
+  // checkpoint, its timeout and S3Options::from_environment), as documented on each option.
+  // Throws ConfigError for bad options (e.g. min_workers smaller than group).
   ElasticRunner(ElasticOptions options, std::shared_ptr<Store> store);
   ~ElasticRunner();
   ElasticRunner(const ElasticRunner&) = delete;

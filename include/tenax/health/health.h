@@ -45,7 +45,9 @@ TENAX_API std::string to_string(StragglerPolicy p);
 TENAX_API std::string to_string(NonFinitePolicy p);
 
 struct TENAX_API PreflightOptions {
-  bool enabled = false;  // false: TENAX_PREFLIGHT (tenaxrun --preflight sets it)
+  // Run the checks. The ElasticRunner also runs them with TENAX_PREFLIGHT=1 (tenaxrun
+  // --preflight sets it).
+  bool enabled = false;
   // Members expected to start (0: the launcher's world size); the checks wait for them up to
   // `timeout`, then go on with those that came.
   int expected = 0;
@@ -55,6 +57,9 @@ struct TENAX_API PreflightOptions {
   // collective checks over NCCL with device tensors. -1: on the CPU, over Gloo.
   int cuda_device = -1;
   int64_t allreduce_bytes = 4 << 20;  // the bandwidth probe's buffer
+  // Where peers reach this member's check communicator ("": the address it reaches the store
+  // from). The ElasticRunner passes its communicators' (ElasticOptions::comm).
+  std::string hostname;
   double min_busbw_gbps = 0;          // bus-bandwidth floor (GB/s; 0: none)
   std::chrono::milliseconds max_clock_offset{2000};
   int64_t memory_bytes = 0;  // the memory tier's budget (0: from the checkpoint options)

@@ -47,11 +47,17 @@ class TENAX_API MetricsServer {
 };
 
 struct TENAX_API ObserveOptions {
-  // The port to serve on; -1: TENAX_METRICS_PORT + local_rank, none when it is unset.
+  // The port to serve /metrics on (0: an ephemeral one, logged); -1: no endpoint.
   int port = -1;
-  int local_rank = -1;  // -1: the launcher's local rank
-  std::string address;  // "": TENAX_METRICS_ADDR (default 127.0.0.1)
-  std::string job;      // "": TENAX_JOB, else "tenax"
+  std::string address = "127.0.0.1";  // the address to bind
+  std::string job;                     // the `job` label ("": "tenax")
+  // Where the port came from, for the error when it cannot be served ("": "port N").
+  std::string port_source;
+
+  // The launch edge: port TENAX_METRICS_PORT + `local_rank` (-1: the launcher's local rank;
+  // TENAX_METRICS_PORT=0: an ephemeral port; unset: no endpoint), address TENAX_METRICS_ADDR,
+  // job TENAX_JOB. Throws ConfigError when TENAX_METRICS_PORT is not a port.
+  static ObserveOptions from_environment(int local_rank = -1);
 };
 
 // Turns observability on for this process: constant labels job and host, the process series

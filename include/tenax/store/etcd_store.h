@@ -32,7 +32,8 @@ struct TENAX_API EtcdOptions {
   std::string user;
   std::string password;
   // TLS: a CA file switches the endpoints to https; a client certificate and key are sent
-  // where given.
+  // where given. `tls` (an "etcds://" address) requires a CA file.
+  bool tls = false;
   std::string ca_file;
   std::string cert_file;
   std::string key_file;
@@ -46,11 +47,15 @@ struct TENAX_API EtcdOptions {
   std::chrono::milliseconds election_timeout{1000};
   int election_rounds = 15;
 
-  // Parses "etcd://h1:2379,h2:2379[/prefix]" (https with "etcds://"). Credentials and TLS
-  // files come from TENAX_ETCD_USER, TENAX_ETCD_PASSWORD, TENAX_ETCD_CACERT, TENAX_ETCD_CERT,
-  // TENAX_ETCD_KEY, the lease TTL from TENAX_ETCD_LEASE_TTL (seconds). Throws ConfigError
-  // naming the address for a malformed one.
+  // Parses "etcd://h1:2379,h2:2379[/prefix]" (`tls` with "etcds://"): endpoints and prefix,
+  // the rest left at its defaults. Throws ConfigError naming the address for a malformed one.
   static EtcdOptions parse(const std::string& address);
+
+  // The launch edge: parse(address) with the credentials and TLS files of TENAX_ETCD_USER,
+  // TENAX_ETCD_PASSWORD, TENAX_ETCD_CACERT, TENAX_ETCD_CERT, TENAX_ETCD_KEY and the lease TTL
+  // of TENAX_ETCD_LEASE_TTL (seconds). Throws ConfigError as parse does, and for an "etcds://"
+  // address without TENAX_ETCD_CACERT.
+  static EtcdOptions from_environment(const std::string& address);
 
   // True iff `address` names an etcd cluster ("etcd://…" or "etcds://…"), not a TCP store.
   static bool is_etcd_address(const std::string& address);
@@ -133,7 +138,7 @@ class TENAX_API EtcdStore : public Store {
   std::atomic<bool> lease_lost_{false};
 };
 
-// Opens the store at `address`: "etcd://…" or "etcds://…" (EtcdOptions::parse), else
+// Opens the store at `address`: "etcd://…" or "etcds://…" (EtcdOptions::from_environment), else
 // "host:port" of a tenax store server presenting `token`. Throws ConfigError for a malformed
 // address, StoreError when it cannot be reached within `timeout`.
 TENAX_API std::shared_ptr<Store> open_store(const std::string& address, const std::string& token,

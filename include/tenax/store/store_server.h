@@ -26,10 +26,10 @@ struct TENAX_API StoreLimits {
   // The largest hello: an op byte and a token of up to 1 KiB.
   static constexpr size_t kMaxHello = 1 + 4 + 1024;
 
-  // The defaults, overridden by TENAX_STORE_MAX_FRAME (bytes), TENAX_STORE_HELLO_TIMEOUT_MS
-  // and TENAX_STORE_MAX_UNAUTHENTICATED. Throws ConfigError naming a variable that is not a
-  // positive integer.
-  static StoreLimits from_env();
+  // The launch edge: the defaults, overridden by TENAX_STORE_MAX_FRAME (bytes),
+  // TENAX_STORE_HELLO_TIMEOUT_MS and TENAX_STORE_MAX_UNAUTHENTICATED. Throws ConfigError naming
+  // a variable that is not a positive integer.
+  static StoreLimits from_environment();
 };
 
 class TENAX_API StoreServer {
@@ -38,7 +38,7 @@ class TENAX_API StoreServer {
   // Clients must present `token` (compared in constant time). Throws StoreError when it cannot
   // bind.
   StoreServer(const std::string& host, int port, std::string token,
-              StoreLimits limits = StoreLimits::from_env());
+              StoreLimits limits = {});
   // Stops serving and closes every connection.
   ~StoreServer();
   StoreServer(const StoreServer&) = delete;
