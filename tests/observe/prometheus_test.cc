@@ -135,7 +135,11 @@ TEST(PrometheusTest, EveryDashboardPanelHasDataAndAKilledRankShowsAsOneRecovery)
   if (std::system("command -v prometheus >/dev/null 2>&1") != 0) {
     GTEST_SKIP() << "prometheus is not installed (Debian package prometheus)";
   }
-  const int metrics_port = free_port();
+  // tenaxrun serves on metrics_port and starts its workers on metrics_port + 1 + local rank:
+  // five ports, none of which the kernel may hand to another process meanwhile (a worker whose
+  // port was taken by a connection of a test running beside this one exited with status 2).
+  const int metrics_port = tenax::testing::free_port_block(5);
+  ASSERT_GT(metrics_port, 0) << "no 5 consecutive free ports below the ephemeral range";
   Prometheus prom("127.0.0.1:" + std::to_string(metrics_port));
   const std::string events = ::testing::TempDir() + "/events." + std::to_string(getpid());
   std::filesystem::remove(events);

@@ -142,6 +142,36 @@ std::string dump(const std::vector<RankResult>& results) {
 
 namespace tenax::testing {
 
+namespace {
+
+bool port_free(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
+
+}  // namespace
+
+int free_port_block(int n) {
+  int ephemeral_low = 32768;
+  std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low;
+  // 10000-19999: under the ephemeral range and the Slurm launch's store ports (20000 + job id).
+  const int low = 10000, high = std::max(low + 1000, std::min(20000, ephemeral_low)) - n;
+  // From a start of this process's own, so tests running side by side look in different places.
+  int port = low + static_cast<int>((static_cast<unsigned>(getpid()) * 7919u) % (high - low));
+  for (int tries = 0; tries < high - low; ++tries, port = port + 1 < high ? port + 1 : low) {
+    bool all = true;
+    for (int k = 0; k < n && all; ++k) all = port_free(port + k);
+    if (all) return port;
+  }
+  return -1;
+}
+
 int free_port() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};

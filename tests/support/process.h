@@ -61,6 +61,12 @@ RankResult run_command(const std::vector<std::string>& argv,
 // A TCP port that was free a moment ago (for launchers that need a fixed port).
 int free_port();
 
+// The first of `n` consecutive loopback TCP ports that were all free a moment ago, in
+// 10000-19999: below the kernel's ephemeral range (ip_local_port_range) and the Slurm launch's
+// store ports. For launchers that bind port + k, whose ports must not be handed to another
+// process's bind(0) or connect() meanwhile. -1 when there are none.
+int free_port_block(int n);
+
 // Prints each rank's output; for failure messages.
 std::string dump(const std::vector<RankResult>& results);
 
