@@ -31,10 +31,18 @@
 
 #include "config.h"
 #include "elastic.h"
+#include "hf.h"
 #include "step_log.h"
 #include "trainer.h"
 
 ABSL_FLAG(std::string, preset, "tiny", "model shape: tiny, small, llama3-1b, llama3-8b, llama3-70b");
+ABSL_FLAG(std::string, init_from_hf, "",
+          "a Hugging Face Llama directory (save_pretrained: config.json and safetensors): the "
+          "model's shape and first weights come from it instead of --preset and --seed");
+ABSL_FLAG(bool, eval_only, false,
+          "evaluate the validation file (--eval-batches micro-batches per dp rank) on the "
+          "starting weights (--init-from-hf, a resumed checkpoint, or --seed's), print the loss "
+          "and leave without training");
 ABSL_FLAG(int, dp, 0, "data-parallel size (0: world / (tp * pp))");
 ABSL_FLAG(int, tp, 1, "tensor-parallel size");
 ABSL_FLAG(int, pp, 1, "pipeline-parallel size");
@@ -196,7 +204,9 @@ std::optional<tenax::LossScalerOptions> loss_scale_options(c10::ScalarType dtype
 
 llama::TrainOptions options_from_flags() {
   llama::TrainOptions o;
-  o.model = llama::preset(absl::GetFlag(FLAGS_preset));
+  o.init_from_hf = absl::GetFlag(FLAGS_init_from_hf);
+  o.model = o.init_from_hf.empty() ? llama::preset(absl::GetFlag(FLAGS_preset))
+                                   : llama::config_from_hf(o.init_from_hf);
   o.dp = absl::GetFlag(FLAGS_dp);
   o.tp = absl::GetFlag(FLAGS_tp);
   o.pp = absl::GetFlag(FLAGS_pp);
@@ -233,6 +243,13 @@ llama::TrainOptions options_from_flags() {
     throw tenax::ConfigError("--nan-policy rollback needs --elastic (its snapshots in memory)");
   }
   o.loss_spike = absl::GetFlag(FLAGS_loss_spike);
+  if (absl::GetFlag(FLAGS_eval_only)) {
+    if (absl::GetFlag(FLAGS_elastic)) throw tenax::ConfigError("--eval-only runs without --elastic");
+    if (o.val_data.empty()) {
+      throw tenax::ConfigError("--eval-only needs a validation file: --val-data, or val.bin next "
+                               "to --data");
+    }
+  }
   tenax::parse_straggler_policy(absl::GetFlag(FLAGS_straggler_policy), "--straggler-policy");
   return o;
 }
@@ -498,6 +515,16 @@ int run_static(llama::TrainOptions o, const tenax::FaultInjector& faults) {
       ckpt = std::make_unique<tenax::CheckpointEngine>(checkpoint_options_from_flags(), world.comm,
                                                        world.store);
       if (absl::GetFlag(FLAGS_resume)) resume(*ckpt, trainer, leader);
+    }
+    if (absl::GetFlag(FLAGS_eval_only)) {
+      const int batches = absl::GetFlag(FLAGS_eval_batches);
+      const double loss = trainer.evaluate(batches);
+      if (leader) {
+        std::printf("llama_train: validation loss %.8f over %lld tokens at step %lld\n", loss,
+                    (long long)(int64_t(batches) * o.micro_batch * o.dp * o.seq_len),
+                    (long long)trainer.step());
+      }
+      return 0;
     }
     const int64_t exit_after = absl::GetFlag(FLAGS_exit_after);
     const int64_t first_step = trainer.step();

@@ -15,6 +15,8 @@
 #include <filesystem>
 #include <limits>
 
+#include "hf.h"
+#include "hf_weights.h"
 #include "trainer_impl.h"
 
 namespace llama {
@@ -144,6 +146,12 @@ Trainer::Impl::Impl(const TrainOptions& options, std::shared_ptr<tenax::Communic
   model->set_recompute(o.recompute);
   model->set_sequence_parallel(o.sequence_parallel);
   model->to(device);
+  if (!o.init_from_hf.empty()) {  // every rank reads its parts of the same whole tensors
+    tenax::StateDict weights;
+    tenax::add_module_state(weights, *model, "",
+                            [m = model](const std::string& name) { return m->whole_name(name); });
+    load_hf_weights(weights, o.init_from_hf);
+  }
   if (o.fsdp) {
     fsdp = std::make_unique<tenax::FullyShardedDataParallel>(
         model.ptr(), model->layer_modules(), mesh->dp(),
@@ -489,6 +497,9 @@ tenax::StateDict& Trainer::state() {
       tenax::add_adamw_state(*i.checkpoint_state, *i.optimizer, *i.model, "optim.", rename);
     }
     i.rename = rename;
+    // How `tenax-ckpt export --format hf` writes the model for transformers.
+    i.checkpoint_state->set_blob(kHfExportBlob,
+                                 hf_export_description(i.o.model, i.o.seq_len, "model."));
   }
   if (!i.zero.empty()) {
     tenax::record_zero_adamw_step(*i.checkpoint_state, *i.zero[0], "zero.decay.");

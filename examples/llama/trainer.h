@@ -58,6 +58,9 @@ struct TrainOptions {
   int64_t warmup = 20;
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, clip = 1.0;
   uint64_t seed = 1234;
+  // A Hugging Face Llama directory (config.json and safetensors) whose weights the model starts
+  // from instead of the seed's draw; `model` must be its shape (config_from_hf). Empty: none.
+  std::string init_from_hf;
   std::string data;      // training token file
   std::string val_data;  // validation token file (may be empty: no validation)
   int token_bytes = 2;

@@ -9,12 +9,19 @@
 // and the bytes of weights, gradients and AdamW state this rank holds against 1/dp of its unsharded
 // share. With "zero2", the distributed optimizer (ZeroAdamW): 20 steps, whole weights compared,
 // AdamW state 1/dp. Prints "PASS llama" and exits 0 when every check holds.
+// Usage: llama_worker hf HF_DIR TOKENS SEQ_LEN OUT: see hf_logits below.
 
 #include <torch/torch.h>
 
+#include <cstdio>
+#include <fstream>
 #include <iostream>
 
+#include "data.h"
+#include "hf.h"
+#include "hf_weights.h"
 #include "support/worker_check.h"
+#include "tenax/checkpoint/module_state.h"
 #include "tenax/parallel/zero.h"
 #include "tenax/tenax.h"
 #include "trainer_impl.h"
@@ -97,12 +104,41 @@ void check_optimizer_bytes(llama::Trainer::Impl& p, int rank) {
                                               << unsharded);
 }
 
+// Mode "hf": the Hugging Face Llama in HF_DIR loaded into one rank's model, its fp32 logits of
+// the windows of TOKENS (seq_len + 1 tokens each, overlapping by one, as llama_train reads
+// them) written to OUT as [windows, seq_len, vocab] floats; prints "loss L" over all windows.
+int hf_logits(const std::string& dir, const std::string& tokens_path, int64_t t,
+              const std::string& out, const tenax::World& w) {
+  const llama::LlamaConfig c = llama::config_from_hf(dir);
+  llama::Llama model(c, t, w.comm);
+  tenax::StateDict weights;
+  tenax::add_module_state(weights, *model);
+  llama::load_hf_weights(weights, dir);
+  llama::TokenFile file(tokens_path, 2);
+  const int64_t n = (file.size() - 1) / t;
+  auto batch = torch::empty({n, t + 1}, torch::kInt64);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k <= t; ++k) batch[i][k] = file.at(i * t + k);
+  }
+  torch::NoGradGuard no_grad;
+  auto logits = model->forward(batch.narrow(1, 0, t)).contiguous();
+  const double loss = model->loss(logits, batch.narrow(1, 1, t)).item<double>();
+  std::ofstream f(out, std::ios::binary | std::ios::trunc);
+  f.write(static_cast<const char*>(logits.data_ptr()), static_cast<std::streamsize>(logits.nbytes()));
+  CHECK(static_cast<bool>(f), "cannot write " << out);
+  std::printf("loss %.8f\n", loss);
+  return tenax::testing::worker_exit("llama");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 5) return 2;
   try {
     tenax::World w = tenax::init();
+    if (std::string(argv[1]) == "hf" && argc == 6) {
+      return hf_logits(argv[2], argv[3], std::stoll(argv[4]), argv[5], w);
+    }
     llama::TrainOptions o;
     o.model = llama::preset("tiny");
     o.data = argv[1];
