@@ -2,7 +2,8 @@
 # The installed libtenax.so exports the public API and nothing of tenax::detail (nor any other
 # internal): it is built with hidden visibility and TENAX_API on include/tenax/. And it leaves
 # the program's signals alone: no writev (Gloo's socket writes go through sendmsg with
-# MSG_NOSIGNAL, cmake/gloo/send_nosignal.h) and no signal() call.
+# MSG_NOSIGNAL, cmake/gloo/send_nosignal.h) and no signal() call. Every program names libstdc++
+# ahead of LibTorch.
 # Usage: exports_test.sh BUILD
 set -euo pipefail
 build=$1
@@ -30,6 +31,18 @@ nm -D --undefined-only "$lib" > "$tmp/imports"
 for call in writev signal; do
   if grep -qw "$call" "$tmp/imports"; then
     echo "libtenax.so calls $call(): a socket write without MSG_NOSIGNAL, or a process-wide handler"
+    status=1
+  fi
+done
+# Every program names libstdc++ ahead of libtorch (CMakeLists.txt: a LibTorch that exports a
+# copy of std::filesystem, as torch 2.11's does, would otherwise take its calls).
+for bin in "$lib" "$build"/tools/tenaxrun "$build"/examples/llama/llama_train "$build"/tests/*_tests; do
+  [ -f "$bin" ] || continue
+  needed=$(objdump -p "$bin" | awk '/NEEDED/ {print $2}')
+  first_torch=$(echo "$needed" | grep -n -m1 '^lib\(torch\|c10\)' | cut -d: -f1 || true)
+  cxx=$(echo "$needed" | grep -n -m1 '^libstdc++' | cut -d: -f1 || true)
+  if [ -n "$first_torch" ] && { [ -z "$cxx" ] || [ "$cxx" -gt "$first_torch" ]; }; then
+    echo "$(basename "$bin") names $(echo "$needed" | sed -n "${first_torch}p") ahead of libstdc++"
     status=1
   fi
 done
