@@ -315,20 +315,25 @@ bool CheckpointEngine::Impl::load_durable(int64_t step, const StateDict& state, 
       }
       same &= exact[i] != nullptr;
     }
-    // The exact parts, several reads in flight (their latency overlaps, on disk and on S3).
+    // Several tensors in flight (their reads' latency overlaps, on disk and on S3, and so do
+    // the checksums and copies of resharded ones): an exact part's bytes as they are, else
+    // the target assembled from the parts that overlap it.
     std::vector<std::string> read(exact.size());
+    std::vector<int64_t> read_bytes(exact.size(), 0);
     detail::parallel_for(exact.size(), static_cast<size_t>(std::max(1, o_.s3.parallel_parts)),
                          [&](size_t i) {
-                           if (exact[i]) read[i] = detail::read_part(*durable_, dir, *exact[i]);
+                           if (exact[i]) {
+                             read[i] = detail::read_part(*durable_, dir, *exact[i]);
+                             read_bytes[i] = exact[i]->nbytes;
+                           } else {
+                             const auto& target = state.tensors()[i];
+                             read[i] = read_resharded(dir, by_name.at(target.name), target,
+                                                      read_bytes[i]);
+                           }
                          });
     for (size_t i = 0; i < exact.size(); ++i) {
-      const auto& target = state.tensors()[i];
-      if (exact[i]) {  // its bytes as they are
-        out.tensors.push_back(std::move(read[i]));
-        bytes += exact[i]->nbytes;
-        continue;
-      }
-      out.tensors.push_back(read_resharded(dir, by_name.at(target.name), target, bytes));
+      out.tensors.push_back(std::move(read[i]));
+      bytes += read_bytes[i];
     }
     load_durable_extras(m, dir, saved_world, out);
     out.result = RestoreResult{step, "durable", bytes, !same};
