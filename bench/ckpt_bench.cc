@@ -28,6 +28,7 @@
 
 #include "tenax/checkpoint/engine.h"
 #include "tenax/tenax.h"
+#include "timing.h"
 
 ABSL_FLAG(int64_t, mib, 1024, "state size in MiB (16 tensors)");
 ABSL_FLAG(int, reps, 5, "repetitions per measurement (median)");
@@ -42,16 +43,9 @@ ABSL_FLAG(bool, stall_only, false, "measure the save stall and its reference onl
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using tenax::bench::Clock;
+using tenax::bench::median;
+using tenax::bench::seconds_since;
 
 // A stand-in for a training step's compute: a fixed number of matmuls (a fixed amount of
 // work, so background threads that take CPU from it show as a longer step).

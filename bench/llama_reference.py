@@ -2,8 +2,10 @@
 reference for llama_train's tokens/s. Same shapes, data layout, batch, optimizer and schedule.
 
     torchrun-free: python3 bench/llama_reference.py --nproc 2 --data build/data/fortunes/train.bin
+    FSDP2 instead of DDP (llama_train --fsdp's reference): ... --fsdp2
+Prints rank 0's tokens/s over the steps after the third and its peak resident memory.
 """
-import argparse, math, os, time
+import argparse, math, os, resource, time
 
 import numpy as np
 import torch
@@ -104,7 +106,15 @@ def worker(rank, a, port):
     model = Llama(c, t)
     model.cos, model.sin, model.mask = model.cos.to(device), model.sin.to(device), model.mask.to(device)
     model.to(device)
-    ddp = nn.parallel.DistributedDataParallel(model) if a.nproc > 1 else model
+    if a.fsdp2:  # FSDP2: each decoder layer a unit, then the rest (embedding, norm, output)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        mesh = init_device_mesh(device.type, (a.nproc,))
+        for layer in model.layers:
+            fully_shard(layer, mesh=mesh)
+        ddp = fully_shard(model, mesh=mesh)
+    else:
+        ddp = nn.parallel.DistributedDataParallel(model) if a.nproc > 1 else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.dtype == "bf16")
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
@@ -128,7 +138,11 @@ def worker(rank, a, port):
         for m in range(accum):
             mb = batch[m * a.micro_batch:(m + 1) * a.micro_batch]
             x, y = mb[:, :-1], mb[:, 1:]
-            ctx = ddp.no_sync() if (a.nproc > 1 and m + 1 < accum) else _null()
+            if a.fsdp2:  # reduce-scatter the gradients on the last micro-batch only
+                ddp.set_requires_gradient_sync(m + 1 == accum)
+                ctx = _null()
+            else:
+                ctx = ddp.no_sync() if (a.nproc > 1 and m + 1 < accum) else _null()
             with ctx, autocast:
                 loss = F.cross_entropy(ddp(x).reshape(-1, c["vocab"]).float(), y.reshape(-1)) / accum
                 loss.backward()
@@ -144,6 +158,8 @@ def worker(rank, a, port):
         steady = times[min(3, len(times) - 1):]
         tps = a.global_batch * t / (sum(steady) / len(steady))
         print(f"reference tokens/s {tps:.1f}", flush=True)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"reference peak resident memory {peak:.0f} MiB", flush=True)
     dist.destroy_process_group()
 
 
@@ -172,14 +188,22 @@ def main():
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast")
+    p.add_argument("--fsdp2", action="store_true",
+                   help="torch.distributed.fsdp.fully_shard (FSDP2) per decoder layer and on the "
+                        "model, instead of DDP")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    spawn(worker, a, a.nproc)
+
+
+def spawn(fn, a, nprocs):
+    """fn(rank, a, port) on `nprocs` processes, port a free loopback port for their rendezvous."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(worker, args=(a, port), nprocs=a.nproc)
+    mp.spawn(fn, args=(a, port), nprocs=nprocs)
 
 
 if __name__ == "__main__":
