@@ -3,8 +3,8 @@ with DDP (Gloo) under torchelastic, the way torchrun jobs survive failures today
 restarts every worker when one dies, and the workers resume from the last checkpoint that rank
 0 wrote with torch.save every --ckpt-every steps.
 
-Run by recovery_bench.py through torch.distributed.launcher.api.elastic_launch (Debian's
-python3.11 cannot run the torchrun command line of torch 1.13), or by hand:
+Run by recovery_bench.py through torchrun's command line (torch.distributed.run of the
+project's torch), or by hand:
     python3 bench/recovery_reference.py --launch --nproc 3 --data build/data/fortunes/train.bin
 """
 import argparse, os, sys, time
@@ -67,17 +67,27 @@ def train(a):
 
 
 def launch(a, rest):
-    from torch.distributed.elastic.multiprocessing import Std
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-    import socket
+    """torchrun (torch.distributed.run, the command line) with a c10d rendezvous on loopback."""
+    import socket, subprocess
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=a.nproc, run_id="recovery",
-                       rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{port}",
-                       max_restarts=a.max_restarts, monitor_interval=a.monitor_interval,
-                       redirects=Std.NONE, tee=Std.NONE)
-    elastic_launch(cfg, sys.executable)(os.path.abspath(__file__), *rest)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+            "--nproc-per-node", str(a.nproc), "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "recovery",
+            "--max-restarts", str(a.max_restarts)]
+    if a.monitor_interval is not None:
+        argv += ["--monitor-interval", str(a.monitor_interval)]
+    # The agent's own flags stay with the agent: torchrun's parser would take --nproc for its
+    # --nproc-per-node even after the script's name.
+    worker, skip = [], {"--nproc", "--monitor-interval", "--max-restarts"}
+    it = iter(rest)
+    for x in it:
+        if x in skip:
+            next(it, None)
+        else:
+            worker.append(x)
+    sys.exit(subprocess.call(argv + [os.path.abspath(__file__), *worker]))
 
 
 def main():
@@ -85,8 +95,8 @@ def main():
     p.add_argument("--launch", action="store_true", help="start the torchelastic agent")
     p.add_argument("--nproc", type=int, default=3)
     p.add_argument("--max-restarts", type=int, default=100)
-    p.add_argument("--monitor-interval", type=float, default=5.0,
-                   help="seconds between the agent's worker checks (torchrun's default: 5)")
+    p.add_argument("--monitor-interval", type=float, default=None,
+                   help="seconds between the agent's worker checks (default: torchrun's own)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--data", required=True)
     p.add_argument("--seq-len", type=int, default=128)
